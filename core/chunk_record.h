@@ -1,0 +1,37 @@
+// One row of a checkpoint's index: a stored chunk of a tensor.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/shape.h"
+
+namespace shardload {
+
+/// A stored chunk: the part of the global tensor `key` that lives in one dataset of one shard
+/// file. A replicated or unsplit tensor is one chunk whose offset is all zeros and whose shape
+/// is the global shape.
+struct ChunkRecord {
+  std::string key;
+  DType dtype = DType::kFloat32;
+  Shape global_shape;
+  Shape offset;           ///< where the chunk starts in the global tensor
+  Shape shape;            ///< the chunk's extent
+  int32_t file = 0;       ///< shard file number (index into the manifest's shard list)
+  std::string dataset;    ///< HDF5 path of the chunk's dataset inside that file
+  uint64_t nbytes = 0;    ///< numel(shape) * dtype_size(dtype)
+  uint64_t checksum = 0;  ///< XXH3-64 of the chunk's bytes (little-endian, C order)
+  int64_t order = 0;      ///< the key's position in the saved state dict (chunks of a key share it)
+
+  bool operator==(const ChunkRecord&) const = default;
+};
+
+/// Compact binary form of index rows, for exchanging them between ranks.
+std::string serialize_records(const std::vector<ChunkRecord>& records);
+/// Inverse of serialize_records; appends to `out`. Throws FormatError on malformed input.
+void deserialize_records(std::string_view bytes, std::vector<ChunkRecord>& out);
+
+}  // namespace shardload

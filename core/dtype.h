@@ -1,0 +1,33 @@
+// Element types of the checkpoint format, independent of LibTorch and HDF5.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace shardload {
+
+/// Every element type that occurs in PyTorch checkpoints. The names are the format's
+/// (docs/FORMAT.md) and equal PyTorch's dtype names without the `torch.` prefix.
+enum class DType : uint8_t {
+  kFloat64,
+  kFloat32,
+  kFloat16,
+  kBFloat16,
+  kInt64,
+  kInt32,
+  kInt16,
+  kInt8,
+  kUInt8,
+  kBool,
+};
+
+/// "float64", "float32", ..., "bool".
+std::string_view dtype_name(DType dtype);
+/// The DType of a format name; nullopt when the name is unknown.
+std::optional<DType> dtype_from_name(std::string_view name);
+/// Bytes per element.
+int64_t dtype_size(DType dtype);
+
+}  // namespace shardload

@@ -1,0 +1,522 @@
+#include "io/pickle.h"
+
+#include <cstring>
+#include <limits>
+
+#include "core/error.h"
+
+namespace shardload {
+namespace {
+
+// Opcodes of pickle protocols 0-5 that this reader handles (names as in Python's pickletools).
+enum Op : uint8_t {
+  kMark = '(',
+  kStop = '.',
+  kPop = '0',
+  kPopMark = '1',
+  kDup = '2',
+  kBinFloat = 'G',
+  kBinInt = 'J',
+  kBinInt1 = 'K',
+  kBinInt2 = 'M',
+  kNone = 'N',
+  kBinPersId = 'Q',
+  kReduce = 'R',
+  kShortBinString = 'U',
+  kBinString = 'T',
+  kBinUnicode = 'X',
+  kBinBytes = 'B',
+  kShortBinBytes = 'C',
+  kAppend = 'a',
+  kBuild = 'b',
+  kGlobal = 'c',
+  kAppends = 'e',
+  kBinGet = 'h',
+  kLongBinGet = 'j',
+  kEmptyList = ']',
+  kBinPut = 'q',
+  kLongBinPut = 'r',
+  kSetItem = 's',
+  kTuple = 't',
+  kSetItems = 'u',
+  kEmptyDict = '}',
+  kEmptyTuple = ')',
+  kProto = 0x80,
+  kNewObj = 0x81,
+  kTuple1 = 0x85,
+  kTuple2 = 0x86,
+  kTuple3 = 0x87,
+  kNewTrue = 0x88,
+  kNewFalse = 0x89,
+  kLong1 = 0x8a,
+  kLong4 = 0x8b,
+  kShortBinUnicode = 0x8c,
+  kBinUnicode8 = 0x8d,
+  kBinBytes8 = 0x8e,
+  kMemoize = 0x94,
+  kStackGlobal = 0x93,
+  kFrame = 0x95,
+};
+
+std::string hex_byte(uint8_t b) {
+  constexpr char kDigits[] = "0123456789abcdef";
+  return std::string("0x") + kDigits[b >> 4] + kDigits[b & 15];
+}
+
+class Unpickler {
+ public:
+  Unpickler(std::string_view data, const PickleHooks& hooks) : data_(data), hooks_(hooks) {}
+
+  PickleValuePtr run() {
+    while (true) {
+      op_pos_ = pos_;
+      const uint8_t code = read_u8();
+      switch (code) {
+        case kProto: {
+          const uint8_t protocol = read_u8();
+          if (protocol > 5) fail("unsupported pickle protocol " + std::to_string(protocol));
+          break;
+        }
+        case kFrame:
+          read_uint(8);  // frames only group opcodes; the data is read as one piece anyway
+          break;
+        case kStop:
+          if (stack_.size() != 1 || !marks_.empty()) fail("unbalanced stack at STOP");
+          return stack_.back();
+        case kMark:
+          marks_.push_back(stack_.size());
+          break;
+        case kPop:
+          pop();
+          break;
+        case kPopMark:
+          pop_mark();
+          break;
+        case kDup:
+          push(top());
+          break;
+        case kNone:
+          push(make_pickle_value(PickleValue::Kind::kNone));
+          break;
+        case kNewTrue:
+        case kNewFalse: {
+          auto v = make_pickle_value(PickleValue::Kind::kBool);
+          v->boolean = code == kNewTrue;
+          push(v);
+          break;
+        }
+        case kBinInt:
+          push_int(static_cast<int32_t>(read_uint(4)));
+          break;
+        case kBinInt1:
+          push_int(read_uint(1));
+          break;
+        case kBinInt2:
+          push_int(read_uint(2));
+          break;
+        case kLong1:
+          push_int(read_long(read_uint(1)));
+          break;
+        case kLong4:
+          push_int(read_long(read_uint(4)));
+          break;
+        case kBinFloat: {
+          // Big-endian IEEE double.
+          uint64_t bits = 0;
+          for (int i = 0; i < 8; ++i) bits = (bits << 8) | read_u8();
+          auto v = make_pickle_value(PickleValue::Kind::kFloat);
+          std::memcpy(&v->floating, &bits, sizeof bits);
+          push(v);
+          break;
+        }
+        case kShortBinUnicode:
+        case kShortBinString:
+          push_text(PickleValue::Kind::kString, read_uint(1));
+          break;
+        case kBinUnicode:
+        case kBinString:
+          push_text(PickleValue::Kind::kString, read_uint(4));
+          break;
+        case kBinUnicode8:
+          push_text(PickleValue::Kind::kString, read_uint(8));
+          break;
+        case kShortBinBytes:
+          push_text(PickleValue::Kind::kBytes, read_uint(1));
+          break;
+        case kBinBytes:
+          push_text(PickleValue::Kind::kBytes, read_uint(4));
+          break;
+        case kBinBytes8:
+          push_text(PickleValue::Kind::kBytes, read_uint(8));
+          break;
+        case kEmptyTuple:
+          push(make_pickle_value(PickleValue::Kind::kTuple));
+          break;
+        case kEmptyList:
+          push(make_pickle_value(PickleValue::Kind::kList));
+          break;
+        case kEmptyDict:
+          push(make_pickle_value(PickleValue::Kind::kDict));
+          break;
+        case kTuple:
+          push_tuple(pop_mark());
+          break;
+        case kTuple1:
+        case kTuple2:
+        case kTuple3: {
+          const size_t n = code - kTuple1 + 1;
+          if (stack_.size() < n + stack_floor()) fail("stack underflow");
+          std::vector<PickleValuePtr> items(stack_.end() - n, stack_.end());
+          stack_.resize(stack_.size() - n);
+          push_tuple(std::move(items));
+          break;
+        }
+        case kAppend: {
+          auto value = pop();
+          append(top(), {value});
+          break;
+        }
+        case kAppends: {
+          auto values = pop_mark();
+          append(top(), values);
+          break;
+        }
+        case kSetItem: {
+          auto value = pop();
+          auto key = pop();
+          set_items(top(), {key, value});
+          break;
+        }
+        case kSetItems: {
+          auto items = pop_mark();
+          set_items(top(), items);
+          break;
+        }
+        case kGlobal: {
+          std::string module = read_line();
+          std::string name = read_line();
+          push_global(module, name);
+          break;
+        }
+        case kStackGlobal: {
+          auto name = pop();
+          auto module = pop();
+          if (module->kind != PickleValue::Kind::kString ||
+              name->kind != PickleValue::Kind::kString) {
+            fail("STACK_GLOBAL needs two strings");
+          }
+          push_global(module->text, name->text);
+          break;
+        }
+        case kBinPut:
+          memo_put(read_uint(1));
+          break;
+        case kLongBinPut:
+          memo_put(read_uint(4));
+          break;
+        case kMemoize:
+          memo_put(memo_.size());
+          break;
+        case kBinGet:
+          memo_get(read_uint(1));
+          break;
+        case kLongBinGet:
+          memo_get(read_uint(4));
+          break;
+        case kBinPersId: {
+          auto pid = pop();
+          if (!hooks_.persistent_load) fail("unexpected persistent id");
+          push(hooks_.persistent_load(pid));
+          break;
+        }
+        case kReduce:
+        case kNewObj: {
+          auto args = pop();
+          auto callable = pop();
+          if (callable->kind != PickleValue::Kind::kGlobal) {
+            fail("cannot call a " + callable->describe());
+          }
+          if (args->kind != PickleValue::Kind::kTuple) {
+            fail("arguments of " + callable->text + " are a " + args->describe() + ", not a tuple");
+          }
+          if (!hooks_.call) fail("unexpected call of " + callable->text);
+          push(hooks_.call(*callable, args->items));
+          break;
+        }
+        case kBuild: {
+          auto state = pop();
+          auto object = top();
+          if (!hooks_.build) fail("unexpected BUILD of a " + object->describe());
+          hooks_.build(*object, state);
+          break;
+        }
+        default:
+          fail("unsupported opcode " + hex_byte(code));
+      }
+    }
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& what) const {
+    throw FormatError("pickle: " + what + " (at byte " + std::to_string(op_pos_) + ")");
+  }
+
+  uint8_t read_u8() {
+    if (pos_ >= data_.size()) fail("truncated data");
+    return static_cast<uint8_t>(data_[pos_++]);
+  }
+
+  // Little-endian unsigned integer of `n` bytes.
+  uint64_t read_uint(int n) {
+    if (data_.size() - pos_ < static_cast<size_t>(n)) fail("truncated data");
+    uint64_t v = 0;
+    for (int i = 0; i < n; ++i) v |= uint64_t{static_cast<uint8_t>(data_[pos_ + i])} << (8 * i);
+    pos_ += n;
+    return v;
+  }
+
+  // Two's complement little-endian integer of `n` bytes (LONG1, LONG4).
+  int64_t read_long(uint64_t n) {
+    if (n == 0) return 0;
+    if (n > 8) fail("integer of " + std::to_string(n) + " bytes does not fit 64 bits");
+    uint64_t v = read_uint(static_cast<int>(n));
+    if (n < 8 && (v >> (8 * n - 1)) & 1) v |= ~uint64_t{0} << (8 * n);
+    return static_cast<int64_t>(v);
+  }
+
+  std::string read_line() {
+    const size_t end = data_.find('\n', pos_);
+    if (end == std::string_view::npos) fail("truncated data");
+    std::string line(data_.substr(pos_, end - pos_));
+    pos_ = end + 1;
+    return line;
+  }
+
+  size_t stack_floor() const { return marks_.empty() ? 0 : marks_.back(); }
+
+  void push(PickleValuePtr v) {
+    if (!v) fail("internal: null value");
+    stack_.push_back(std::move(v));
+  }
+
+  PickleValuePtr pop() {
+    if (stack_.size() <= stack_floor()) fail("stack underflow");
+    auto v = std::move(stack_.back());
+    stack_.pop_back();
+    return v;
+  }
+
+  const PickleValuePtr& top() {
+    if (stack_.size() <= stack_floor()) fail("stack underflow");
+    return stack_.back();
+  }
+
+  std::vector<PickleValuePtr> pop_mark() {
+    if (marks_.empty()) fail("no MARK on the stack");
+    const size_t mark = marks_.back();
+    marks_.pop_back();
+    std::vector<PickleValuePtr> items(std::make_move_iterator(stack_.begin() + mark),
+                                      std::make_move_iterator(stack_.end()));
+    stack_.resize(mark);
+    return items;
+  }
+
+  void push_int(int64_t value) {
+    auto v = make_pickle_value(PickleValue::Kind::kInt);
+    v->integer = value;
+    push(v);
+  }
+
+  void push_text(PickleValue::Kind kind, uint64_t n) {
+    if (data_.size() - pos_ < n) fail("truncated data");
+    auto v = make_pickle_value(kind);
+    v->text.assign(data_.substr(pos_, n));
+    pos_ += n;
+    push(v);
+  }
+
+  void push_tuple(std::vector<PickleValuePtr> items) {
+    auto v = make_pickle_value(PickleValue::Kind::kTuple);
+    v->items = std::move(items);
+    push(v);
+  }
+
+  void push_global(const std::string& module, const std::string& name) {
+    if (!hooks_.allow_global || !hooks_.allow_global(module, name)) {
+      fail("global '" + module + "." + name + "' is not allowed");
+    }
+    auto v = make_pickle_value(PickleValue::Kind::kGlobal);
+    v->text = module + "." + name;
+    push(v);
+  }
+
+  void append(const PickleValuePtr& list, const std::vector<PickleValuePtr>& values) {
+    if (list->kind != PickleValue::Kind::kList) fail("cannot append to a " + list->describe());
+    list->items.insert(list->items.end(), values.begin(), values.end());
+  }
+
+  void set_items(const PickleValuePtr& dict, const std::vector<PickleValuePtr>& items) {
+    if (dict->kind != PickleValue::Kind::kDict) fail("cannot set items of a " + dict->describe());
+    if (items.size() % 2 != 0) fail("odd number of items for SETITEMS");
+    for (size_t i = 0; i < items.size(); i += 2) dict->entries.emplace_back(items[i], items[i + 1]);
+  }
+
+  void memo_put(uint64_t index) {
+    if (index > std::numeric_limits<uint32_t>::max()) fail("memo index out of range");
+    memo_[static_cast<uint32_t>(index)] = top();
+  }
+
+  void memo_get(uint64_t index) {
+    auto it = memo_.find(static_cast<uint32_t>(index));
+    if (it == memo_.end()) fail("memo key " + std::to_string(index) + " is not set");
+    push(it->second);
+  }
+
+  std::string_view data_;
+  const PickleHooks& hooks_;
+  size_t pos_ = 0;
+  size_t op_pos_ = 0;
+  std::vector<PickleValuePtr> stack_;
+  std::vector<size_t> marks_;
+  std::unordered_map<uint32_t, PickleValuePtr> memo_;
+};
+
+}  // namespace
+
+std::string PickleValue::describe() const {
+  switch (kind) {
+    case Kind::kNone:
+      return "None";
+    case Kind::kBool:
+      return "bool";
+    case Kind::kInt:
+      return "int";
+    case Kind::kFloat:
+      return "float";
+    case Kind::kString:
+      return "str";
+    case Kind::kBytes:
+      return "bytes";
+    case Kind::kTuple:
+      return "tuple";
+    case Kind::kList:
+      return "list";
+    case Kind::kDict:
+      return "dict";
+    case Kind::kGlobal:
+      return text;
+    case Kind::kObject:
+      return type_name;
+  }
+  return "value";
+}
+
+PickleValuePtr make_pickle_value(PickleValue::Kind kind) {
+  auto v = std::make_shared<PickleValue>();
+  v->kind = kind;
+  return v;
+}
+
+PickleValuePtr unpickle(std::string_view data, const PickleHooks& hooks) {
+  return Unpickler(data, hooks).run();
+}
+
+PickleWriter::PickleWriter() {
+  op(kProto);
+  out_.push_back(2);
+}
+
+void PickleWriter::op(uint8_t code) { out_.push_back(static_cast<char>(code)); }
+
+void PickleWriter::put_memo() {
+  const uint32_t index = next_memo_++;
+  if (index < 256) {
+    op(kBinPut);
+    out_.push_back(static_cast<char>(index));
+  } else {
+    op(kLongBinPut);
+    for (int i = 0; i < 4; ++i) out_.push_back(static_cast<char>(index >> (8 * i)));
+  }
+}
+
+void PickleWriter::global(std::string_view module, std::string_view name) {
+  std::string full = std::string(module) + "\n" + std::string(name) + "\n";
+  auto it = global_memo_.find(full);
+  if (it != global_memo_.end()) {
+    const uint32_t index = it->second;
+    if (index < 256) {
+      op(kBinGet);
+      out_.push_back(static_cast<char>(index));
+    } else {
+      op(kLongBinGet);
+      for (int i = 0; i < 4; ++i) out_.push_back(static_cast<char>(index >> (8 * i)));
+    }
+    return;
+  }
+  op(kGlobal);
+  out_ += full;
+  global_memo_.emplace(std::move(full), next_memo_);
+  put_memo();
+}
+
+void PickleWriter::integer(int64_t value) {
+  if (value >= 0 && value < 256) {
+    op(kBinInt1);
+    out_.push_back(static_cast<char>(value));
+  } else if (value >= 0 && value < 65536) {
+    op(kBinInt2);
+    for (int i = 0; i < 2; ++i) out_.push_back(static_cast<char>(value >> (8 * i)));
+  } else if (value >= std::numeric_limits<int32_t>::min() &&
+             value <= std::numeric_limits<int32_t>::max()) {
+    op(kBinInt);
+    for (int i = 0; i < 4; ++i) out_.push_back(static_cast<char>(value >> (8 * i)));
+  } else {
+    op(kLong1);
+    out_.push_back(8);
+    for (int i = 0; i < 8; ++i) out_.push_back(static_cast<char>(value >> (8 * i)));
+  }
+}
+
+void PickleWriter::string(std::string_view utf8) {
+  if (utf8.size() > std::numeric_limits<uint32_t>::max()) {
+    throw UsageError("pickle: string of " + std::to_string(utf8.size()) + " bytes is too long");
+  }
+  op(kBinUnicode);
+  const auto n = static_cast<uint32_t>(utf8.size());
+  for (int i = 0; i < 4; ++i) out_.push_back(static_cast<char>(n >> (8 * i)));
+  out_ += utf8;
+}
+
+void PickleWriter::boolean(bool value) { op(value ? kNewTrue : kNewFalse); }
+
+void PickleWriter::int_tuple(const std::vector<int64_t>& values) {
+  if (values.empty()) {
+    op(kEmptyTuple);
+    return;
+  }
+  if (values.size() > 3) mark();
+  for (int64_t v : values) integer(v);
+  if (values.size() > 3) {
+    op(kTuple);
+  } else {
+    op(static_cast<uint8_t>(kTuple1 + values.size() - 1));
+  }
+}
+
+void PickleWriter::mark() { op(kMark); }
+void PickleWriter::tuple_from_mark() { op(kTuple); }
+void PickleWriter::empty_tuple() { op(kEmptyTuple); }
+void PickleWriter::reduce() { op(kReduce); }
+void PickleWriter::persistent_id() { op(kBinPersId); }
+void PickleWriter::set_items() { op(kSetItems); }
+
+std::string PickleWriter::finish() {
+  op(kStop);
+  std::string result = std::move(out_);
+  out_.clear();
+  global_memo_.clear();
+  next_memo_ = 0;
+  return result;
+}
+
+}  // namespace shardload

@@ -1,0 +1,121 @@
+// A restricted Python pickle reader and a small pickle writer, enough for torch.save state dicts.
+//
+// The reader never imports or calls anything by itself: every GLOBAL is checked against a
+// caller-given allow list, and what a call (REDUCE, NEWOBJ), a persistent id or a BUILD means is
+// decided by the caller's hooks. No LibTorch here; torch_file.cpp gives the torch meaning.
+#pragma once
+
+#include <any>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace shardload {
+
+struct PickleValue;
+/// Pickle values are shared: the memo and the stack may hold the same (mutable) object.
+using PickleValuePtr = std::shared_ptr<PickleValue>;
+
+/// One value of the pickle object model that state dicts use.
+struct PickleValue {
+  enum class Kind {
+    kNone,
+    kBool,
+    kInt,
+    kFloat,
+    kString,
+    kBytes,
+    kTuple,
+    kList,
+    kDict,
+    kGlobal,
+    kObject
+  };
+
+  Kind kind = Kind::kNone;
+  bool boolean = false;
+  int64_t integer = 0;
+  double floating = 0.0;
+  /// kString (UTF-8), kBytes; kGlobal: "module.name".
+  std::string text;
+  /// kTuple, kList.
+  std::vector<PickleValuePtr> items;
+  /// kDict, in insertion order (dicts and OrderedDicts alike).
+  std::vector<std::pair<PickleValuePtr, PickleValuePtr>> entries;
+  /// kObject: whatever a caller's hook produced (e.g. an at::Tensor).
+  std::any object;
+  /// kObject: a short description for error messages ("tensor", "storage").
+  std::string type_name;
+
+  /// "None", "int", "str", "dict", ..., the global's name, or the object's type_name.
+  std::string describe() const;
+};
+
+/// Makes a value of a scalar kind.
+PickleValuePtr make_pickle_value(PickleValue::Kind kind);
+
+/// What a restricted unpickling may do; every hook may throw FormatError to reject its input.
+struct PickleHooks {
+  /// True when the global `module.name` may be loaded. Anything else is rejected, unresolved.
+  std::function<bool(const std::string& module, const std::string& name)> allow_global;
+  /// Result of BINPERSID for the persistent id `pid`.
+  std::function<PickleValuePtr(const PickleValuePtr& pid)> persistent_load;
+  /// Result of calling the (allowed) global `callable` with `args` (REDUCE, NEWOBJ).
+  std::function<PickleValuePtr(const PickleValue& callable,
+                               const std::vector<PickleValuePtr>& args)>
+      call;
+  /// Applies BUILD's `state` to `object` (e.g. an OrderedDict's `_metadata`, ignored).
+  std::function<void(PickleValue& object, const PickleValuePtr& state)> build;
+};
+
+/// Unpickles `data` (protocols 2 to 5, the opcodes torch.save state dicts use) and returns the
+/// top-level object. Throws FormatError on unknown opcodes, disallowed globals, truncated or
+/// malformed data; messages start with "pickle: " and give the byte offset.
+PickleValuePtr unpickle(std::string_view data, const PickleHooks& hooks);
+
+/// Writes a protocol 2 pickle opcode by opcode; the caller keeps the stack balanced.
+class PickleWriter {
+ public:
+  /// Starts the pickle (PROTO 2).
+  PickleWriter();
+
+  /// GLOBAL module.name; memoized, so that a repeat costs a BINGET.
+  void global(std::string_view module, std::string_view name);
+  /// The smallest of BININT1, BININT2, BININT, LONG1 that holds `value`.
+  void integer(int64_t value);
+  /// BINUNICODE of a UTF-8 string.
+  void string(std::string_view utf8);
+  /// NEWTRUE / NEWFALSE.
+  void boolean(bool value);
+  /// A tuple of integers: EMPTY_TUPLE, TUPLE1-3, or MARK ... TUPLE.
+  void int_tuple(const std::vector<int64_t>& values);
+  /// MARK.
+  void mark();
+  /// TUPLE: the items since the last MARK.
+  void tuple_from_mark();
+  /// EMPTY_TUPLE.
+  void empty_tuple();
+  /// REDUCE: calls the callable below the argument tuple.
+  void reduce();
+  /// BINPERSID: the top of the stack is a persistent id.
+  void persistent_id();
+  /// SETITEMS: key/value pairs since the last MARK into the dict below the MARK.
+  void set_items();
+  /// Ends the pickle (STOP) and returns its bytes; the writer is empty afterwards.
+  std::string finish();
+
+ private:
+  void op(uint8_t code);
+  void put_memo();
+
+  std::string out_;
+  std::unordered_map<std::string, uint32_t> global_memo_;
+  uint32_t next_memo_ = 0;
+};
+
+}  // namespace shardload

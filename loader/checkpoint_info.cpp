@@ -1,0 +1,181 @@
+#include "loader/checkpoint_info.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <map>
+#include <numeric>
+#include <set>
+
+#include "core/error.h"
+#include "io/checkpoint_dir.h"
+#include "io/shard_file.h"
+#include "loader/tensor_bytes.h"
+#include "sharding/box.h"
+#include "sharding/load_plan.h"
+#include "shardload/config.h"
+
+namespace shardload {
+namespace {
+
+std::vector<std::string> file_paths(const std::string& dir, const Manifest& m) {
+  std::vector<std::string> out;
+  for (const auto& f : m.shard_files) out.push_back(dir + "/" + f);
+  return out;
+}
+
+}  // namespace
+
+CheckpointInfo read_checkpoint_info(const std::string& dir) {
+  CheckpointInfo info;
+  info.manifest = read_manifest(dir);
+  auto paths = file_paths(dir, info.manifest);
+  for (size_t f = 0; f < paths.size(); ++f) {
+    auto rows = ShardReader(paths[f]).read_index(static_cast<int32_t>(f));
+    info.index.insert(info.index.end(), rows.begin(), rows.end());
+  }
+  validate_index(info.index, paths);
+  std::stable_sort(info.index.begin(), info.index.end(),
+                   [](const ChunkRecord& a, const ChunkRecord& b) { return a.order < b.order; });
+  return info;
+}
+
+VerifyReport verify_checkpoint(const std::string& dir) {
+  VerifyReport report;
+  Manifest manifest = read_manifest(dir);
+  auto paths = file_paths(dir, manifest);
+  std::vector<ChunkRecord> index;
+  for (size_t f = 0; f < paths.size(); ++f) {
+    try {
+      ShardReader reader(paths[f]);
+      auto rows = reader.read_index(static_cast<int32_t>(f));
+      if (!manifest.shard_chunks.empty() &&
+          static_cast<int64_t>(rows.size()) != manifest.shard_chunks[f]) {
+        report.problems.push_back("In " + paths[f] + ": index has " + std::to_string(rows.size()) +
+                                  " rows, the manifest says " +
+                                  std::to_string(manifest.shard_chunks[f]));
+      }
+      std::vector<char> buf;
+      for (const auto& row : rows) {
+        buf.resize(std::max<size_t>(1, row.nbytes));
+        try {
+          reader.read_chunk(row, buf.data(), /*verify=*/true);
+          ++report.chunks;
+          report.bytes += static_cast<int64_t>(row.nbytes);
+        } catch (const std::exception& e) {
+          report.problems.push_back(e.what());
+        }
+      }
+      index.insert(index.end(), rows.begin(), rows.end());
+    } catch (const std::exception& e) {
+      report.problems.push_back(e.what());
+    }
+  }
+  try {
+    validate_index(index, paths);
+  } catch (const std::exception& e) {
+    report.problems.push_back(e.what());
+  }
+  return report;
+}
+
+TensorList read_checkpoint(const std::string& dir) {
+  CheckpointInfo info = read_checkpoint_info(dir);
+  auto paths = file_paths(dir, info.manifest);
+  std::vector<ShardReader> readers;
+  for (const auto& p : paths) readers.emplace_back(p);
+  TensorList out;
+  std::map<std::string, size_t> slot;
+  std::vector<int64_t> covered;
+  for (const auto& row : info.index) {
+    auto [it, fresh] = slot.emplace(row.key, out.size());
+    if (fresh) {
+      out.push_back({row.key, at::empty(row.global_shape,
+                                        at::TensorOptions().dtype(scalar_type_of(row.dtype)))});
+      covered.push_back(0);
+    }
+    at::Tensor chunk = at::empty(row.shape, at::TensorOptions().dtype(scalar_type_of(row.dtype)));
+    readers[static_cast<size_t>(row.file)].read_chunk(row, chunk.data_ptr(), true);
+    at::Tensor view = out[it->second].tensor;
+    for (size_t d = 0; d < row.shape.size(); ++d) {
+      view = view.narrow(static_cast<int64_t>(d), row.offset[d], row.shape[d]);
+    }
+    view.copy_(chunk);
+    covered[it->second] += numel(row.shape);
+  }
+  // validate_index rules out overlaps, so counting elements proves coverage.
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (covered[i] != out[i].tensor.numel()) {
+      throw FormatError("In " + dir + ": key '" + out[i].key +
+                        "': the stored chunks do not cover the whole tensor");
+    }
+  }
+  return out;
+}
+
+void write_checkpoint(const std::string& dir, const TensorList& tensors, int num_shards,
+                      bool overwrite,
+                      const std::vector<std::pair<std::string, std::string>>& metadata) {
+  if (num_shards < 1) throw UsageError("--shards must be at least 1");
+  {
+    std::set<std::string> seen;
+    for (const auto& t : tensors) {
+      if (!seen.insert(t.key).second) throw UsageError("key '" + t.key + "' appears twice");
+    }
+  }
+  check_save_target(dir, overwrite);
+  // Largest tensors first, each to the lightest shard; each shard keeps state-dict order.
+  std::vector<size_t> order(tensors.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return tensors[a].tensor.nbytes() > tensors[b].tensor.nbytes();
+  });
+  std::vector<std::vector<size_t>> shard_of(static_cast<size_t>(num_shards));
+  std::vector<int64_t> load(static_cast<size_t>(num_shards), 0);
+  for (size_t i : order) {
+    size_t s = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+    shard_of[s].push_back(i);
+    load[s] += static_cast<int64_t>(tensors[i].tensor.nbytes());
+  }
+  std::string staging = make_staging_dir(dir);
+  try {
+    Manifest m;
+    m.library_version = SHARDLOAD_VERSION_STRING;
+    m.num_ranks = 1;
+    m.metadata = metadata;
+    for (int s = 0; s < num_shards; ++s) {
+      auto& members = shard_of[static_cast<size_t>(s)];
+      std::sort(members.begin(), members.end());
+      std::string name = shard_file_name(s, num_shards);
+      ShardWriter writer(staging + "/" + name, s, num_shards);
+      for (size_t i : members) {
+        const auto& [key, tensor] = tensors[i];
+        at::Tensor bytes = host_contiguous(tensor);
+        ChunkRecord row;
+        row.key = key;
+        row.order = static_cast<int64_t>(i);
+        row.dtype = dtype_of(tensor, key);
+        row.global_shape = shape_of(tensor);
+        row.offset.assign(row.global_shape.size(), 0);
+        row.shape = row.global_shape;
+        writer.add(std::move(row), bytes.data_ptr());
+      }
+      writer.finish();
+      m.shard_files.push_back(name);
+      m.shard_chunks.push_back(static_cast<int64_t>(members.size()));
+    }
+    {
+      std::time_t now = std::time(nullptr);
+      char buf[32];
+      std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+      m.created = buf;
+    }
+    write_manifest(staging, m);
+    commit_staging_dir(staging, dir);
+  } catch (...) {
+    remove_tree_noexcept(staging);
+    throw;
+  }
+}
+
+}  // namespace shardload

@@ -1,0 +1,45 @@
+// Collective error handling: every phase ends in a status reduction, so that a failure on any
+// rank becomes the same exception on every rank instead of a hang.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "sharding/save_plan.h"
+#include "transport/communicator.h"
+
+namespace shardload {
+
+/// Runs phases of a collective operation. Collective: all ranks construct it and call run()
+/// with the same phase names in the same order.
+class PhaseRunner {
+ public:
+  PhaseRunner(const Communicator& comm, std::string operation)
+      : comm_(comm), operation_(std::move(operation)) {}
+
+  /// Runs `body` on this rank, then reduces the outcome over all ranks. When any rank failed,
+  /// every rank throws the same exception (the first failing rank's kind) whose message names
+  /// the operation, the phase and each failing rank with its own message. The body must not
+  /// issue collectives that other ranks might skip.
+  void run(const std::string& phase, const std::function<void()>& body);
+
+  /// The reduction alone, for a phase whose body cannot stop midway (its collectives must run
+  /// to the end on every rank): each rank passes what went wrong (kNone when nothing did).
+  void reduce(const std::string& phase, ErrorKind kind, const std::string& message);
+
+ private:
+  const Communicator& comm_;
+  std::string operation_;
+};
+
+/// Every rank's declarations, indexed by rank (one allgather). Collective.
+std::vector<std::vector<Declaration>> exchange_declarations(const Communicator& comm,
+                                                            const std::vector<Declaration>& mine);
+
+/// Debug-only fault injection for the failure tests: when the environment variable
+/// SHARDLOAD_FAIL_AT is "<phase>:<rank>" (e.g. "open:1") and matches, throws an Error.
+void maybe_inject_failure(const std::string& phase, int rank);
+
+}  // namespace shardload

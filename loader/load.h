@@ -1,0 +1,86 @@
+// The collective load (DESIGN.md §1) and its verdict (§6).
+#pragma once
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "loader/partition.h"
+#include "sharding/load_plan.h"
+
+namespace shardload {
+
+struct LoadOptions {
+  /// PyTorch's strict: any missing or unexpected key or size mismatch fails the load.
+  bool strict = true;
+  /// Report size mismatches but do not fail on them (the tensors keep their values).
+  bool skip_size_mismatch = false;
+  /// Only keys matching this regular expression (a search, like Python's re.search) take part,
+  /// on both sides, after prefix mapping. Empty: all keys.
+  std::string key_filter;
+  /// Prefix mapping: a checkpoint key starting with `checkpoint_prefix` is seen as
+  /// `model_prefix` + the rest. ("module.", "") strips DDP's prefix; ("", "module.") adds it.
+  std::string checkpoint_prefix;
+  std::string model_prefix;
+  /// Name of the model in error messages ("Error(s) in loading state_dict for <name>:").
+  std::string name = "Module";
+  /// Largest message between ranks, and the staging memory a rank may hold in flight.
+  int64_t message_bytes = 64ll << 20;
+  int64_t staging_bytes = 256ll << 20;
+  /// Check each whole chunk read against its checksum.
+  bool verify_checksums = true;
+};
+
+/// Seconds spent in each phase on this rank.
+struct PhaseSeconds {
+  double open = 0, index = 0, plan = 0, verdict = 0, transfer = 0, result = 0;
+  double total() const { return open + index + plan + verdict + transfer + result; }
+};
+
+struct LoadResult {
+  // The verdict: identical on every rank, same order.
+  std::vector<std::string> missing_keys;
+  std::vector<std::string> unexpected_keys;
+  std::vector<SizeMismatch> size_mismatches;
+  std::vector<Conversion> dtype_conversions;
+  std::vector<Uncovered> uncovered;  ///< regions no chunk covers (their keys are also missing)
+  std::vector<std::string> hints;    ///< e.g. a common prefix between the two key sets
+  bool ok = true;                    ///< false: the load failed and changed nothing
+  std::string error;                 ///< PyTorch-style message when !ok
+  // This rank's and everyone's figures.
+  int64_t bytes_read = 0;
+  int64_t bytes_read_total = 0;
+  int64_t bytes_needed_total = 0;  ///< bytes of the stored chunk parts that some rank needed
+  PhaseSeconds seconds;
+  double wall_seconds = 0;  ///< the load's wall time, max over ranks
+};
+
+/// Thrown on every rank when the verdict fails; carries the full result.
+class LoadVerdictError : public VerdictError {
+ public:
+  explicit LoadVerdictError(LoadResult result)
+      : VerdictError(result.error), result_(std::move(result)) {}
+  const LoadResult& result() const { return result_; }
+
+ private:
+  LoadResult result_;
+};
+
+/// Loads the checkpoint at `path` into every rank's partition, in place.
+/// Collective: every rank of `comm` calls it with the same path and options. The verdict is
+/// decided before any tensor byte is read: when it fails, every rank throws LoadVerdictError
+/// with the same message and no tensor has changed. Any other failure on any rank (missing or
+/// unreadable shard file, bad index, allocation, a corrupt chunk) is thrown on every rank,
+/// naming the rank, file and key.
+LoadResult load(Partition& partition, const std::string& path, MPI_Comm comm,
+                const LoadOptions& options = {});
+
+/// load() into a module's parameters and buffers (PyTorch's key names); `rules` declare which
+/// of the module's tensors are local slabs of split tensors. Collective, like load().
+LoadResult load(torch::nn::Module& module, const std::string& path, MPI_Comm comm,
+                const LoadOptions& options = {}, const std::vector<SplitRule>& rules = {});
+
+}  // namespace shardload

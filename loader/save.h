@@ -1,0 +1,40 @@
+// The collective save (DESIGN.md §2).
+#pragma once
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "loader/partition.h"
+
+namespace shardload {
+
+struct SaveOptions {
+  /// Replace an existing checkpoint at the path (only ever by a complete new one).
+  bool overwrite = false;
+  /// Caller's metadata (step, epoch, ...), stored as strings in the manifest.
+  std::vector<std::pair<std::string, std::string>> metadata;
+};
+
+struct SaveResult {
+  int num_shards = 0;
+  int64_t bytes_written = 0;        ///< tensor bytes this rank wrote
+  int64_t bytes_written_total = 0;  ///< summed over ranks
+  int64_t chunks_written = 0;       ///< chunks this rank wrote
+  double seconds = 0;               ///< wall time of the save (max over ranks)
+};
+
+/// Saves every rank's partition as one checkpoint directory at `path`: one shard file per rank,
+/// replicated tensors written once, split tensors one chunk per holder, the manifest last, all in
+/// a staging directory renamed into place when complete.
+/// Collective: every rank of `comm` calls it with the same path and options. Throws the same
+/// exception on every rank, before anything is written, when the declarations are inconsistent
+/// (UsageError naming key and ranks) or the path may not be written; on an I/O failure, throws
+/// on every rank and leaves any previous checkpoint at `path` untouched.
+SaveResult save(const Partition& partition, const std::string& path, MPI_Comm comm,
+                const SaveOptions& options = {});
+
+}  // namespace shardload

@@ -1,0 +1,67 @@
+// Save planning as pure functions: resolve what every rank declared, check it, choose writers.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/shape.h"
+#include "sharding/box.h"
+
+namespace shardload {
+
+/// What one rank declares about one of its tensors, before the global picture is known.
+struct Declaration {
+  enum class Kind {
+    kReplicated,  ///< the rank holds the whole tensor; global_shape = local_shape
+    kShard,       ///< the rank holds the box (offset, local_shape) of a tensor of global_shape
+    kSplit,       ///< split along split_dim across `group` (in its order); sizes may differ
+  };
+  std::string key;
+  DType dtype = DType::kFloat32;
+  Shape local_shape;
+  Kind kind = Kind::kReplicated;
+  Shape global_shape;      ///< kShard only
+  Shape offset;            ///< kShard only
+  int64_t split_dim = 0;   ///< kSplit only
+  std::vector<int> group;  ///< kSplit only: the ranks that share the tensor; empty = all ranks
+};
+
+/// A tensor region a rank holds (save) or needs (load), in global terms.
+struct Holding {
+  std::string key;
+  DType dtype = DType::kFloat32;
+  Shape global_shape;
+  Box region;
+
+  bool operator==(const Holding&) const = default;
+};
+
+/// Turns every rank's declarations (declarations[r] is rank r's list, in its order) into
+/// holdings, one per declaration, same order. A split's global shape is the local shape with
+/// split_dim replaced by the sum over the group; its offset is the sum over the group members
+/// before the rank. Throws UsageError, naming the key and ranks, when a rank declares a key
+/// twice, a split's group does not contain the rank, members of a group disagree (kind, dim,
+/// group, other dims), a kShard box lies outside its global shape or a dimension is out of range.
+std::vector<std::vector<Holding>> resolve_declarations(
+    const std::vector<std::vector<Declaration>>& declarations);
+
+/// Which rank writes which holding.
+struct SavePlan {
+  /// writes[r]: indices into holdings[r] that rank r writes, ascending.
+  std::vector<std::vector<int32_t>> writes;
+  /// Bytes each rank writes.
+  std::vector<int64_t> bytes_per_rank;
+};
+
+/// Checks the holdings of all ranks and chooses one writer for every distinct region.
+/// Identical regions of a key held by several ranks (replicas) are written once, by the holder
+/// with the fewest bytes so far (regions taken largest first, ties to the lower rank), so bytes
+/// written per rank stay within one largest region of each other. Throws UsageError naming the
+/// key and ranks when a key has different dtypes or global shapes on different ranks, a region
+/// lies outside the global shape, two different regions of a key overlap, or the regions of a
+/// key leave part of the global tensor uncovered (naming the uncovered box).
+SavePlan plan_save(const std::vector<std::vector<Holding>>& holdings);
+
+}  // namespace shardload

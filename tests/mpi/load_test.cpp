@@ -1,0 +1,184 @@
+// Collective load: read once, the global verdict (identical on every rank), transactional
+// failure, dtype conversion, prefix mapping and key filter, and the transport's large messages.
+#include <filesystem>
+#include <map>
+
+#include "loader/shardload.h"
+#include "mpi_test_util.h"
+#include "transport/communicator.h"
+#include "transport/transport.h"
+
+namespace shardload::testing {
+namespace {
+
+/// A checkpoint of a few replicated and split tensors, saved collectively.
+struct Fixture {
+  SharedDir dir{"load"};
+  std::string ckpt = dir.path + "/ckpt";
+  TensorList full;
+
+  Fixture() {
+    full = {{"embed.weight", make_tensor(1, at::kFloat, {10, 6})},
+            {"layer.w", make_tensor(2, at::kFloat, {8, 5})},
+            {"layer.b", make_tensor(3, at::kFloat, {5})},
+            {"norm.w", make_tensor(4, at::kBFloat16, {6})},
+            {"steps", make_tensor(5, at::kLong, {})}};
+    Partition p = Partition::from_global(full, {{"embed", 0, {}}, {"layer.w", 1, {}}}, world_rank(),
+                                         world_size());
+    save(p, ckpt, MPI_COMM_WORLD);
+  }
+  /// The model side: REF tensors set to `fill`, partitioned with the same rules.
+  Partition model(const TensorList& ref, std::vector<SplitRule> rules = {}) const {
+    return Partition::from_global(ref, rules, world_rank(), world_size());
+  }
+  TensorList zeros_like_full() const {
+    TensorList out;
+    for (const auto& t : full) out.push_back({t.key, at::zeros_like(t.tensor)});
+    return out;
+  }
+};
+
+std::string verdict_text(const LoadResult& r) {
+  std::string s;
+  for (const auto& k : r.missing_keys) s += "M:" + k + ";";
+  for (const auto& k : r.unexpected_keys) s += "U:" + k + ";";
+  for (const auto& m : r.size_mismatches) s += "S:" + m.key + ";";
+  for (const auto& c : r.dtype_conversions) s += "C:" + c.key + ";";
+  return s + r.error;
+}
+
+TEST(Load, StrictLoadIsBitExactAndReadsEachByteOnce) {
+  Fixture f;
+  Partition p = f.model(f.zeros_like_full(), {{"layer.w", 0, {}}});  // a different layout
+  LoadResult r = load(p, f.ckpt, MPI_COMM_WORLD);
+  EXPECT_TRUE(r.ok);
+  int64_t stored = 0;
+  for (const auto& t : f.full) stored += static_cast<int64_t>(t.tensor.nbytes());
+  // Every stored byte is needed by some rank, and is read from disk exactly once in total.
+  EXPECT_EQ(r.bytes_needed_total, stored);
+  EXPECT_EQ(r.bytes_read_total, stored);
+  Partition expect = f.model(f.full, {{"layer.w", 0, {}}});
+  for (size_t i = 0; i < p.entries().size(); ++i) {
+    EXPECT_TRUE(same_bits(p.entries()[i].tensor, expect.entries()[i].tensor)) << p.entries()[i].key;
+  }
+}
+
+TEST(Load, VerdictIsGlobalIdenticalAndAFailedLoadChangesNothing) {
+  Fixture f;
+  // Rank 0's model lacks "steps" and has "extra"; the last rank has a mis-sized "layer.b".
+  // The verdict is global: missing = keys some rank wants that the checkpoint lacks.
+  TensorList ref = f.zeros_like_full();
+  ref.erase(ref.begin() + 4);  // steps: unexpected
+  ref.push_back({"extra", at::full({3}, 7.0)});
+  ref[2].tensor = at::zeros({6});  // layer.b: size mismatch
+  Partition p = f.model(ref);
+  std::vector<at::Tensor> before;
+  for (const auto& e : p.entries()) before.push_back(e.tensor.clone());
+  LoadResult result;
+  try {
+    load(p, f.ckpt, MPI_COMM_WORLD, {.name = "Net"});
+    ADD_FAILURE() << "strict load should fail";
+  } catch (const LoadVerdictError& e) {
+    result = e.result();
+  }
+  EXPECT_EQ(result.missing_keys, std::vector<std::string>{"extra"});
+  EXPECT_EQ(result.unexpected_keys, std::vector<std::string>{"steps"});
+  ASSERT_EQ(result.size_mismatches.size(), 1u);
+  EXPECT_EQ(result.size_mismatches[0].key, "layer.b");
+  EXPECT_EQ(result.error,
+            "Error(s) in loading state_dict for Net:\n\tMissing key(s) in state_dict: \"extra\". "
+            "\n\tUnexpected key(s) in state_dict: \"steps\". \n\tsize mismatch for layer.b: "
+            "copying a param with shape torch.Size([5]) from checkpoint, the shape in current "
+            "model is torch.Size([6]).");
+  EXPECT_TRUE(same_on_all_ranks(verdict_text(result)));
+  for (size_t i = 0; i < before.size(); ++i) {
+    EXPECT_TRUE(same_bits(before[i], p.entries()[i].tensor)) << p.entries()[i].key;
+  }
+
+  // Non-strict still fails on the size mismatch (as PyTorch), unless asked to skip it.
+  EXPECT_THROW(load(p, f.ckpt, MPI_COMM_WORLD, {.strict = false}), LoadVerdictError);
+  LoadResult loose = load(p, f.ckpt, MPI_COMM_WORLD, {.strict = false, .skip_size_mismatch = true});
+  EXPECT_TRUE(loose.ok);
+  EXPECT_EQ(loose.missing_keys, std::vector<std::string>{"extra"});
+  EXPECT_TRUE(same_bits(p.entries()[4].tensor, at::full({3}, 7.0)));  // missing keeps its values
+  EXPECT_TRUE(same_bits(p.entries()[2].tensor, at::zeros({6})));      // skipped mismatch too
+  EXPECT_TRUE(same_bits(p.entries()[0].tensor, f.full[0].tensor));
+}
+
+TEST(Load, DtypesConvertLikeCopy) {
+  Fixture f;
+  TensorList ref = f.zeros_like_full();
+  ref[1].tensor = ref[1].tensor.to(at::kDouble);  // float32 -> float64
+  ref[3].tensor = ref[3].tensor.to(at::kFloat);   // bfloat16 -> float32
+  Partition p = f.model(ref);
+  LoadResult r = load(p, f.ckpt, MPI_COMM_WORLD);
+  ASSERT_EQ(r.dtype_conversions.size(), 2u);
+  EXPECT_EQ(r.dtype_conversions[0].key, "layer.w");
+  EXPECT_EQ(r.dtype_conversions[0].to, DType::kFloat64);
+  EXPECT_EQ(r.dtype_conversions[1].key, "norm.w");
+  EXPECT_TRUE(same_bits(p.entries()[1].tensor, f.full[1].tensor.to(at::kDouble)));
+  EXPECT_TRUE(same_bits(p.entries()[3].tensor, f.full[3].tensor.to(at::kFloat)));
+}
+
+TEST(Load, PrefixMappingFilterAndHint) {
+  Fixture f;
+  TensorList ref;
+  for (const auto& t : f.zeros_like_full()) ref.push_back({"module." + t.key, t.tensor});
+  Partition p = f.model(ref);
+  try {
+    load(p, f.ckpt, MPI_COMM_WORLD);
+    ADD_FAILURE() << "strict load should fail";
+  } catch (const LoadVerdictError& e) {
+    ASSERT_FALSE(e.result().hints.empty());
+    EXPECT_NE(e.result().hints[0].find("\"module.\""), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("Hint:"), std::string::npos);
+  }
+  LoadResult r = load(p, f.ckpt, MPI_COMM_WORLD, {.model_prefix = "module."});
+  EXPECT_TRUE(r.ok);
+  EXPECT_TRUE(same_bits(p.entries()[0].tensor, f.full[0].tensor));
+
+  // A key filter: only "layer." keys take part; others are neither missing nor unexpected.
+  Partition q = f.model(f.zeros_like_full());
+  LoadResult fr = load(q, f.ckpt, MPI_COMM_WORLD, {.key_filter = "^layer\\."});
+  EXPECT_TRUE(fr.ok);
+  EXPECT_TRUE(same_bits(q.entries()[1].tensor, f.full[1].tensor));
+  EXPECT_TRUE(same_bits(q.entries()[0].tensor, at::zeros_like(f.full[0].tensor)));
+}
+
+TEST(Load, ModuleAndPartitionNamesAgreeWithStrictSemanticsOnEmptyModel) {
+  Fixture f;
+  Partition empty;
+  try {
+    load(empty, f.ckpt, MPI_COMM_WORLD);
+    ADD_FAILURE() << "strict load of a model with no keys must fail (all unexpected)";
+  } catch (const LoadVerdictError& e) {
+    EXPECT_EQ(e.result().unexpected_keys.size(), f.full.size());
+  }
+  EXPECT_TRUE(load(empty, f.ckpt, MPI_COMM_WORLD, {.strict = false}).ok);
+}
+
+TEST(Transport, MessagesOver2GiBArriveWhole) {
+  // One buffer of 2 GiB + 4 KiB from rank 0 to the last rank (to itself on one rank).
+  Communicator comm(MPI_COMM_WORLD);
+  auto transport = make_mpi_transport(comm);
+  const size_t n = (size_t{1} << 31) + 4096;
+  int last = comm.size() - 1;
+  std::vector<int> ranks = {0};
+  if (last != 0) ranks.push_back(last);
+  bool involved = comm.rank() == 0 || comm.rank() == last;
+  bool ok = true;
+  if (involved) {
+    std::vector<uint8_t> buf(n, 0);
+    if (comm.rank() == 0) {
+      for (size_t i = 0; i < n; i += 4093) buf[i] = static_cast<uint8_t>(i % 251 + 1);
+      buf[n - 1] = 77;
+    }
+    transport->start(buf.data(), n, 0, ranks)->wait();
+    for (size_t i = 0; i < n; i += 4093) ok = ok && buf[i] == static_cast<uint8_t>(i % 251 + 1);
+    ok = ok && buf[n - 1] == 77;
+  }
+  EXPECT_TRUE(all_ranks(ok));
+}
+
+}  // namespace
+}  // namespace shardload::testing

@@ -1,0 +1,301 @@
+#!/usr/bin/env python3
+"""PyTorch and safetensors interop of `shardload convert`, with Python's torch as the oracle.
+
+State dicts made and saved by Python's torch (torch.save, safetensors.torch.save_file) go
+through `shardload convert SRC CKPT` and `shardload convert CKPT OUT`; what comes back must load
+with `torch.load(OUT, weights_only=True)` and equal the source bit for bit: keys (and their order
+for .pt sources), dtypes, shapes, bytes. Bad inputs must exit 3 naming the file, and a pickle
+with a non-state-dict global must be rejected without running it.
+
+Environment: SHARDLOAD_BIN, the `shardload` binary. Prints "N passed, M failed" last; exits
+non-zero on any failure.
+"""
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import traceback
+
+import torch
+from safetensors.torch import load_file, save_file
+
+BIN = os.environ.get("SHARDLOAD_BIN", "shardload")
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures")
+TMP = tempfile.mkdtemp(prefix="shardload-pt-interop-")
+DEBIAN_PYTHON = "/usr/bin/python3"  # torch 1.x from Debian's python3-torch, when installed
+
+ALL_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64,
+              torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool]
+
+
+def path(name):
+    return os.path.join(TMP, name)
+
+
+def run(*args, expect=0):
+    proc = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=120)
+    if expect is not None and proc.returncode != expect:
+        raise AssertionError(f"`shardload {' '.join(args)}` exited {proc.returncode}, expected "
+                             f"{expect}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
+    return proc
+
+
+def raw_bytes(t):
+    return t.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+def assert_same(expected, actual, ordered=True):
+    """Same keys (in the same order when `ordered`), dtypes, shapes and bytes."""
+    if ordered:
+        assert list(actual) == list(expected), f"keys {list(actual)} != {list(expected)}"
+    else:
+        assert sorted(actual) == sorted(expected), f"keys {sorted(actual)} != {sorted(expected)}"
+    for key, want in expected.items():
+        got = actual[key]
+        assert isinstance(got, torch.Tensor), f"{key!r}: {type(got)}"
+        assert got.dtype == want.dtype, f"{key!r}: dtype {got.dtype} != {want.dtype}"
+        assert got.shape == want.shape, f"{key!r}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+        assert torch.equal(raw_bytes(got), raw_bytes(want)), f"{key!r}: values differ"
+
+
+def load_pt(p):
+    sd = torch.load(p, weights_only=True)
+    assert_same(sd, torch.load(p, weights_only=False))
+    return sd
+
+
+# ----- state dicts, deterministic
+
+
+def every_dtype():
+    base = torch.arange(-6, 6, dtype=torch.float64).reshape(3, 4) * 0.75
+    sd = {f"t.{str(d)[6:]}": base.to(d) for d in ALL_DTYPES if d not in (torch.uint8, torch.bool)}
+    sd["t.uint8"] = torch.arange(0, 250, 21).to(torch.uint8)
+    sd["t.bool"] = torch.arange(7) % 3 == 0
+    sd["t.specials"] = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), 1e-40])
+    sd["t.bf16_specials"] = torch.tensor([float("nan"), -0.0, 3.0e38, 1e-40]).to(torch.bfloat16)
+    sd["t.int64_extremes"] = torch.tensor([-(2**63), 2**63 - 1, -1])
+    return sd
+
+
+def scalars_and_empty():
+    sd = {f"scalar.{str(d)[6:]}": torch.tensor(3, dtype=d) for d in ALL_DTYPES}
+    sd["empty"] = torch.empty(0)
+    sd["empty_2x0x3"] = torch.empty(2, 0, 3, dtype=torch.float16)
+    sd["empty_bf16"] = torch.empty(0, 5, dtype=torch.bfloat16)
+    sd["after_empty"] = torch.arange(3, dtype=torch.int32)
+    return sd
+
+
+def non_contiguous():
+    base = torch.arange(48, dtype=torch.float32).reshape(6, 8)
+    return {
+        "transposed": base.t(),
+        "sliced": base[1:5:2, ::3],
+        "row_with_offset": base[3],
+        "expanded": torch.arange(4, dtype=torch.int16).unsqueeze(0).expand(3, 4),
+        "bf16_transposed": base.to(torch.bfloat16).t()[2:],
+        "base": base,  # shares its storage with the views above
+    }
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv1d(2, 3, 3)
+        self.bn = torch.nn.BatchNorm1d(3)
+        self.fc = torch.nn.Linear(3, 2)
+        self.register_buffer("steps", torch.tensor(11))
+        self.register_buffer("mask", torch.tensor([True, False]))
+
+
+def module_state_dict():
+    net = Net()
+    net.train()
+    net.bn(net.conv(torch.randn(4, 2, 5, generator=torch.Generator().manual_seed(1))))
+    sd = net.state_dict()
+    assert isinstance(sd, collections.OrderedDict) and hasattr(sd, "_metadata")
+    assert sd["bn.num_batches_tracked"].item() == 1
+    return sd
+
+
+def parameters():
+    # nn.Parameter values pickle through torch._utils._rebuild_parameter.
+    return dict(Net().named_parameters())
+
+
+def unusual_keys():
+    return {
+        "z.first": torch.ones(1),
+        "größe.γ": torch.ones(2),
+        "a/b//c": torch.ones(3),
+        "with space": torch.ones(4),
+        "quote'\"\\": torch.ones(5),
+        "emoji 😀": torch.ones(6),
+    }
+
+
+# ----- checks
+
+
+def roundtrip(name, sd, shards=(None, 3), to_safetensors=True):
+    src = path(f"{name}.pt")
+    torch.save(sd, src)
+    expected = torch.load(src, weights_only=True)
+    for n in shards:
+        tag = f"{name}-{n or 'default'}"
+        ckpt, out = path(f"{tag}.ckpt"), path(f"{tag}.pt")
+        run("convert", src, ckpt, *(["--shards", str(n)] if n else []))
+        run("convert", ckpt, out)
+        assert_same(expected, load_pt(out))
+    if to_safetensors:
+        out = path(f"{name}-direct.safetensors")
+        run("convert", src, out)
+        assert_same(expected, load_file(out), ordered=False)
+
+
+def test_every_dtype():
+    roundtrip("dtypes", every_dtype())
+
+
+def test_scalars_and_empty():
+    roundtrip("scalars", scalars_and_empty(), shards=(None,))
+
+
+def test_non_contiguous():
+    roundtrip("views", non_contiguous(), shards=(None,))
+
+
+def test_module_state_dict():
+    roundtrip("module", module_state_dict())
+
+
+def test_parameters():
+    roundtrip("params", parameters(), shards=(None,), to_safetensors=False)
+
+
+def test_unusual_keys():
+    roundtrip("keys", unusual_keys(), shards=(3,), to_safetensors=False)
+
+
+def test_safetensors_source():
+    sd = {k: v.contiguous() for k, v in every_dtype().items()}
+    src = path("st.safetensors")
+    save_file(sd, src)
+    ckpt = path("st.ckpt")
+    run("convert", src, ckpt, "--shards", "2")
+    run("convert", ckpt, path("st.pt"))
+    assert_same(sd, load_pt(path("st.pt")), ordered=False)
+    run("convert", ckpt, path("st-back.safetensors"))
+    assert_same(sd, load_file(path("st-back.safetensors")), ordered=False)
+
+
+def test_torch1_fixture():
+    src = os.path.join(FIXTURES, "torch1_state_dict.pt")
+    expected = torch.load(src, weights_only=True)
+    ckpt, out = path("torch1.ckpt"), path("torch1.pt")
+    run("convert", src, ckpt)
+    run("convert", ckpt, out)
+    assert_same(expected, load_pt(out))
+
+
+def test_output_loads_in_torch1():
+    """The .pt we write loads in Debian's torch 1.x too (skipped where it is not installed)."""
+    probe = subprocess.run([DEBIAN_PYTHON, "-c", "import torch"], capture_output=True)
+    if probe.returncode != 0:
+        print("  (skipped: no torch for /usr/bin/python3)")
+        return
+    sd = every_dtype()
+    src, out = path("for-torch1.safetensors"), path("for-torch1.pt")
+    save_file({k: v.contiguous() for k, v in sd.items()}, src)
+    run("convert", src, out)
+    script = (
+        "import sys, torch\n"
+        "sd = torch.load(sys.argv[1])\n"
+        "print(';'.join(f'{k}={v.dtype}{tuple(v.shape)}{v.contiguous().reshape(-1).view(torch.uint8).tolist()}'"
+        " for k, v in sorted(sd.items())))\n")
+    got = subprocess.run([DEBIAN_PYTHON, "-c", script, out], capture_output=True, text=True)
+    assert got.returncode == 0, got.stderr
+    want = ";".join(f"{k}={v.dtype}{tuple(v.shape)}{raw_bytes(v).tolist()}"
+                    for k, v in sorted(sd.items()))
+    assert got.stdout.strip() == want, f"torch 1.x read\n{got.stdout}\nexpected\n{want}"
+
+
+def test_missing_source():
+    missing = path("no-such-model.pt")
+    proc = run("convert", missing, path("never.ckpt"), expect=3)
+    assert missing in proc.stderr, proc.stderr
+
+
+class Evil:
+    """Unpickling this creates the marker file: a loader that runs pickled code is caught."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_rejects_code_in_pickle():
+    marker = path("pwned")
+    src = path("evil.pt")
+    torch.save({"w": torch.ones(2), "evil": Evil(marker)}, src)
+    assert not os.path.exists(marker)
+    proc = run("convert", src, path("evil.ckpt"), expect=3)
+    assert src in proc.stderr, proc.stderr
+    assert "open" in proc.stderr and "not allowed" in proc.stderr, proc.stderr  # io.open
+    assert not os.path.exists(marker), "the pickled call was executed"
+    assert not os.path.exists(path("evil.ckpt")), "a checkpoint was written"
+
+
+def test_rejects_other_globals():
+    src = path("counter.pt")
+    torch.save({"w": torch.ones(2), "counts": collections.Counter(a=1)}, src)
+    proc = run("convert", src, path("counter.ckpt"), expect=3)
+    assert src in proc.stderr and "collections.Counter" in proc.stderr, proc.stderr
+
+
+def test_rejects_non_tensor_values():
+    src = path("epoch.pt")
+    torch.save({"w": torch.ones(2), "epoch": 3}, src)
+    proc = run("convert", src, path("epoch.ckpt"), expect=3)
+    assert src in proc.stderr and "'epoch'" in proc.stderr, proc.stderr
+
+
+def test_rejects_corrupt_files():
+    good = path("good.pt")
+    torch.save({"w": torch.arange(100.0)}, good)
+    data = open(good, "rb").read()
+    for name, content in [("truncated.pt", data[: len(data) // 2]),
+                          ("garbage.safetensors", b"\xff" * 64)]:
+        bad = path(name)
+        with open(bad, "wb") as f:
+            f.write(content)
+        proc = run("convert", bad, path(name + ".ckpt"), expect=3)
+        assert bad in proc.stderr, proc.stderr
+
+
+def main():
+    tests = [(n, f) for n, f in globals().items() if n.startswith("test_") and callable(f)]
+    passed = failed = 0
+    try:
+        for name, fn in tests:
+            try:
+                fn()
+                passed += 1
+                print(f"PASS {name}", flush=True)
+            except Exception:  # noqa: BLE001 - report every failure, keep going
+                failed += 1
+                print(f"FAIL {name}\n{traceback.format_exc()}", flush=True)
+    finally:
+        shutil.rmtree(TMP, ignore_errors=True)
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+// shardload load CKPT --into REF [--no-strict] [--split REGEX=DIM]... [--out OUT] [--json]
+#include <ATen/ATen.h>
+#include <mpi.h>
+
+#include <chrono>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "io/checkpoint_dir.h"
+#include "loader/shardload.h"
+#include "tools/commands.h"
+
+namespace shardload::tools {
+namespace {
+
+struct LoadArgs {
+  std::string ckpt;
+  std::string ref;
+  std::string out;
+  std::vector<std::string> splits;
+  bool no_strict = false;
+  bool json = false;
+  bool skip_size_mismatch = false;
+  bool overwrite = false;
+  std::string strip_prefix;
+  std::string add_prefix;
+  std::string filter;
+  std::string name = "Module";
+};
+
+std::vector<SplitRule> parse_splits(const std::vector<std::string>& specs) {
+  std::vector<SplitRule> rules;
+  for (const auto& s : specs) {
+    auto eq = s.rfind('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == s.size()) {
+      throw UsageError("--split " + s + ": expected REGEX=DIM");
+    }
+    SplitRule r;
+    r.pattern = s.substr(0, eq);
+    try {
+      size_t used = 0;
+      r.dim = std::stoll(s.substr(eq + 1), &used);
+      if (used != s.size() - eq - 1) throw std::invalid_argument(s);
+    } catch (const std::exception&) {
+      throw UsageError("--split " + s + ": DIM must be an integer");
+    }
+    rules.push_back(std::move(r));
+  }
+  return rules;
+}
+
+nlohmann::json shape_json(const Shape& s) { return nlohmann::json(s); }
+
+nlohmann::json result_json(const LoadResult* r, bool strict, const std::string& error, double secs,
+                           int64_t bytes_read) {
+  nlohmann::json j;
+  j["ok"] = r ? r->ok && error.empty() : false;
+  j["strict"] = strict;
+  j["missing_keys"] = r ? r->missing_keys : std::vector<std::string>{};
+  j["unexpected_keys"] = r ? r->unexpected_keys : std::vector<std::string>{};
+  j["size_mismatches"] = nlohmann::json::array();
+  j["dtype_conversions"] = nlohmann::json::array();
+  j["uncovered"] = nlohmann::json::array();
+  j["hints"] = r ? r->hints : std::vector<std::string>{};
+  if (r) {
+    for (const auto& m : r->size_mismatches) {
+      j["size_mismatches"].push_back({{"key", m.key},
+                                      {"checkpoint_shape", shape_json(m.checkpoint_shape)},
+                                      {"model_shape", shape_json(m.model_shape)}});
+    }
+    for (const auto& c : r->dtype_conversions) {
+      j["dtype_conversions"].push_back(
+          {{"key", c.key}, {"from", dtype_name(c.from)}, {"to", dtype_name(c.to)}});
+    }
+    for (const auto& u : r->uncovered) {
+      j["uncovered"].push_back({{"key", u.key},
+                                {"rank", u.rank},
+                                {"offset", shape_json(u.region.offset)},
+                                {"shape", shape_json(u.region.shape)}});
+    }
+  }
+  j["error"] = error.empty() ? nlohmann::json(nullptr) : nlohmann::json(error);
+  j["bytes_read"] = bytes_read;
+  j["seconds"] = secs;
+  return j;
+}
+
+/// Writes the loaded partition to OUT: a checkpoint directory saved collectively in the current
+/// layout, or a single file assembled by rank 0 (through a temporary checkpoint, in REF's order).
+void write_out(const Partition& partition, const TensorList& ref, const std::string& out,
+               bool overwrite, int rank) {
+  if (!is_tensor_file(out)) {
+    save(partition, out, MPI_COMM_WORLD, SaveOptions{.overwrite = overwrite});
+    return;
+  }
+  std::string tmp = out + ".shardload-tmp-ckpt";
+  int exists = rank == 0 && path_exists(tmp) ? 1 : 0;
+  MPI_Bcast(&exists, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  save(partition, tmp, MPI_COMM_WORLD, SaveOptions{.overwrite = exists != 0});
+  int rc = 0;
+  std::string error;
+  if (rank == 0) {
+    try {
+      TensorList all = read_checkpoint(tmp);
+      std::map<std::string, at::Tensor> by_key;
+      for (auto& t : all) by_key[t.key] = t.tensor;
+      TensorList ordered;
+      for (const auto& t : ref) ordered.push_back({t.key, by_key.at(t.key)});
+      if (path_exists(out) && !overwrite) {
+        throw UsageError(out + ": already exists (pass --overwrite to replace it)");
+      }
+      write_tensor_file(out, ordered);
+    } catch (const Error& e) {
+      rc = e.exit_code();
+      error = e.what();
+    }
+    remove_tree_noexcept(tmp);
+  }
+  MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  if (rc != 0)
+    throw_error(rc == 2 ? ErrorKind::kUsage : ErrorKind::kFormat,
+                rank == 0 ? error : "writing " + out + " failed on rank 0");
+}
+
+}  // namespace
+
+Runner add_load(CLI::App& app) {
+  auto a = std::make_shared<LoadArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "load",
+      "Collective: load CKPT into the model that REF defines, partitioned over the ranks, and "
+      "report PyTorch's strict/non-strict verdict.");
+  cmd->add_option("CKPT", a->ckpt, "checkpoint directory to load")->required();
+  cmd->add_option("--into", a->ref,
+                  "the target model: .pt/.safetensors file or checkpoint directory (its keys, "
+                  "shapes, dtypes and initial values)")
+      ->required();
+  cmd->add_flag("--no-strict", a->no_strict, "report missing/unexpected keys instead of failing");
+  cmd->add_option("--split", a->splits,
+                  "REGEX=DIM: split tensors whose key matches REGEX (a search, first match wins) "
+                  "along DIM across the ranks; repeatable");
+  cmd->add_option("--out", a->out,
+                  "write the result: .pt/.safetensors (assembled by rank 0) or a checkpoint "
+                  "directory (saved collectively in this layout)");
+  cmd->add_flag("--json", a->json, "rank 0 prints one JSON object on stdout");
+  cmd->add_flag("--skip-size-mismatch", a->skip_size_mismatch,
+                "report size mismatches without failing (those tensors keep their values)");
+  cmd->add_option("--strip-prefix", a->strip_prefix,
+                  "remove this prefix from checkpoint keys (e.g. module.)");
+  cmd->add_option("--add-prefix", a->add_prefix, "put this prefix in front of checkpoint keys");
+  cmd->add_option("--filter", a->filter, "only keys matching this regex take part");
+  cmd->add_option("--name", a->name, "model name in error messages");
+  cmd->add_flag("--overwrite", a->overwrite, "replace an existing --out");
+  return [a]() -> int {
+    int rank = world_rank();
+    int ranks = 1;
+    MPI_Comm_size(MPI_COMM_WORLD, &ranks);
+    LoadOptions options;
+    options.strict = !a->no_strict;
+    options.skip_size_mismatch = a->skip_size_mismatch;
+    options.checkpoint_prefix = a->strip_prefix;
+    options.model_prefix = a->add_prefix;
+    options.key_filter = a->filter;
+    options.name = a->name;
+
+    LoadResult result;
+    const LoadResult* verdict = nullptr;
+    std::string error;
+    int rc = 0;
+    double secs = 0;
+    try {
+      // Every rank reads REF and builds its partition; all must succeed before the collective
+      // load starts, or none enters it.
+      TensorList ref;
+      Partition partition;
+      std::string local_error;
+      int local_rc = 0;
+      try {
+        auto rules = parse_splits(a->splits);
+        ref = is_tensor_file(a->ref) ? read_tensor_file(a->ref) : read_checkpoint(a->ref);
+        partition = Partition::from_global(ref, rules, rank, ranks);
+      } catch (const Error& e) {
+        local_error = e.what();
+        local_rc = e.exit_code();
+      }
+      int worst = 0;
+      MPI_Allreduce(&local_rc, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+      if (worst != 0) {
+        throw_error(worst == 2 ? ErrorKind::kUsage : ErrorKind::kFormat,
+                    local_error.empty() ? "another rank failed to read " + a->ref : local_error);
+      }
+      try {
+        result = load(partition, a->ckpt, MPI_COMM_WORLD, options);
+        verdict = &result;
+        secs = result.wall_seconds;
+      } catch (const LoadVerdictError& e) {
+        result = e.result();
+        verdict = &result;
+        secs = result.wall_seconds;
+        throw;
+      }
+      if (!a->out.empty()) write_out(partition, ref, a->out, a->overwrite, rank);
+    } catch (const Error& e) {
+      error = e.what();
+      rc = e.exit_code();
+    }
+    if (rank == 0) {
+      if (a->json) {
+        std::cout << result_json(verdict, options.strict, error, secs, result.bytes_read_total)
+                         .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
+                  << std::endl;
+      }
+      if (!error.empty()) {
+        std::cerr << (rc == 1 ? "" : "shardload load: error: ") << error << "\n";
+      } else if (!a->json) {
+        std::cout << "loaded " << a->ckpt << " into " << a->ref << " on " << ranks
+                  << " rank(s): " << result.bytes_read_total << " bytes read in " << secs << " s";
+        if (!result.missing_keys.empty()) {
+          std::cout << "; missing " << result.missing_keys.size() << " key(s)";
+        }
+        if (!result.unexpected_keys.empty()) {
+          std::cout << "; unexpected " << result.unexpected_keys.size() << " key(s)";
+        }
+        std::cout << "\n";
+      }
+    }
+    return rc;
+  };
+}
+
+}  // namespace shardload::tools

@@ -1,0 +1,22 @@
+// The subcommands of the `shardload` command line (DESIGN.md §5).
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace shardload::tools {
+
+/// A subcommand's runner: returns the process exit code. Collective subcommands are run by
+/// every rank; local ones (convert, inspect, verify) by rank 0 only.
+using Runner = std::function<int()>;
+
+Runner add_convert(CLI::App& app);
+Runner add_inspect(CLI::App& app);
+Runner add_verify(CLI::App& app);
+Runner add_load(CLI::App& app);
+Runner add_demo(CLI::App& app);
+
+/// Rank of this process in MPI_COMM_WORLD.
+int world_rank();
+
+}  // namespace shardload::tools

@@ -1,0 +1,55 @@
+// The data plane: moving tensor bytes from the rank that read them to the ranks that need them.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace shardload {
+
+class Communicator;
+
+/// Where a delivery's buffer lives.
+enum class MemoryKind { kHost, kCuda };
+
+/// An in-flight delivery; wait() completes it. Destruction of an unfinished one waits too.
+class Delivery {
+ public:
+  virtual ~Delivery() = default;
+  /// Blocks until this rank's part of the delivery is done (buffer may be reused / read).
+  virtual void wait() = 0;
+};
+
+/// Moves byte buffers between ranks of one communicator.
+///
+/// Calling contract (as in c10d): every operation is issued by all the ranks it involves in the
+/// same order on every rank — shardload issues them in the order of the load plan, which every
+/// rank computes identically. Ranks that an operation does not involve do not call it.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  /// "mpi", "nccl".
+  virtual std::string name() const = 0;
+  /// Whether this backend moves buffers of the given kind.
+  virtual bool supports(MemoryKind kind) const = 0;
+  /// Starts delivering `nbytes` from `data` on rank `root` into `data` on every other rank of
+  /// `ranks` (ascending, includes root). Called by exactly the ranks in `ranks`. Any size works
+  /// (messages over 2 GiB are cut into parts). When `ranks` is every rank, a broadcast.
+  virtual std::unique_ptr<Delivery> start(void* data, size_t nbytes, int root,
+                                          std::span<const int> ranks) = 0;
+};
+
+/// The MPI backend: always available, host memory.
+std::unique_ptr<Transport> make_mpi_transport(const Communicator& comm);
+
+/// The NCCL backend for CUDA buffers, when built with SHARDLOAD_WITH_NCCL; nullptr otherwise or
+/// when no GPU is visible. Collective over `comm`.
+std::unique_ptr<Transport> make_nccl_transport(const Communicator& comm);
+
+/// The ordered list of backends: the first that supports a buffer's memory wins, MPI comes last.
+/// Collective over `comm` (NCCL set-up is).
+std::vector<std::unique_ptr<Transport>> make_transports(const Communicator& comm, bool want_cuda);
+
+}  // namespace shardload
