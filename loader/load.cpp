@@ -11,6 +11,7 @@
 #include <map>
 #include <optional>
 #include <regex>
+#include <set>
 
 #include "io/manifest.h"
 #include "io/shard_file.h"
@@ -78,9 +79,29 @@ class KeyMapper {
   std::optional<std::regex> filter_;
 };
 
+/// PyTorch's backward-compatibility rule (load_state_dict): a checkpoint tensor of shape [1]
+/// loads into a 0-d model tensor. Such needs are planned as the [1] tensor they will receive.
+void accept_legacy_scalars(const std::vector<ChunkRecord>& index,
+                           std::vector<std::vector<Need>>& needs) {
+  std::set<std::string> one_element;
+  for (const auto& row : index) {
+    if (row.global_shape == Shape{1}) one_element.insert(row.key);
+  }
+  if (one_element.empty()) return;
+  for (auto& rank_needs : needs) {
+    for (auto& n : rank_needs) {
+      if (n.global_shape.empty() && one_element.count(n.key)) {
+        n.global_shape = {1};
+        n.region = Box{{0}, {1}};
+      }
+    }
+  }
+}
+
 /// The destination of one piece on this rank: the part of the local tensor its box covers.
 at::Tensor destination_view(const PartitionEntry& entry, const Need& need, const Box& box) {
   at::Tensor view = entry.tensor;
+  if (view.dim() == 0) return view;  // a 0-d tensor (also when loaded from a [1] tensor)
   for (size_t d = 0; d < box.shape.size(); ++d) {
     view =
         view.narrow(static_cast<int64_t>(d), box.offset[d] - need.region.offset[d], box.shape[d]);
@@ -205,6 +226,7 @@ LoadResult load(Partition& partition, const std::string& path, MPI_Comm mpi_comm
       if (mapper.selected(row.key)) mapped.push_back(std::move(row));
     }
     index = std::move(mapped);
+    accept_legacy_scalars(index, needs);
     plan = plan_load(index, needs, PlanOptions{options.message_bytes});
   });
   result.seconds.plan = seconds_since(t);
@@ -268,7 +290,8 @@ LoadResult load(Partition& partition, const std::string& path, MPI_Comm mpi_comm
           const ChunkRecord& row = index[static_cast<size_t>(piece.chunk)];
           at::Tensor src = at::from_blob(base + pos, piece.box.shape,
                                          at::TensorOptions().dtype(scalar_type_of(row.dtype)));
-          destination_view(entry, n, piece.box).copy_(src);
+          at::Tensor dst = destination_view(entry, n, piece.box);
+          dst.copy_(src.view(dst.sizes()));
         }
         pos += piece.nbytes;
       }

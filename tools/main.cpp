@@ -2,14 +2,32 @@
 // 2 usage error, 3 unreadable/corrupt/invalid checkpoint or input file.
 #include <mpi.h>
 
+#include <cstdlib>
 #include <iostream>
 #include <map>
+#include <string>
 
 #include "core/error.h"
 #include "tools/commands.h"
 
+namespace {
+
+/// True when mpirun (or another PMIx launcher) started this process.
+bool launched_by_mpirun() {
+  return std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMIX_RANK") || std::getenv("PMI_RANK");
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
+  // MPI is started for the collective subcommands, and for any under mpirun; a plain
+  // `shardload inspect` skips the (slow) singleton start-up.
+  bool mpi = launched_by_mpirun();
+  for (int i = 1; i < argc && !mpi; ++i) {
+    std::string a = argv[i];
+    mpi = a == "load" || a == "demo";
+  }
+  if (mpi) MPI_Init(&argc, &argv);
   int rc = 0;
   {
     CLI::App app{
@@ -47,12 +65,13 @@ int main(int argc, char** argv) {
       }
     }
   }
-  MPI_Finalize();
+  if (mpi) MPI_Finalize();
   return rc;
 }
 
 int shardload::tools::world_rank() {
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  int initialized = 0, rank = 0;
+  MPI_Initialized(&initialized);
+  if (initialized) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   return rank;
 }

@@ -108,7 +108,7 @@ def read_with_h5py(path):
                 out[key][1][region] = a
     tensors = {}
     for key, (dt, a) in out.items():
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        t = torch.from_numpy(np.array(a, copy=True, order="C"))  # keeps 0-d shapes
         tensors[key] = t.view(torch.bfloat16) if dt == "bfloat16" else t
     return tensors, bad_sums
 
