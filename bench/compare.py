@@ -1,4 +1,4 @@
-"""Side-by-side load benchmark: shardload vs PyTorch DCP vs Megatron-Core dist_checkpointing, on
+"""Side-by-side load benchmark: shardload vs PyTorch DCP vs Megatron-LM's classic loader, on
 the same state dict, the same ranks, in one run, against the machine's own limit measured in the
 same run. Prints a markdown table (medians of --repeat runs; ratios to shardload).
 
@@ -12,6 +12,7 @@ for everyone (the files were just written), so the limit is memory, not disk.
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -43,7 +44,8 @@ def make_state(mib, path):
 
 
 def mpirun(ranks, *cmd):
-    r = subprocess.run(["mpirun", "-np", str(ranks), "--oversubscribe", *cmd], env=ENV,
+    env = dict(ENV, MASTER_PORT=str(random.randint(20000, 40000)))  # torch.distributed peers
+    r = subprocess.run(["mpirun", "-np", str(ranks), "--oversubscribe", *cmd], env=env,
                        capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")

@@ -1,5 +1,5 @@
 """Peer loaders for bench/compare.py, run under `mpirun -np N python3 bench/peers.py ...`:
-PyTorch's distributed checkpoint (DCP) and Megatron-Core's dist_checkpointing, on the same state
+PyTorch's distributed checkpoint (DCP) and Megatron-LM's classic per-rank checkpoint, on the same state
 dict and the same two scenarios as shardload (every rank needs every tensor: `replicated`; the
 large tensors split along dim 0 across the ranks: `split`). Prints one JSON line from rank 0:
 {"peer", "op", "seconds"} where seconds is the collective operation's wall time (max over ranks),
@@ -54,15 +54,13 @@ def dcp_state(ref, scenario, rank, world, zeros):
 
 
 def megatron_state(ref, scenario, rank, world, zeros):
-    from megatron.core.dist_checkpointing import ShardedTensor
+    """This rank's tensors in Megatron's tensor-parallel layout (big.* split along dim 0)."""
     sd = {}
     for k, t in ref.items():
         t = torch.zeros_like(t) if zeros else t
         if scenario == "split" and is_big(k):
-            part, _ = local_part(t, rank, world)
-            sd[k] = ShardedTensor.from_rank_offsets(k, part.contiguous(), (0, rank, world))
-        else:
-            sd[k] = ShardedTensor.from_rank_offsets(k, t, replica_id=rank)
+            t = local_part(t, rank, world)[0].clone()
+        sd[k] = t
     return sd
 
 
@@ -88,15 +86,33 @@ def main():
         else:
             dcp.load(sd, checkpoint_id=args.dir)
     else:
-        from megatron.core import dist_checkpointing
+        # Megatron-LM's classic checkpoint: one torch.save file per tensor-parallel rank
+        # (mp_rank_XX/model_optim_rng.pt holding {"model": state_dict}); at load every rank
+        # torch.loads its own file and copies it into the model (load_state_dict).
         sd = megatron_state(ref, args.scenario, rank, world, zeros=args.op == "load")
+        tp_rank = rank if args.scenario == "split" else 0
+        name = os.path.join(args.dir, f"mp_rank_{tp_rank:02d}", "model_optim_rng.pt")
         dist.barrier()
         t0 = time.perf_counter()
         if args.op == "save":
-            os.makedirs(args.dir, exist_ok=True)
-            dist_checkpointing.save(sd, args.dir)
+            # Every tensor-parallel rank writes its file (split) or rank 0 writes the one file.
+            for tp in range(world):
+                local = megatron_state(ref, "split", tp, world, zeros=False)
+                path = os.path.join(args.dir, f"mp_rank_{tp:02d}", "model_optim_rng.pt")
+                if tp == rank:
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    torch.save({"model": local}, path)
+            if rank == 0:
+                os.makedirs(os.path.join(args.dir, "replicated", "mp_rank_00"), exist_ok=True)
+                torch.save({"model": ref}, os.path.join(args.dir, "replicated", "mp_rank_00",
+                                                        "model_optim_rng.pt"))
         else:
-            sd = dist_checkpointing.load(sd, args.dir)
+            if args.scenario == "replicated":
+                name = os.path.join(args.dir, "replicated", "mp_rank_00", "model_optim_rng.pt")
+            loaded = torch.load(name, map_location="cpu", weights_only=True)["model"]
+            with torch.no_grad():
+                for k, v in sd.items():
+                    v.copy_(loaded[k])
     dist.barrier()
     secs = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
     dist.all_reduce(secs, op=dist.ReduceOp.MAX)
