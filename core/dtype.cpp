@@ -6,24 +6,35 @@
 namespace shardload {
 namespace {
 
+/// Every name a dtype goes by, one row per dtype, in enum order.
 struct DTypeInfo {
   DType dtype;
   std::string_view name;
   int64_t size;
+  std::string_view safetensors;
+  std::string_view storage_class;
 };
 
 constexpr std::array<DTypeInfo, 10> kDTypes{{
-    {DType::kFloat64, "float64", 8},
-    {DType::kFloat32, "float32", 4},
-    {DType::kFloat16, "float16", 2},
-    {DType::kBFloat16, "bfloat16", 2},
-    {DType::kInt64, "int64", 8},
-    {DType::kInt32, "int32", 4},
-    {DType::kInt16, "int16", 2},
-    {DType::kInt8, "int8", 1},
-    {DType::kUInt8, "uint8", 1},
-    {DType::kBool, "bool", 1},
+    {DType::kFloat64, "float64", 8, "F64", "DoubleStorage"},
+    {DType::kFloat32, "float32", 4, "F32", "FloatStorage"},
+    {DType::kFloat16, "float16", 2, "F16", "HalfStorage"},
+    {DType::kBFloat16, "bfloat16", 2, "BF16", "BFloat16Storage"},
+    {DType::kInt64, "int64", 8, "I64", "LongStorage"},
+    {DType::kInt32, "int32", 4, "I32", "IntStorage"},
+    {DType::kInt16, "int16", 2, "I16", "ShortStorage"},
+    {DType::kInt8, "int8", 1, "I8", "CharStorage"},
+    {DType::kUInt8, "uint8", 1, "U8", "ByteStorage"},
+    {DType::kBool, "bool", 1, "BOOL", "BoolStorage"},
 }};
+
+template <typename Field>
+std::optional<DType> find_by(Field field, std::string_view value) {
+  for (const auto& info : kDTypes) {
+    if (info.*field == value) return info.dtype;
+  }
+  return std::nullopt;
+}
 
 }  // namespace
 
@@ -32,10 +43,23 @@ std::string_view dtype_name(DType dtype) { return kDTypes[static_cast<size_t>(dt
 int64_t dtype_size(DType dtype) { return kDTypes[static_cast<size_t>(dtype)].size; }
 
 std::optional<DType> dtype_from_name(std::string_view name) {
-  for (const auto& info : kDTypes) {
-    if (info.name == name) return info.dtype;
-  }
-  return std::nullopt;
+  return find_by(&DTypeInfo::name, name);
+}
+
+std::string_view safetensors_code(DType dtype) {
+  return kDTypes[static_cast<size_t>(dtype)].safetensors;
+}
+
+std::optional<DType> dtype_from_safetensors(std::string_view code) {
+  return find_by(&DTypeInfo::safetensors, code);
+}
+
+std::string_view torch_storage_class(DType dtype) {
+  return kDTypes[static_cast<size_t>(dtype)].storage_class;
+}
+
+std::optional<DType> dtype_from_storage_class(std::string_view name) {
+  return find_by(&DTypeInfo::storage_class, name);
 }
 
 }  // namespace shardload

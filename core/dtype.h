@@ -30,4 +30,11 @@ std::optional<DType> dtype_from_name(std::string_view name);
 /// Bytes per element.
 int64_t dtype_size(DType dtype);
 
+/// The dtype's code in safetensors headers ("F32", "BF16", "BOOL", ...) and back.
+std::string_view safetensors_code(DType dtype);
+std::optional<DType> dtype_from_safetensors(std::string_view code);
+/// The legacy typed-storage class torch.save names for the dtype ("FloatStorage", ...) and back.
+std::string_view torch_storage_class(DType dtype);
+std::optional<DType> dtype_from_storage_class(std::string_view name);
+
 }  // namespace shardload

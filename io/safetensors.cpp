@@ -15,42 +15,21 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "io/torch_dtype.h"
 
 namespace shardload {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct DTypeName {
-  std::string_view name;
-  at::ScalarType dtype;
-};
-
-constexpr std::array<DTypeName, 10> kDTypes{{
-    {"F64", at::kDouble},
-    {"F32", at::kFloat},
-    {"F16", at::kHalf},
-    {"BF16", at::kBFloat16},
-    {"I64", at::kLong},
-    {"I32", at::kInt},
-    {"I16", at::kShort},
-    {"I8", at::kChar},
-    {"U8", at::kByte},
-    {"BOOL", at::kBool},
-}};
-
-std::optional<at::ScalarType> dtype_of(std::string_view name) {
-  for (const auto& d : kDTypes) {
-    if (d.name == name) return d.dtype;
-  }
-  return std::nullopt;
+std::optional<at::ScalarType> dtype_of(std::string_view code) {
+  auto dtype = dtype_from_safetensors(code);
+  return dtype ? std::optional(scalar_type_of(*dtype)) : std::nullopt;
 }
 
-std::optional<std::string_view> name_of(at::ScalarType dtype) {
-  for (const auto& d : kDTypes) {
-    if (d.dtype == dtype) return d.name;
-  }
-  return std::nullopt;
+std::optional<std::string_view> name_of(at::ScalarType type) {
+  auto dtype = dtype_from_scalar_type(type);
+  return dtype ? std::optional(safetensors_code(*dtype)) : std::nullopt;
 }
 
 /// One validated header entry.

@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "io/pickle.h"
+#include "io/torch_dtype.h"
 
 namespace shardload {
 namespace {
@@ -25,37 +26,15 @@ namespace {
 namespace fs = std::filesystem;
 using Kind = PickleValue::Kind;
 
-/// The typed storage classes torch.save names in persistent ids, one per supported dtype.
-struct StorageClass {
-  std::string_view name;
-  at::ScalarType dtype;
-};
-
-constexpr std::array<StorageClass, 10> kStorageClasses{{
-    {"DoubleStorage", at::kDouble},
-    {"FloatStorage", at::kFloat},
-    {"HalfStorage", at::kHalf},
-    {"BFloat16Storage", at::kBFloat16},
-    {"LongStorage", at::kLong},
-    {"IntStorage", at::kInt},
-    {"ShortStorage", at::kShort},
-    {"CharStorage", at::kChar},
-    {"ByteStorage", at::kByte},
-    {"BoolStorage", at::kBool},
-}};
-
+/// The dtype of a typed storage class torch.save names in persistent ids ("FloatStorage").
 std::optional<at::ScalarType> storage_dtype(std::string_view name) {
-  for (const auto& c : kStorageClasses) {
-    if (c.name == name) return c.dtype;
-  }
-  return std::nullopt;
+  auto dtype = dtype_from_storage_class(name);
+  return dtype ? std::optional(scalar_type_of(*dtype)) : std::nullopt;
 }
 
-std::optional<std::string_view> storage_class(at::ScalarType dtype) {
-  for (const auto& c : kStorageClasses) {
-    if (c.dtype == dtype) return c.name;
-  }
-  return std::nullopt;
+std::optional<std::string_view> storage_class(at::ScalarType type) {
+  auto dtype = dtype_from_scalar_type(type);
+  return dtype ? std::optional(torch_storage_class(*dtype)) : std::nullopt;
 }
 
 constexpr std::string_view kRebuildTensorV2 = "torch._utils._rebuild_tensor_v2";
