@@ -115,7 +115,17 @@ struct InFlight {
   const Message* message;
   int64_t offset;  ///< of its buffer in the staging arena
   std::unique_ptr<Delivery> delivery;
+  bool landed = false;  ///< the bytes were received straight into the destination tensor
 };
+
+constexpr int64_t kDirectBytes = int64_t{1} << 20;
+
+/// Large single-piece messages go in two steps, the reader's status first (8 bytes), then the
+/// data — only when the read succeeded — so that a receiver can take the data straight into its
+/// tensor without staging it. Decided from the plan alone, so all ranks of a message agree.
+bool two_step(const Message& m) {
+  return m.pieces.size() == 1 && m.ranks.size() > 1 && m.nbytes >= kDirectBytes;
+}
 
 constexpr int64_t kHeader = 8;
 
@@ -275,6 +285,7 @@ LoadResult load(Partition& partition, const std::string& path, MPI_Comm mpi_comm
     std::deque<InFlight> in_flight;
     auto apply = [&](InFlight& f) {
       if (f.delivery) f.delivery->wait();
+      if (f.landed) return;
       char* base = arena->data() + f.offset;
       uint64_t status;
       std::memcpy(&status, base, kHeader);
@@ -295,6 +306,25 @@ LoadResult load(Partition& partition, const std::string& path, MPI_Comm mpi_comm
         }
         pos += piece.nbytes;
       }
+    };
+    // This rank's destination of a single-piece message when the bytes can land there as they
+    // are: a contiguous CPU view of the checkpoint's dtype. Undefined otherwise.
+    auto direct_destination = [&](const Message& m) -> at::Tensor {
+      const Piece& piece = plan.pieces[static_cast<size_t>(m.pieces[0])];
+      for (const auto& [r, need] : piece.receivers) {
+        if (r != rank) continue;
+        const PartitionEntry& entry =
+            partition.entries()[static_cast<size_t>(my_entry_of_need[static_cast<size_t>(need)])];
+        const Need& n = needs[static_cast<size_t>(rank)][static_cast<size_t>(need)];
+        at::Tensor dst = destination_view(entry, n, piece.box);
+        const ChunkRecord& row = index[static_cast<size_t>(piece.chunk)];
+        if (dst.device().is_cpu() && dst.is_contiguous() &&
+            dst.scalar_type() == scalar_type_of(row.dtype) &&
+            dst.nbytes() == static_cast<size_t>(piece.nbytes)) {
+          return dst;
+        }
+      }
+      return at::Tensor();
     };
     auto retire_front = [&] {
       apply(in_flight.front());
@@ -334,7 +364,21 @@ LoadResult load(Partition& partition, const std::string& path, MPI_Comm mpi_comm
         }
         std::memcpy(base, &status, kHeader);
       }
-      if (m->ranks.size() > 1) {
+      if (two_step(*m)) {
+        // Step 1, the status: small, completed at once (the reader has read by now).
+        transport.start(base, kHeader, m->reader, m->ranks)->wait();
+        std::memcpy(&status, base, kHeader);
+        if (status == 0) {
+          void* into = base + kHeader;
+          if (m->reader != rank) {
+            if (at::Tensor dst = direct_destination(*m); dst.defined()) {
+              into = dst.data_ptr();
+              f.landed = true;
+            }
+          }
+          f.delivery = transport.start(into, static_cast<size_t>(m->nbytes), m->reader, m->ranks);
+        }
+      } else if (m->ranks.size() > 1) {
         f.delivery = transport.start(base, static_cast<size_t>(size), m->reader, m->ranks);
       }
       in_flight.push_back(std::move(f));

@@ -157,6 +157,34 @@ TEST(Load, ModuleAndPartitionNamesAgreeWithStrictSemanticsOnEmptyModel) {
   EXPECT_TRUE(load(empty, f.ckpt, MPI_COMM_WORLD, {.strict = false}).ok);
 }
 
+TEST(Load, LargeTensorsLandDirectlyOrThroughStaging) {
+  // Messages of 1 MiB or more go status-first and, where the destination allows, straight into
+  // the tensor; a transposed destination or a dtype conversion still goes through staging.
+  SharedDir dir("large");
+  TensorList full = {{"big", make_tensor(1, at::kFloat, {1024, 768})},
+                     {"big_t", make_tensor(2, at::kFloat, {1024, 512})},
+                     {"big_cast", make_tensor(3, at::kFloat, {600, 1000})},
+                     {"split", make_tensor(4, at::kBFloat16, {2048, 640})}};
+  save(Partition::from_global(full, {}, world_rank(), world_size()), dir.path + "/ckpt",
+       MPI_COMM_WORLD);
+  at::Tensor transposed_storage = at::zeros({512, 1024});
+  TensorList model = {{"big", at::zeros({1024, 768})},
+                      {"big_t", transposed_storage.t()},
+                      {"big_cast", at::zeros({600, 1000}, at::kDouble)},
+                      {"split", at::zeros({2048, 640}, at::kBFloat16)}};
+  Partition p = Partition::from_global(model, {{"^split$", 0, {}}}, world_rank(), world_size());
+  p.entries()[1].tensor = transposed_storage.t();  // keep the non-contiguous view itself
+  LoadResult r = load(p, dir.path + "/ckpt", MPI_COMM_WORLD, {.message_bytes = 2 << 20});
+  EXPECT_TRUE(r.ok);
+  Partition expect = Partition::from_global(full, {{"^split$", 0, {}}}, world_rank(), world_size());
+  EXPECT_TRUE(same_bits(p.entries()[0].tensor, expect.entries()[0].tensor));
+  EXPECT_TRUE(same_bits(p.entries()[1].tensor.contiguous(), expect.entries()[1].tensor));
+  EXPECT_TRUE(same_bits(transposed_storage, full[1].tensor.t().contiguous()));
+  EXPECT_TRUE(same_bits(p.entries()[2].tensor, full[2].tensor.to(at::kDouble)));
+  EXPECT_TRUE(same_bits(p.entries()[3].tensor, expect.entries()[3].tensor));
+  EXPECT_EQ(r.bytes_read_total, r.bytes_needed_total);
+}
+
 TEST(Transport, MessagesOver2GiBArriveWhole) {
   // One buffer of 2 GiB + 4 KiB from rank 0 to the last rank (to itself on one rank).
   Communicator comm(MPI_COMM_WORLD);

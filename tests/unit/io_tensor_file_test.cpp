@@ -407,7 +407,11 @@ TEST(Pickle, ReadsPythonProtocol2And4Opcodes) {
 
 TEST(Pickle, RejectsUnknownOpcodesAndTruncation) {
   EXPECT_THROW(unpickle(std::string("\x80\x02\xff", 3), no_hooks()), FormatError);
-  EXPECT_THROW(unpickle(std::string("\x80\x02X\x10\x00\x00\x00ab", 9), no_hooks()), FormatError);
+  EXPECT_THROW(unpickle(std::string("\x80\x02X\x10\x00\x00\x00"
+                                    "ab",
+                                    9),
+                        no_hooks()),
+               FormatError);
   EXPECT_THROW(unpickle(std::string("\x80\x02", 2), no_hooks()), FormatError);
   EXPECT_THROW(unpickle(std::string("\x80\x02K\x01K\x02.", 7), no_hooks()), FormatError);
   EXPECT_THROW(unpickle(std::string("\x80\x02h\x05.", 5), no_hooks()), FormatError);
