@@ -144,4 +144,51 @@ std::vector<Box> split_for_budget(const Box& box, int64_t elem_size, int64_t max
   return pieces;
 }
 
+std::optional<Box> uncovered_bounds(const Box& region, const std::vector<Box>& covers) {
+  const size_t ndim = region.shape.size();
+  std::vector<Box> clipped;
+  for (const Box& c : covers) {
+    if (auto i = intersect(region, c)) clipped.push_back(*i);
+  }
+  std::vector<std::vector<int64_t>> cuts(ndim);
+  for (size_t d = 0; d < ndim; ++d) {
+    cuts[d] = {region.offset[d], region.offset[d] + region.shape[d]};
+    for (const Box& c : clipped) {
+      cuts[d].push_back(c.offset[d]);
+      cuts[d].push_back(c.offset[d] + c.shape[d]);
+    }
+    std::sort(cuts[d].begin(), cuts[d].end());
+    cuts[d].erase(std::unique(cuts[d].begin(), cuts[d].end()), cuts[d].end());
+    if (cuts[d].size() < 2) return std::nullopt;  // empty region
+  }
+  std::optional<Box> bounds;
+  std::vector<size_t> at(ndim, 0);
+  while (true) {
+    Box cell;
+    for (size_t d = 0; d < ndim; ++d) {
+      cell.offset.push_back(cuts[d][at[d]]);
+      cell.shape.push_back(cuts[d][at[d] + 1] - cuts[d][at[d]]);
+    }
+    const bool covered = std::any_of(clipped.begin(), clipped.end(),
+                                     [&](const Box& c) { return contains(c, cell); });
+    if (!covered) {
+      if (!bounds) {
+        bounds = cell;
+      } else {
+        for (size_t d = 0; d < ndim; ++d) {
+          const int64_t lo = std::min(bounds->offset[d], cell.offset[d]);
+          const int64_t hi =
+              std::max(bounds->offset[d] + bounds->shape[d], cell.offset[d] + cell.shape[d]);
+          bounds->offset[d] = lo;
+          bounds->shape[d] = hi - lo;
+        }
+      }
+    }
+    size_t d = ndim;
+    while (d > 0 && ++at[d - 1] + 1 >= cuts[d - 1].size()) at[--d] = 0;
+    if (d == 0) break;
+  }
+  return bounds;
+}
+
 }  // namespace shardload

@@ -29,6 +29,9 @@ std::optional<Box> intersect(const Box& a, const Box& b);
 bool contains(const Box& outer, const Box& inner);
 /// True when the box lies inside a tensor of shape `global` (same rank, in bounds).
 bool inside(const Shape& global, const Box& box);
+/// The bounding box of the elements of `region` that no box of `covers` contains; nullopt when
+/// they cover it (or the region is empty). Walks the grid of all box boundaries.
+std::optional<Box> uncovered_bounds(const Box& region, const std::vector<Box>& covers);
 /// Python-like slice text: "[0:4, 2:8]"; "[]" for 0-d.
 std::string box_str(const Box& box);
 

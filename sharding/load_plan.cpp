@@ -54,33 +54,6 @@ void for_each_cell(const std::vector<std::vector<int64_t>>& cuts, Visit&& visit)
   }
 }
 
-/// The bounding box of the elements of `region` that no box of `covers` contains; nullopt when
-/// they cover it.
-std::optional<Box> uncovered_bounds(const Box& region, const std::vector<Box>& covers) {
-  std::vector<Box> clipped;
-  for (const Box& c : covers) {
-    if (auto i = intersect(region, c)) clipped.push_back(*i);
-  }
-  std::optional<Box> bounds;
-  for_each_cell(grid_cuts(region, clipped), [&](const std::vector<int64_t>&, const Box& cell) {
-    for (const Box& c : clipped) {
-      if (contains(c, cell)) return;
-    }
-    if (!bounds) {
-      bounds = cell;
-      return;
-    }
-    for (size_t d = 0; d < cell.shape.size(); ++d) {
-      const int64_t lo = std::min(bounds->offset[d], cell.offset[d]);
-      const int64_t hi =
-          std::max(bounds->offset[d] + bounds->shape[d], cell.offset[d] + cell.shape[d]);
-      bounds->offset[d] = lo;
-      bounds->shape[d] = hi - lo;
-    }
-  });
-  return bounds;
-}
-
 /// A box in grid-index space (half-open per dimension) and the set of parts it lies in.
 struct GridBox {
   int label = 0;
@@ -268,17 +241,7 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index,
         m.first_rank = r;
       } else {
         if (m.needers.back().first == r) throw UsageError(who + " needs it twice");
-        const std::string pair =
-            quoted(n.key) + ": rank " + std::to_string(m.first_rank) + " needs ";
-        const std::string other = ", rank " + std::to_string(r) + " needs ";
-        if (m.first->dtype != n.dtype) {
-          throw UsageError(pair + "dtype " + std::string(dtype_name(m.first->dtype)) + other +
-                           std::string(dtype_name(n.dtype)));
-        }
-        if (m.first->global_shape != n.global_shape) {
-          throw UsageError(pair + "global shape " + shape_str(m.first->global_shape) + other +
-                           shape_str(n.global_shape));
-        }
+        check_same_tensor(*m.first, m.first_rank, n, r, "needs");
       }
       m.needers.emplace_back(r, static_cast<int32_t>(i));
     }

@@ -34,55 +34,6 @@ const char* kind_name(Declaration::Kind kind) {
   return "?";
 }
 
-/// The bounding box of the elements of `region` that no box of `covers` contains; nullopt when
-/// they cover it. Walks the grid spanned by all box boundaries: only used to word an error.
-std::optional<Box> uncovered_bounds(const Box& region, const std::vector<Box>& covers) {
-  const size_t ndim = region.shape.size();
-  std::vector<Box> clipped;
-  for (const Box& c : covers) {
-    if (auto i = intersect(region, c)) clipped.push_back(*i);
-  }
-  std::vector<std::vector<int64_t>> cuts(ndim);
-  for (size_t d = 0; d < ndim; ++d) {
-    cuts[d] = {region.offset[d], region.offset[d] + region.shape[d]};
-    for (const Box& c : clipped) {
-      cuts[d].push_back(c.offset[d]);
-      cuts[d].push_back(c.offset[d] + c.shape[d]);
-    }
-    std::sort(cuts[d].begin(), cuts[d].end());
-    cuts[d].erase(std::unique(cuts[d].begin(), cuts[d].end()), cuts[d].end());
-    if (cuts[d].size() < 2) return std::nullopt;  // empty region
-  }
-  std::optional<Box> bounds;
-  std::vector<size_t> at(ndim, 0);
-  while (true) {
-    Box cell;
-    for (size_t d = 0; d < ndim; ++d) {
-      cell.offset.push_back(cuts[d][at[d]]);
-      cell.shape.push_back(cuts[d][at[d] + 1] - cuts[d][at[d]]);
-    }
-    const bool covered = std::any_of(clipped.begin(), clipped.end(),
-                                     [&](const Box& c) { return contains(c, cell); });
-    if (!covered) {
-      if (!bounds) {
-        bounds = cell;
-      } else {
-        for (size_t d = 0; d < ndim; ++d) {
-          const int64_t lo = std::min(bounds->offset[d], cell.offset[d]);
-          const int64_t hi =
-              std::max(bounds->offset[d] + bounds->shape[d], cell.offset[d] + cell.shape[d]);
-          bounds->offset[d] = lo;
-          bounds->shape[d] = hi - lo;
-        }
-      }
-    }
-    size_t d = ndim;
-    while (d > 0 && ++at[d - 1] + 1 >= cuts[d - 1].size()) at[--d] = 0;
-    if (d == 0) break;
-  }
-  return bounds;
-}
-
 /// A split group as declared; empty means all ranks in rank order.
 std::vector<int> resolved_group(const std::vector<int>& group, int nranks) {
   if (!group.empty()) return group;
@@ -234,6 +185,20 @@ std::vector<std::vector<Holding>> resolve_declarations(
   return holdings;
 }
 
+void check_same_tensor(const Holding& a, int ra, const Holding& b, int rb,
+                       const std::string& verb) {
+  const std::string pair = quoted(a.key) + ": rank " + std::to_string(ra) + " " + verb + " ";
+  const std::string other = ", rank " + std::to_string(rb) + " " + verb + " ";
+  if (a.dtype != b.dtype) {
+    throw UsageError(pair + "dtype " + std::string(dtype_name(a.dtype)) + other +
+                     std::string(dtype_name(b.dtype)));
+  }
+  if (a.global_shape != b.global_shape) {
+    throw UsageError(pair + "global shape " + shape_str(a.global_shape) + other +
+                     shape_str(b.global_shape));
+  }
+}
+
 SavePlan plan_save(const std::vector<std::vector<Holding>>& holdings) {
   const int nranks = static_cast<int>(holdings.size());
 
@@ -265,19 +230,7 @@ SavePlan plan_save(const std::vector<std::vector<Holding>>& holdings) {
       auto [it, fresh] = key_index.emplace(h.key, keys.size());
       if (fresh) keys.push_back(Key{h.key, &h, r, {}});
       Key& k = keys[it->second];
-      if (!fresh) {
-        const std::string pair =
-            quoted(h.key) + ": rank " + std::to_string(k.first_rank) + " holds ";
-        const std::string other = ", rank " + std::to_string(r) + " holds ";
-        if (k.first->dtype != h.dtype) {
-          throw UsageError(pair + "dtype " + std::string(dtype_name(k.first->dtype)) + other +
-                           std::string(dtype_name(h.dtype)));
-        }
-        if (k.first->global_shape != h.global_shape) {
-          throw UsageError(pair + "global shape " + shape_str(k.first->global_shape) + other +
-                           shape_str(h.global_shape));
-        }
-      }
+      if (!fresh) check_same_tensor(*k.first, k.first_rank, h, r, "holds");
       auto reg = std::find_if(k.regions.begin(), k.regions.end(),
                               [&](const Region& g) { return g.box == h.region; });
       if (reg == k.regions.end()) {

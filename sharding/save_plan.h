@@ -47,6 +47,10 @@ struct Holding {
 std::vector<std::vector<Holding>> resolve_declarations(
     const std::vector<std::vector<Declaration>>& declarations);
 
+/// Throws UsageError, naming the key and both ranks, when `b` (rank rb) describes the same key
+/// as `a` (rank ra) with another dtype or global shape. `verb` words it: "holds", "needs".
+void check_same_tensor(const Holding& a, int ra, const Holding& b, int rb, const std::string& verb);
+
 /// Which rank writes which holding.
 struct SavePlan {
   /// writes[r]: indices into holdings[r] that rank r writes, ascending.
