@@ -11,6 +11,7 @@
 #include "io/checkpoint_dir.h"
 #include "loader/shardload.h"
 #include "tools/commands.h"
+#include "transport/communicator.h"
 
 namespace shardload::tools {
 namespace {
@@ -90,16 +91,17 @@ nlohmann::json result_json(const LoadResult* r, bool strict, const std::string& 
 /// Writes the loaded partition to OUT: a checkpoint directory saved collectively in the current
 /// layout, or a single file assembled by rank 0 (through a temporary checkpoint, in REF's order).
 void write_out(const Partition& partition, const TensorList& ref, const std::string& out,
-               bool overwrite, int rank) {
+               bool overwrite, const Communicator& comm) {
+  const int rank = comm.rank();
   if (!is_tensor_file(out)) {
     save(partition, out, MPI_COMM_WORLD, SaveOptions{.overwrite = overwrite});
     return;
   }
   std::string tmp = out + ".shardload-tmp-ckpt";
-  int exists = rank == 0 && path_exists(tmp) ? 1 : 0;
-  MPI_Bcast(&exists, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  // Rank 0 decides (a leftover from an interrupted run is replaced); the others learn it.
+  int64_t exists = comm.allreduce_max(rank == 0 && path_exists(tmp) ? int64_t{1} : int64_t{0});
   save(partition, tmp, MPI_COMM_WORLD, SaveOptions{.overwrite = exists != 0});
-  int rc = 0;
+  int64_t rc = 0;
   std::string error;
   if (rank == 0) {
     try {
@@ -118,7 +120,7 @@ void write_out(const Partition& partition, const TensorList& ref, const std::str
     }
     remove_tree_noexcept(tmp);
   }
-  MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  rc = comm.allreduce_max(rc);  // only rank 0 contributes
   if (rc != 0)
     throw_error(rc == 2 ? ErrorKind::kUsage : ErrorKind::kFormat,
                 rank == 0 ? error : "writing " + out + " failed on rank 0");
@@ -154,9 +156,9 @@ Runner add_load(CLI::App& app) {
   cmd->add_option("--name", a->name, "model name in error messages");
   cmd->add_flag("--overwrite", a->overwrite, "replace an existing --out");
   return [a]() -> int {
-    int rank = world_rank();
-    int ranks = 1;
-    MPI_Comm_size(MPI_COMM_WORLD, &ranks);
+    Communicator comm(MPI_COMM_WORLD);
+    const int rank = comm.rank();
+    const int ranks = comm.size();
     LoadOptions options;
     options.strict = !a->no_strict;
     options.skip_size_mismatch = a->skip_size_mismatch;
@@ -185,8 +187,7 @@ Runner add_load(CLI::App& app) {
         local_error = e.what();
         local_rc = e.exit_code();
       }
-      int worst = 0;
-      MPI_Allreduce(&local_rc, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+      int64_t worst = comm.allreduce_max(static_cast<int64_t>(local_rc));
       if (worst != 0) {
         throw_error(worst == 2 ? ErrorKind::kUsage : ErrorKind::kFormat,
                     local_error.empty() ? "another rank failed to read " + a->ref : local_error);
@@ -201,7 +202,7 @@ Runner add_load(CLI::App& app) {
         secs = result.wall_seconds;
         throw;
       }
-      if (!a->out.empty()) write_out(partition, ref, a->out, a->overwrite, rank);
+      if (!a->out.empty()) write_out(partition, ref, a->out, a->overwrite, comm);
     } catch (const Error& e) {
       error = e.what();
       rc = e.exit_code();

@@ -13,6 +13,7 @@
 #include "io/checkpoint_dir.h"
 #include "loader/shardload.h"
 #include "tools/commands.h"
+#include "transport/communicator.h"
 
 namespace shardload::tools {
 namespace {
@@ -117,25 +118,23 @@ struct DemoArgs {
 };
 
 int run_demo(const DemoArgs& args) {
-  int rank = 0, ranks = 1;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &ranks);
+  Communicator comm(MPI_COMM_WORLD);
+  const int rank = comm.rank(), ranks = comm.size();
   torch::set_num_threads(1);
   auto say = [&](const std::string& s) {
     if (rank == 0) std::cout << s << std::endl;
   };
   int failures = 0;
   auto check = [&](bool ok, const std::string& what) {
-    int mine = ok ? 0 : 1, any = 0;
-    MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    int64_t any = comm.allreduce_max(ok ? int64_t{0} : int64_t{1});
     say(std::string(any ? "  FAILED: " : "  ok: ") + what);
-    failures += any;
+    failures += static_cast<int>(any);
   };
 
   std::string dir = args.dir;
   if (dir.empty()) dir = (std::filesystem::temp_directory_path() / "shardload-demo").string();
   if (rank == 0) std::filesystem::create_directories(dir);
-  MPI_Barrier(MPI_COMM_WORLD);
+  comm.barrier();
   const std::string ckpt = dir + "/step-5";
   const std::string ddp_ckpt = dir + "/ddp-step-5";
 
@@ -167,9 +166,7 @@ int run_demo(const DemoArgs& args) {
   say("2. saved " + ckpt + ": " + std::to_string(saved.num_shards) + " shard file(s), " +
       std::to_string(saved.bytes_written_total) + " bytes");
   {
-    int64_t mine = saved.bytes_written;
-    std::vector<int64_t> all(static_cast<size_t>(ranks));
-    MPI_Gather(&mine, 1, MPI_INT64_T, all.data(), 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
+    std::vector<int64_t> all = comm.allgather(saved.bytes_written);
     std::string per = "   bytes written per rank:";
     for (auto b : all) per += " " + std::to_string(b);
     say(per);
