@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <vector>
 
@@ -109,6 +110,22 @@ void commit_staging_dir(const std::string& staging, const std::string& path) {
                       ": cannot rename the new checkpoint into place: " + std::strerror(errno));
   }
   fsync_dir(parent);
+}
+
+void fsync_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw FormatError(path + ": cannot open for fsync: " + std::strerror(errno));
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) throw FormatError(path + ": fsync failed: " + std::strerror(err));
+}
+
+std::string utc_timestamp() {
+  std::time_t now = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  return buf;
 }
 
 void remove_tree_noexcept(const std::string& path) noexcept {

@@ -22,6 +22,12 @@ std::string make_staging_dir(const std::string& path);
 /// at every instant `path` holds a complete checkpoint. Flushes the parent directory.
 void commit_staging_dir(const std::string& staging, const std::string& path);
 
+/// Flushes a written file to stable storage. Throws FormatError naming it on failure.
+void fsync_file(const std::string& path);
+
+/// The current UTC time, ISO 8601 ("2026-11-28T16:00:00Z"), as manifests record it.
+std::string utc_timestamp();
+
 /// Removes a directory tree; never throws (best effort, for cleanup).
 void remove_tree_noexcept(const std::string& path) noexcept;
 

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "io/checkpoint_dir.h"
 #include "io/hdf5.h"
 #include "io/shard_file.h"
 
@@ -37,12 +38,7 @@ void write_manifest(const std::string& dir, const Manifest& m) {
     meta.reset();
     SHARDLOAD_H5(H5Fflush(f.get(), H5F_SCOPE_GLOBAL));
     f.close("H5Fclose");
-    int fd = ::open(path.c_str(), O_RDONLY);
-    if (fd < 0 || ::fsync(fd) != 0) {
-      if (fd >= 0) ::close(fd);
-      throw FormatError("fsync failed");
-    }
-    ::close(fd);
+    fsync_file(path);
   } catch (...) {
     rethrow_with_context("In " + path + ": ");
   }

@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "core/error.h"
+#include "io/checkpoint_dir.h"
 #include "io/checksum.h"
 #include "io/hdf5.h"
 
@@ -87,14 +88,6 @@ Handle data_space(const Shape& shape) {
   if (shape.empty()) return h5::space_handle(H5Screate(H5S_SCALAR));
   std::vector<hsize_t> dims(shape.begin(), shape.end());
   return h5::space_handle(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
-}
-
-void fsync_path(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw FormatError("cannot open for fsync");
-  int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) throw FormatError("fsync failed");
 }
 
 Handle file_access_plist() {
@@ -191,7 +184,7 @@ void ShardWriter::finish() {
     impl_->data_group.reset();
     SHARDLOAD_H5(H5Fflush(impl_->file.get(), H5F_SCOPE_GLOBAL));
     impl_->file.close("H5Fclose");
-    fsync_path(path_);
+    fsync_file(path_);
   } catch (...) {
     rethrow_with_context("In " + path_ + ": writing the index: ");
   }

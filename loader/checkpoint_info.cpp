@@ -164,12 +164,7 @@ void write_checkpoint(const std::string& dir, const TensorList& tensors, int num
       m.shard_files.push_back(name);
       m.shard_chunks.push_back(static_cast<int64_t>(members.size()));
     }
-    {
-      std::time_t now = std::time(nullptr);
-      char buf[32];
-      std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-      m.created = buf;
-    }
+    m.created = utc_timestamp();
     write_manifest(staging, m);
     commit_staging_dir(staging, dir);
   } catch (...) {

@@ -16,13 +16,6 @@
 namespace shardload {
 namespace {
 
-std::string utc_now() {
-  std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-  return buf;
-}
-
 void check_key(const std::string& key) {
   if (key.empty()) throw UsageError("empty key in the partition");
   if (key.find('\0') != std::string::npos) {
@@ -120,7 +113,7 @@ SaveResult save(const Partition& partition, const std::string& path, MPI_Comm mp
     for (int r = 0; r < ranks; ++r) m.shard_files.push_back(shard_file_name(r, ranks));
     m.shard_chunks = chunk_counts;
     m.num_ranks = ranks;
-    m.created = utc_now();
+    m.created = utc_timestamp();
     m.metadata = options.metadata;
     write_manifest(staging, m);
     commit_staging_dir(staging, path);

@@ -169,17 +169,7 @@ std::vector<std::vector<Holding>> resolve_declarations(
       auto [it, fresh] = first_rank.emplace(h.key, r);
       if (fresh) continue;
       const int f = it->second;
-      const Holding& g = holdings[f][where[f].at(h.key)];
-      const std::string pair = quoted(h.key) + ": rank " + std::to_string(f) + " declares ";
-      const std::string other = ", rank " + std::to_string(r) + " declares ";
-      if (g.dtype != h.dtype) {
-        throw UsageError(pair + "dtype " + std::string(dtype_name(g.dtype)) + other +
-                         std::string(dtype_name(h.dtype)));
-      }
-      if (g.global_shape != h.global_shape) {
-        throw UsageError(pair + "global shape " + shape_str(g.global_shape) + other +
-                         shape_str(h.global_shape));
-      }
+      check_same_tensor(holdings[f][where[f].at(h.key)], f, h, r, "declares");
     }
   }
   return holdings;
