@@ -7,7 +7,6 @@
 #include <vector>
 
 #include "core/error.h"
-#include "sharding/save_plan.h"
 #include "transport/communicator.h"
 
 namespace shardload {
@@ -33,10 +32,6 @@ class PhaseRunner {
   const Communicator& comm_;
   std::string operation_;
 };
-
-/// Every rank's declarations, indexed by rank (one allgather). Collective.
-std::vector<std::vector<Declaration>> exchange_declarations(const Communicator& comm,
-                                                            const std::vector<Declaration>& mine);
 
 /// Debug-only fault injection for the failure tests: when the environment variable
 /// SHARDLOAD_FAIL_AT is "<phase>:<rank>" (e.g. "open:1") and matches, throws an Error.

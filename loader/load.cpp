@@ -16,6 +16,7 @@
 #include "io/manifest.h"
 #include "io/shard_file.h"
 #include "loader/collective.h"
+#include "loader/declarations.h"
 #include "loader/tensor_bytes.h"
 #include "loader/verdict.h"
 #include "transport/communicator.h"
@@ -123,8 +124,8 @@ constexpr int64_t kDirectBytes = int64_t{1} << 20;
 /// Large single-piece messages go in two steps, the reader's status first (8 bytes), then the
 /// data — only when the read succeeded — so that a receiver can take the data straight into its
 /// tensor without staging it. Decided from the plan alone, so all ranks of a message agree.
-bool two_step(const Message& m) {
-  return m.pieces.size() == 1 && m.ranks.size() > 1 && m.nbytes >= kDirectBytes;
+bool two_step(const LoadPlan& plan, const Message& m) {
+  return m.pieces.size() == 1 && plan.ranks_of(m).size() > 1 && m.nbytes >= kDirectBytes;
 }
 
 constexpr int64_t kHeader = 8;
@@ -240,6 +241,9 @@ LoadResult load(Partition& partition, const std::string& path, MPI_Comm mpi_comm
     plan = plan_load(index, needs, PlanOptions{options.message_bytes});
   });
   result.seconds.plan = seconds_since(t);
+  // What the transfer needs of the plan phase: this rank's needs, and the partition entry each
+  // lands in.
+  const std::vector<Need>& my_needs = needs[static_cast<size_t>(rank)];
 
   // 4. Verdict: decided from the plan alone, identically on every rank, before any tensor byte
   //    is read or written.
@@ -260,7 +264,8 @@ LoadResult load(Partition& partition, const std::string& path, MPI_Comm mpi_comm
   t = Clock::now();
   std::vector<const Message*> mine;
   for (const Message& m : plan.messages) {
-    if (std::binary_search(m.ranks.begin(), m.ranks.end(), rank)) mine.push_back(&m);
+    auto ranks_of_m = plan.ranks_of(m);
+    if (std::binary_search(ranks_of_m.begin(), ranks_of_m.end(), rank)) mine.push_back(&m);
   }
   std::vector<std::unique_ptr<Transport>> transports;
   std::optional<StagingArena> arena;
@@ -293,9 +298,8 @@ LoadResult load(Partition& partition, const std::string& path, MPI_Comm mpi_comm
       int64_t pos = kHeader;
       for (int32_t p : f.message->pieces) {
         const Piece& piece = plan.pieces[static_cast<size_t>(p)];
-        for (const auto& [r, need] : piece.receivers) {
-          if (r != rank) continue;
-          const Need& n = needs[static_cast<size_t>(rank)][static_cast<size_t>(need)];
+        if (const int32_t need = plan.need_of(piece, rank); need >= 0) {
+          const Need& n = my_needs[static_cast<size_t>(need)];
           const PartitionEntry& entry =
               partition.entries()[static_cast<size_t>(my_entry_of_need[static_cast<size_t>(need)])];
           const ChunkRecord& row = index[static_cast<size_t>(piece.chunk)];
@@ -311,11 +315,10 @@ LoadResult load(Partition& partition, const std::string& path, MPI_Comm mpi_comm
     // are: a contiguous CPU view of the checkpoint's dtype. Undefined otherwise.
     auto direct_destination = [&](const Message& m) -> at::Tensor {
       const Piece& piece = plan.pieces[static_cast<size_t>(m.pieces[0])];
-      for (const auto& [r, need] : piece.receivers) {
-        if (r != rank) continue;
+      if (const int32_t need = plan.need_of(piece, rank); need >= 0) {
         const PartitionEntry& entry =
             partition.entries()[static_cast<size_t>(my_entry_of_need[static_cast<size_t>(need)])];
-        const Need& n = needs[static_cast<size_t>(rank)][static_cast<size_t>(need)];
+        const Need& n = my_needs[static_cast<size_t>(need)];
         at::Tensor dst = destination_view(entry, n, piece.box);
         const ChunkRecord& row = index[static_cast<size_t>(piece.chunk)];
         if (dst.device().is_cpu() && dst.is_contiguous() &&
@@ -364,9 +367,9 @@ LoadResult load(Partition& partition, const std::string& path, MPI_Comm mpi_comm
         }
         std::memcpy(base, &status, kHeader);
       }
-      if (two_step(*m)) {
+      if (two_step(plan, *m)) {
         // Step 1, the status: small, completed at once (the reader has read by now).
-        transport.start(base, kHeader, m->reader, m->ranks)->wait();
+        transport.start(base, kHeader, m->reader, plan.ranks_of(*m))->wait();
         std::memcpy(&status, base, kHeader);
         if (status == 0) {
           void* into = base + kHeader;
@@ -376,10 +379,11 @@ LoadResult load(Partition& partition, const std::string& path, MPI_Comm mpi_comm
               f.landed = true;
             }
           }
-          f.delivery = transport.start(into, static_cast<size_t>(m->nbytes), m->reader, m->ranks);
+          f.delivery =
+              transport.start(into, static_cast<size_t>(m->nbytes), m->reader, plan.ranks_of(*m));
         }
-      } else if (m->ranks.size() > 1) {
-        f.delivery = transport.start(base, static_cast<size_t>(size), m->reader, m->ranks);
+      } else if (plan.ranks_of(*m).size() > 1) {
+        f.delivery = transport.start(base, static_cast<size_t>(size), m->reader, plan.ranks_of(*m));
       }
       in_flight.push_back(std::move(f));
     }
@@ -398,6 +402,7 @@ LoadResult load(Partition& partition, const std::string& path, MPI_Comm mpi_comm
   for (const auto& p : plan.pieces) result.bytes_needed_total += p.nbytes;
   result.seconds.result = seconds_since(t);
   result.wall_seconds = comm.allreduce_max(seconds_since(load_start));
+  result.checksums_verified = options.verify_checksums;
   return result;
 }
 

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "loader/partition.h"
+#include "loader/progress.h"
 #include "sharding/load_plan.h"
 
 namespace shardload {
@@ -30,8 +31,14 @@ struct LoadOptions {
   /// Largest message between ranks, and the staging memory a rank may hold in flight.
   int64_t message_bytes = 64ll << 20;
   int64_t staging_bytes = 256ll << 20;
-  /// Check each whole chunk read against its checksum.
+  /// Check every byte read against the checkpoint's checksums before it reaches a tensor.
+  /// false is the only way to skip the checks; LoadResult::checksums_verified then says so.
   bool verify_checksums = true;
+  /// Seconds a rank waits for the others at a phase boundary or for a transfer to progress
+  /// before the load fails, naming the ranks that did not arrive. <= 0: wait forever.
+  double timeout_seconds = 600;
+  /// Progress reports on this rank (see Progress); empty: none.
+  ProgressCallback progress;
 };
 
 /// Seconds spent in each phase on this rank.
@@ -56,6 +63,12 @@ struct LoadResult {
   int64_t bytes_needed_total = 0;  ///< bytes of the stored chunk parts that some rank needed
   PhaseSeconds seconds;
   double wall_seconds = 0;  ///< the load's wall time, max over ranks
+  /// Which backend moved the bytes into this rank's tensors: "mpi" or "nccl" (identical on every
+  /// rank).
+  std::string transport = "mpi";
+  /// Whether every byte that reached a tensor was checked against a checksum first (false only
+  /// when LoadOptions::verify_checksums was turned off).
+  bool checksums_verified = true;
 };
 
 /// Thrown on every rank when the verdict fails; carries the full result.

@@ -9,6 +9,7 @@
 #include "io/manifest.h"
 #include "io/shard_file.h"
 #include "loader/collective.h"
+#include "loader/declarations.h"
 #include "loader/tensor_bytes.h"
 #include "shardload/config.h"
 #include "transport/communicator.h"

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "loader/partition.h"
+#include "loader/progress.h"
 
 namespace shardload {
 
@@ -17,6 +18,11 @@ struct SaveOptions {
   bool overwrite = false;
   /// Caller's metadata (step, epoch, ...), stored as strings in the manifest.
   std::vector<std::pair<std::string, std::string>> metadata;
+  /// Seconds a rank waits for the others at a phase boundary before the save fails, naming the
+  /// ranks that did not arrive. <= 0: wait forever.
+  double timeout_seconds = 600;
+  /// Progress reports on this rank (see Progress); empty: none.
+  ProgressCallback progress;
 };
 
 struct SaveResult {

@@ -3,12 +3,14 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "core/chunk_record.h"
 #include "sharding/box.h"
+#include "sharding/index_check.h"
 #include "sharding/save_plan.h"
 
 namespace shardload {
@@ -84,13 +86,14 @@ struct LoadPlan {
   std::vector<Message> messages;
   /// Bytes each rank reads from disk (sum of nbytes of the pieces it reads).
   std::vector<int64_t> read_bytes;
-};
 
-/// Checks that the index is consistent: for each key the same dtype and global shape in every
-/// chunk, every chunk inside the global shape, no two chunks overlapping, nbytes matching. Throws
-/// FormatError naming the key and the files (file_names[chunk.file]).
-void validate_index(const std::vector<ChunkRecord>& index,
-                    const std::vector<std::string>& file_names);
+  /// The ranks a message goes to, ascending (the reader included). Consumers of a plan use this
+  /// accessor, never the representation behind it.
+  std::span<const int> ranks_of(const Message& message) const { return message.ranks; }
+  /// Where `piece` lands on `rank`: the index of the Need in that rank's list, or -1 when the
+  /// rank does not receive it.
+  int32_t need_of(const Piece& piece, int rank) const;
+};
 
 /// The whole load plan. `needs[r]` is rank r's partition. Pieces are made only for keys present
 /// in both with equal global shapes and full coverage; a piece's reader is one of its receivers,
