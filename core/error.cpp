@@ -13,6 +13,8 @@ ErrorKind current_error_kind() {
     return ErrorKind::kVerdict;
   } catch (const UsageError&) {
     return ErrorKind::kUsage;
+  } catch (const TimeoutError&) {
+    return ErrorKind::kTimeout;
   } catch (const CommError&) {
     return ErrorKind::kComm;
   } catch (...) {
@@ -30,6 +32,8 @@ void throw_error(ErrorKind kind, const std::string& message) {
       throw UsageError(message);
     case ErrorKind::kComm:
       throw CommError(message);
+    case ErrorKind::kTimeout:
+      throw TimeoutError(message, /*reporter=*/false);
     default:
       throw Error(message);
   }
@@ -40,6 +44,8 @@ void rethrow_with_context(const std::string& context) {
   std::string what;
   try {
     throw;
+  } catch (const TimeoutError& e) {
+    throw TimeoutError(context + e.what(), e.reporter());
   } catch (const std::exception& e) {
     what = e.what();
   } catch (...) {

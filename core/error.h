@@ -41,6 +41,20 @@ class CommError : public Error {
   using Error::Error;
 };
 
+/// A rank did not arrive at a phase boundary, or a transfer made no progress, within the
+/// operation's timeout (exit 3). The communicator it happened on is unusable afterwards: a rank
+/// may be stuck inside a collective, so the job should end (the command line calls MPI_Abort).
+class TimeoutError : public CommError {
+ public:
+  /// `reporter`: this rank holds the census (which ranks did not arrive) and should be the one
+  /// that prints the message; the others may wait briefly for it to end the job.
+  TimeoutError(const std::string& what, bool reporter) : CommError(what), reporter_(reporter) {}
+  bool reporter() const { return reporter_; }
+
+ private:
+  bool reporter_ = false;
+};
+
 /// Rethrows the exception in flight with `context` put in front of its message, keeping its
 /// kind; a non-shardload exception becomes an Error. Call only inside a catch block.
 [[noreturn]] void rethrow_with_context(const std::string& context);
@@ -52,7 +66,8 @@ enum class ErrorKind : int {
   kVerdict = 2,
   kUsage = 3,
   kComm = 4,
-  kOther = 5
+  kOther = 5,
+  kTimeout = 6
 };
 
 /// The kind of the exception in flight (call inside a catch block).

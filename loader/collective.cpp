@@ -1,5 +1,7 @@
 #include "loader/collective.h"
 
+#include <signal.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -10,6 +12,7 @@
 namespace shardload {
 
 void PhaseRunner::run(const std::string& phase, const std::function<void()>& body) {
+  comm_.set_phase(phase);
   ErrorKind kind = ErrorKind::kNone;
   std::string message;
   try {
@@ -29,6 +32,7 @@ void PhaseRunner::run(const std::string& phase, const std::function<void()>& bod
 }
 
 void PhaseRunner::reduce(const std::string& phase, ErrorKind kind, const std::string& message) {
+  comm_.set_phase(phase);
   // One cheap reduction when all went well; the messages travel only on failure.
   if (comm_.allreduce_max(static_cast<int64_t>(kind)) == 0) return;
   std::string mine;
@@ -61,14 +65,25 @@ void PhaseRunner::reduce(const std::string& phase, ErrorKind kind, const std::st
   throw_error(first, text);
 }
 
-void maybe_inject_failure(const std::string& phase, int rank) {
-  const char* spec = std::getenv("SHARDLOAD_FAIL_AT");
-  if (!spec) return;
+namespace {
+
+/// True when the environment variable `name` is "<phase>:<rank>" for this phase and rank.
+bool injection_matches(const char* name, const std::string& phase, int rank) {
+  const char* spec = std::getenv(name);
+  if (!spec) return false;
   std::string s(spec);
   auto colon = s.rfind(':');
-  if (colon == std::string::npos) return;
-  if (s.substr(0, colon) == phase && s.substr(colon + 1) == std::to_string(rank)) {
-    throw Error("injected failure (SHARDLOAD_FAIL_AT=" + s + ")");
+  if (colon == std::string::npos) return false;
+  return s.substr(0, colon) == phase && s.substr(colon + 1) == std::to_string(rank);
+}
+
+}  // namespace
+
+void maybe_inject_failure(const std::string& phase, int rank) {
+  if (injection_matches("SHARDLOAD_STOP_AT", phase, rank)) ::raise(SIGSTOP);
+  if (injection_matches("SHARDLOAD_FAIL_AT", phase, rank)) {
+    throw Error("injected failure (SHARDLOAD_FAIL_AT=" +
+                std::string(std::getenv("SHARDLOAD_FAIL_AT")) + ")");
   }
 }
 

@@ -16,7 +16,12 @@ namespace shardload {
 class PhaseRunner {
  public:
   PhaseRunner(const Communicator& comm, std::string operation)
-      : comm_(comm), operation_(std::move(operation)) {}
+      : comm_(comm), operation_(std::move(operation)) {
+    comm_.set_operation(operation_);
+  }
+
+  /// Names the phase that timeouts of later collectives report. Not collective.
+  void enter(const std::string& phase) const { comm_.set_phase(phase); }
 
   /// Runs `body` on this rank, then reduces the outcome over all ranks. When any rank failed,
   /// every rank throws the same exception (the first failing rank's kind) whose message names
@@ -33,8 +38,9 @@ class PhaseRunner {
   std::string operation_;
 };
 
-/// Debug-only fault injection for the failure tests: when the environment variable
-/// SHARDLOAD_FAIL_AT is "<phase>:<rank>" (e.g. "open:1") and matches, throws an Error.
+/// Fault injection for the failure tests: when the environment variable SHARDLOAD_FAIL_AT is
+/// "<phase>:<rank>" (e.g. "open:1") and matches, throws an Error; when SHARDLOAD_STOP_AT matches,
+/// the process stops itself with SIGSTOP (a rank stuck on a dead filesystem). Free when unset.
 void maybe_inject_failure(const std::string& phase, int rank);
 
 }  // namespace shardload

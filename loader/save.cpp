@@ -29,7 +29,7 @@ void check_key(const std::string& key) {
 SaveResult save(const Partition& partition, const std::string& path, MPI_Comm mpi_comm,
                 const SaveOptions& options) {
   auto start = std::chrono::steady_clock::now();
-  Communicator comm(mpi_comm);
+  Communicator comm(mpi_comm, options.timeout_seconds);
   PhaseRunner phases(comm, "shardload::save(" + path + ")");
   const int rank = comm.rank();
   const int ranks = comm.size();

@@ -29,6 +29,7 @@ struct LoadArgs {
   std::string add_prefix;
   std::string filter;
   std::string name = "Module";
+  double timeout = 600;
 };
 
 std::vector<SplitRule> parse_splits(const std::vector<std::string>& specs) {
@@ -155,11 +156,17 @@ Runner add_load(CLI::App& app) {
   cmd->add_option("--filter", a->filter, "only keys matching this regex take part");
   cmd->add_option("--name", a->name, "model name in error messages");
   cmd->add_flag("--overwrite", a->overwrite, "replace an existing --out");
+  cmd->add_option("--timeout", a->timeout,
+                  "seconds a rank waits for the others at a phase boundary, or for a transfer "
+                  "to progress, before the job ends naming the ranks that did not arrive "
+                  "(default 600; 0 waits forever)")
+      ->check(CLI::NonNegativeNumber);
   return [a]() -> int {
-    Communicator comm(MPI_COMM_WORLD);
+    Communicator comm(MPI_COMM_WORLD, a->timeout);
     const int rank = comm.rank();
     const int ranks = comm.size();
     LoadOptions options;
+    options.timeout_seconds = a->timeout;
     options.strict = !a->no_strict;
     options.skip_size_mismatch = a->skip_size_mismatch;
     options.checkpoint_prefix = a->strip_prefix;
@@ -203,6 +210,11 @@ Runner add_load(CLI::App& app) {
         throw;
       }
       if (!a->out.empty()) write_out(partition, ref, a->out, a->overwrite, comm);
+    } catch (const TimeoutError& e) {
+      if (a->json && e.reporter()) {
+        std::cout << result_json(nullptr, options.strict, e.what(), 0, 0).dump() << std::endl;
+      }
+      end_job_after_timeout(e, "load");
     } catch (const Error& e) {
       error = e.what();
       rc = e.exit_code();

@@ -3,6 +3,9 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <string>
+
+#include "core/error.h"
 
 namespace shardload::tools {
 
@@ -18,5 +21,9 @@ Runner add_demo(CLI::App& app);
 
 /// Rank of this process in MPI_COMM_WORLD.
 int world_rank();
+
+/// Prints a timeout (once per job where possible) and ends the job with MPI_Abort: after a
+/// timeout a rank may be stuck in a collective, so the processes cannot finalize normally.
+[[noreturn]] void end_job_after_timeout(const TimeoutError& e, const std::string& command);
 
 }  // namespace shardload::tools

@@ -2,10 +2,14 @@
 // 2 usage error, 3 unreadable/corrupt/invalid checkpoint or input file.
 #include <mpi.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <iostream>
 #include <map>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include "core/error.h"
 #include "tools/commands.h"
@@ -15,6 +19,58 @@ namespace {
 /// True when mpirun (or another PMIx launcher) started this process.
 bool launched_by_mpirun() {
   return std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMIX_RANK") || std::getenv("PMI_RANK");
+}
+
+/// The --timeout of the command line, read before MPI starts (default 600 s; 0: none).
+double timeout_argument(int argc, char** argv) {
+  double timeout = 600;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    try {
+      if (a == "--timeout" && i + 1 < argc) timeout = std::stod(argv[i + 1]);
+      if (a.rfind("--timeout=", 0) == 0) timeout = std::stod(a.substr(10));
+    } catch (const std::exception&) {
+      // CLI11 reports the bad value after start-up.
+    }
+  }
+  return timeout;
+}
+
+/// Runs `body` (MPI_Init or MPI_Finalize) under a watchdog: both wait for every rank of the job,
+/// so a rank that never starts or ends (or stops on a dead node) would hold the others there
+/// forever, outside shardload's own deadlines. After the timeout, the ranks that got there say
+/// so and leave; mpirun then ends the job.
+template <typename Body>
+void watched(const char* what, double timeout, Body&& body) {
+  std::mutex mutex;
+  std::condition_variable done_cv;
+  bool done = false;
+  std::thread watchdog;
+  if (timeout > 0) {
+    watchdog = std::thread([&] {
+      std::unique_lock<std::mutex> lock(mutex);
+      if (done_cv.wait_for(lock, std::chrono::duration<double>(timeout), [&] { return done; })) {
+        return;
+      }
+      const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+      const char* size = std::getenv("OMPI_COMM_WORLD_SIZE");
+      std::cerr << "shardload: error: rank " << (rank ? rank : "?") << " of " << (size ? size : "?")
+                << " did not get past " << what << " within " << timeout
+                << " s: another rank is stuck or gone (each rank that got there prints this "
+                   "line; the ranks missing from these lines are the stuck ones)"
+                << std::endl;
+      std::_Exit(3);
+    });
+  }
+  body();
+  if (watchdog.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      done = true;
+    }
+    done_cv.notify_all();
+    watchdog.join();
+  }
 }
 
 }  // namespace
@@ -27,7 +83,14 @@ int main(int argc, char** argv) {
     std::string a = argv[i];
     mpi = a == "load" || a == "demo";
   }
-  if (mpi) MPI_Init(&argc, &argv);
+  const double timeout = timeout_argument(argc, argv);
+  if (mpi) {
+    watched("MPI_Init", timeout, [&] {
+      int provided = 0;
+      // Only the main thread calls MPI; the load's reader threads do not.
+      MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    });
+  }
   int rc = 0;
   {
     CLI::App app{
@@ -52,6 +115,8 @@ int main(int argc, char** argv) {
       const std::string name = app.get_subcommands().front()->get_name();
       try {
         rc = runners.at(name)();
+      } catch (const shardload::TimeoutError& e) {
+        shardload::tools::end_job_after_timeout(e, name);
       } catch (const shardload::Error& e) {
         if (shardload::tools::world_rank() == 0) {
           std::cerr << "shardload " << name << ": error: " << e.what() << "\n";
@@ -65,8 +130,18 @@ int main(int argc, char** argv) {
       }
     }
   }
-  if (mpi) MPI_Finalize();
+  if (mpi) watched("MPI_Finalize", timeout, [] { MPI_Finalize(); });
   return rc;
+}
+
+void shardload::tools::end_job_after_timeout(const TimeoutError& e, const std::string& command) {
+  // A rank may be stuck inside a collective, so MPI_Finalize would wait forever: the rank that
+  // holds the census prints the error and ends the job; the others give it a moment to do so
+  // and end the job themselves when it does not (it may be the one that is stuck).
+  if (!e.reporter()) std::this_thread::sleep_for(std::chrono::seconds(3));
+  std::cerr << "shardload " << command << ": error: " << e.what() << std::endl;
+  MPI_Abort(MPI_COMM_WORLD, e.exit_code());
+  std::_Exit(e.exit_code());
 }
 
 int shardload::tools::world_rank() {

@@ -1,10 +1,13 @@
 // The control plane between ranks: small collectives over MPI (index exchange, status
-// reductions). Every MPI call of shardload lives in transport/.
+// reductions), each watched by a deadline. Every MPI call of shardload lives in transport/.
 #pragma once
 
 #include <mpi.h>
 
+#include <chrono>
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -14,12 +17,37 @@ namespace shardload {
 void check_mpi(int rc, const char* what);
 #define SHARDLOAD_MPI(call) ::shardload::check_mpi((call), #call)
 
+/// Waits for a condition by polling: a short busy phase (yielding the core), then sleeps that
+/// grow to 1 ms, so that a rank waiting for a slow peer neither burns a core for long nor adds
+/// latency to quick collectives.
+class Poller {
+ public:
+  /// One wait step; call between polls.
+  void pause();
+  /// Seconds since the poller was made (or reset).
+  double elapsed() const;
+  void reset();
+
+ private:
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  int64_t polls_ = 0;
+};
+
 /// A private duplicate of the caller's communicator, with errors returned rather than fatal.
+///
 /// Collective: all ranks of `comm` construct it together, and call every method in the same
 /// order (each method is one collective unless it says otherwise).
+///
+/// Deadlines: every collective is issued non-blocking and polled. Each rank also announces its
+/// arrival at every collective to rank 0 (and rank 0 to every rank) on a second private
+/// communicator. When a collective has not completed within the timeout, rank 0 knows which ranks
+/// never arrived and tells the others; every live rank then throws the same TimeoutError:
+/// "rank 1 did not reach phase 'open' within 20 s". When rank 0 itself is the one missing, the
+/// others name it.
 class Communicator {
  public:
-  explicit Communicator(MPI_Comm comm);
+  /// `timeout_seconds` <= 0: wait forever.
+  explicit Communicator(MPI_Comm comm, double timeout_seconds = 0);
   ~Communicator();
   Communicator(const Communicator&) = delete;
   Communicator& operator=(const Communicator&) = delete;
@@ -28,22 +56,57 @@ class Communicator {
   int size() const { return size_; }
   MPI_Comm handle() const { return comm_; }
 
-  /// Every rank's bytes, indexed by rank (MPI_Allgatherv; sizes beyond 2 GiB in total are
-  /// rejected with CommError).
+  /// The deadline of every later collective; <= 0 waits forever. Not collective (but all ranks
+  /// should use the same value).
+  void set_timeout(double seconds) { timeout_ = seconds; }
+  double timeout() const { return timeout_; }
+  /// The phase that timeout messages name ("open", "transfer", ...). Not collective.
+  void set_phase(std::string phase) const { phase_ = std::move(phase); }
+  const std::string& phase() const { return phase_; }
+  /// The operation that timeout messages start with ("shardload::load(ckpt)"). Not collective.
+  void set_operation(std::string operation) const { operation_ = std::move(operation); }
+
+  /// Every rank's bytes, indexed by rank (MPI_Allgatherv). When any rank's contribution or the
+  /// total exceeds what one MPI call moves (2 GiB), every rank throws the same CommError.
   std::vector<std::string> allgather(const std::string& mine) const;
   /// Every rank's value, indexed by rank.
   std::vector<int64_t> allgather(int64_t mine) const;
   int64_t allreduce_sum(int64_t value) const;
   int64_t allreduce_max(int64_t value) const;
   double allreduce_max(double value) const;
-  /// `root`'s bytes on every rank.
+  /// `root`'s bytes on every rank (any size).
   void broadcast(std::string& bytes, int root) const;
   void barrier() const;
+  /// A new duplicate of the communicator, for a transport's own traffic (MPI_Comm_idup under the
+  /// deadline). The caller frees it.
+  MPI_Comm duplicate() const;
+
+  /// Throws the TimeoutError of a stalled point-to-point or data-plane wait that waited on
+  /// `peers` (ranks this rank needed something from). Not collective: the transfer calls it when
+  /// it made no progress within the timeout; it names the peers and the phase.
+  [[noreturn]] void throw_stalled(const std::vector<int>& peers, const std::string& what) const;
 
  private:
-  MPI_Comm comm_ = MPI_COMM_NULL;
+  /// Issues `start` (a non-blocking collective filling the request) after announcing this
+  /// rank's arrival, and polls it against the deadline.
+  void guarded(const char* what, const std::function<void(MPI_Request*)>& start) const;
+  void announce() const;
+  void drain_arrivals() const;
+  [[noreturn]] void census_and_throw(const char* what) const;
+
+  MPI_Comm comm_ = MPI_COMM_NULL;    ///< the collectives
+  MPI_Comm census_ = MPI_COMM_NULL;  ///< arrival notices and timeout verdicts only
   int rank_ = 0;
   int size_ = 1;
+  double timeout_ = 0;
+  mutable std::string phase_ = "start";
+  mutable std::string operation_;
+  mutable int64_t seq_ = 0;  ///< collectives issued so far (the same on every rank)
+  /// Rank 0: the latest collective each rank announced; other ranks: [0] is rank 0's.
+  mutable std::vector<int64_t> arrived_;
+  mutable std::deque<int64_t> send_buffers_;  ///< arrival notices in flight
+  mutable std::vector<MPI_Request> sends_;
+  mutable bool broken_ = false;  ///< a collective timed out: never wait on this communicator again
 };
 
 }  // namespace shardload

@@ -17,16 +17,22 @@ constexpr int kTag = 7301;
 class MpiDelivery : public Delivery {
  public:
   explicit MpiDelivery(std::vector<MPI_Request> requests) : requests_(std::move(requests)) {}
-  ~MpiDelivery() override {
-    if (!requests_.empty()) {
-      MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE);
-    }
+  // Never blocks: an unfinished delivery is abandoned (see Delivery). Its requests are left to
+  // MPI (requests of non-blocking collectives may not be freed), and the job is ending.
+  ~MpiDelivery() override = default;
+  bool test() override {
+    if (requests_.empty()) return true;
+    int done = 0;
+    SHARDLOAD_MPI(MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &done,
+                              MPI_STATUSES_IGNORE));
+    if (done) requests_.clear();
+    return done != 0;
   }
   void wait() override {
     if (requests_.empty()) return;
-    std::vector<MPI_Request> reqs = std::move(requests_);
+    SHARDLOAD_MPI(
+        MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE));
     requests_.clear();
-    SHARDLOAD_MPI(MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE));
   }
 
  private:
@@ -36,7 +42,12 @@ class MpiDelivery : public Delivery {
 class MpiTransport : public Transport {
  public:
   explicit MpiTransport(const Communicator& comm)
-      : comm_(comm.handle()), size_(comm.size()), rank_(comm.rank()) {}
+      : comm_(comm.duplicate()), size_(comm.size()), rank_(comm.rank()) {}
+  ~MpiTransport() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  }
   std::string name() const override { return "mpi"; }
   bool supports(MemoryKind kind) const override { return kind == MemoryKind::kHost; }
 
@@ -45,9 +56,8 @@ class MpiTransport : public Transport {
     std::vector<MPI_Request> reqs;
     auto* bytes = static_cast<char*>(data);
     bool everyone = static_cast<int>(ranks.size()) == size_;
-    for (size_t pos = 0; pos < nbytes || (nbytes == 0 && pos == 0); pos += kMaxPart) {
+    for (size_t pos = 0; pos < nbytes; pos += kMaxPart) {
       int n = static_cast<int>(std::min(kMaxPart, nbytes - pos));
-      if (n == 0) break;
       if (everyone) {
         reqs.emplace_back();
         SHARDLOAD_MPI(MPI_Ibcast(bytes + pos, n, MPI_BYTE, root, comm_, &reqs.back()));

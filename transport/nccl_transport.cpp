@@ -36,6 +36,12 @@ class NcclDelivery : public Delivery {
       cudaEventDestroy(event_);
     }
   }
+  bool test() override {
+    cudaError_t rc = cudaEventQuery(event_);
+    if (rc == cudaErrorNotReady) return false;
+    SHARDLOAD_CUDA(rc);
+    return true;
+  }
   void wait() override { SHARDLOAD_CUDA(cudaEventSynchronize(event_)); }
 
  private:

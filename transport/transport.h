@@ -14,11 +14,16 @@ class Communicator;
 /// Where a delivery's buffer lives.
 enum class MemoryKind { kHost, kCuda };
 
-/// An in-flight delivery; wait() completes it. Destruction of an unfinished one waits too.
+/// An in-flight delivery. test() polls it (and drives the backend's progress); wait() blocks.
+/// Destroying an unfinished delivery never blocks: it abandons it (after a timeout, when a peer
+/// may never come; the buffer must then stay allocated).
 class Delivery {
  public:
   virtual ~Delivery() = default;
-  /// Blocks until this rank's part of the delivery is done (buffer may be reused / read).
+  /// True when this rank's part of the delivery is done (its buffer may be reused or read).
+  /// Throws CommError when the backend reports a failure.
+  virtual bool test() = 0;
+  /// Blocks until test() would return true.
   virtual void wait() = 0;
 };
 
@@ -41,7 +46,8 @@ class Transport {
                                           std::span<const int> ranks) = 0;
 };
 
-/// The MPI backend: always available, host memory.
+/// The MPI backend: always available, host memory. It works on its own duplicate of `comm`, so
+/// that its operations never match another transport's. Collective over `comm`.
 std::unique_ptr<Transport> make_mpi_transport(const Communicator& comm);
 
 /// The NCCL backend for CUDA buffers, when built with SHARDLOAD_WITH_NCCL; nullptr otherwise or

@@ -1,0 +1,385 @@
+#include "loader/transfer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <deque>
+
+#include "loader/collective.h"
+#include "loader/read_stage.h"
+#include "loader/staging_arena.h"
+#include "loader/tensor_bytes.h"
+#include "transport/transport.h"
+
+namespace shardload {
+namespace {
+
+/// Every message buffer starts with the reader's status word (0: the bytes are good).
+constexpr int64_t kHeader = 8;
+/// Messages at least this large with one piece go in two steps (status, then data), so that
+/// receivers can take the data straight into their tensors.
+constexpr int64_t kDirectBytes = int64_t{1} << 20;
+/// Messages in flight on one rank at most (besides the staging budget).
+constexpr size_t kMaxInFlight = 64;
+/// Seconds between progress reports.
+constexpr double kProgressEvery = 0.2;
+
+/// How a message moves. Decided from the plan alone, so every rank of a message agrees.
+enum class Route {
+  kLocal,    ///< this rank is its only receiver: read and land
+  kOneStep,  ///< status word and bytes in one delivery, landed from staging
+  kTwoStep,  ///< the status first, then the bytes, straight into a tensor where possible
+};
+
+Route route_of(const LoadPlan& plan, const Message& m) {
+  if (plan.ranks_of(m).size() == 1) return Route::kLocal;
+  if (m.pieces.size() == 1 && m.nbytes >= kDirectBytes) return Route::kTwoStep;
+  return Route::kOneStep;
+}
+
+/// One message of this rank on its way through the stages.
+struct Slot {
+  const Message* message = nullptr;
+  size_t number = 0;  ///< position in the plan's message list (for messages)
+  Route route = Route::kLocal;
+  bool reader = false;
+  int64_t offset = 0;  ///< of its buffer in the staging arena
+  char* base = nullptr;
+  ReadJob read;
+  bool read_seen = false;
+  std::unique_ptr<Delivery> status;
+  bool status_ok = false;
+  bool status_known = false;
+  std::unique_ptr<Delivery> data;
+  bool data_issued = false;
+  bool data_done = false;
+  bool direct = false;
+  bool done = false;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace
+
+struct Transfer::Impl {
+  explicit Impl(const TransferInputs& in) : in(in), rank(in.comm.rank()) {}
+
+  TransferInputs in;
+  const int rank;
+  std::vector<const Message*> mine;
+  std::unique_ptr<Transport> status_transport;  ///< status words of two-step messages
+  std::unique_ptr<Transport> data_transport;    ///< everything else
+  std::unique_ptr<StagingArena> arena;
+  std::unique_ptr<ReadStage> readers;
+  int64_t bytes_to_land = 0;
+  bool abandoned = false;  ///< deliveries may still write into the arena: never free it
+
+  /// The part of this rank's tensor that `piece` covers.
+  at::Tensor destination(const Piece& piece, int32_t need) const {
+    const Need& n = in.my_needs[static_cast<size_t>(need)];
+    const PartitionEntry& entry =
+        in.partition.entries()[static_cast<size_t>(in.my_entry_of_need[static_cast<size_t>(need)])];
+    at::Tensor view = entry.tensor;
+    if (view.dim() == 0) return view;  // a 0-d tensor (also when loaded from a [1] tensor)
+    for (size_t d = 0; d < piece.box.shape.size(); ++d) {
+      view = view.narrow(static_cast<int64_t>(d), piece.box.offset[d] - n.region.offset[d],
+                         piece.box.shape[d]);
+    }
+    return view;
+  }
+
+  /// This rank's destination of a single-piece message when the bytes can be received into it
+  /// as they are: a contiguous CPU view of the checkpoint's dtype. Undefined otherwise.
+  at::Tensor direct_destination(const Message& m) const {
+    const Piece& piece = in.plan.pieces[static_cast<size_t>(m.pieces[0])];
+    const int32_t need = in.plan.need_of(piece, rank);
+    if (need < 0) return {};
+    at::Tensor dst = destination(piece, need);
+    const ChunkRecord& row = in.index[static_cast<size_t>(piece.chunk)];
+    if (dst.device().is_cpu() && dst.is_contiguous() &&
+        dst.scalar_type() == scalar_type_of(row.dtype) &&
+        dst.nbytes() == static_cast<size_t>(piece.nbytes)) {
+      return dst;
+    }
+    return {};
+  }
+
+  /// Copies this rank's pieces of a message from its staging bytes into the tensors.
+  int64_t land(const Message& m, const char* bytes) const {
+    int64_t pos = 0, landed = 0;
+    for (int32_t p : m.pieces) {
+      const Piece& piece = in.plan.pieces[static_cast<size_t>(p)];
+      if (const int32_t need = in.plan.need_of(piece, rank); need >= 0) {
+        const ChunkRecord& row = in.index[static_cast<size_t>(piece.chunk)];
+        at::Tensor src = at::from_blob(const_cast<char*>(bytes) + pos, piece.box.shape,
+                                       at::TensorOptions().dtype(scalar_type_of(row.dtype)));
+        at::Tensor dst = destination(piece, need);
+        dst.copy_(src.view(dst.sizes()));
+        landed += piece.nbytes;
+      }
+      pos += piece.nbytes;
+    }
+    return landed;
+  }
+
+  /// Reads every piece of `m` into `bytes` (this rank is its reader). Runs on a reader thread.
+  int64_t read(const Message& m, char* bytes) {
+    maybe_inject_failure("read", rank);
+    int64_t pos = 0;
+    for (int32_t p : m.pieces) {
+      const Piece& piece = in.plan.pieces[static_cast<size_t>(p)];
+      const ChunkRecord& row = in.index[static_cast<size_t>(piece.chunk)];
+      Shape in_chunk(piece.box.offset.size());
+      for (size_t d = 0; d < in_chunk.size(); ++d)
+        in_chunk[d] = piece.box.offset[d] - row.offset[d];
+      in.files.get(row.file).read(row, in_chunk, piece.box.shape, bytes + pos,
+                                  in.options.verify_checksums);
+      pos += piece.nbytes;
+    }
+    return pos;
+  }
+
+  TransferOutcome run();
+};
+
+Transfer::Transfer(const TransferInputs& in) : impl_(std::make_unique<Impl>(in)) {
+  Impl& s = *impl_;
+  const LoadPlan& plan = in.plan;
+  int64_t largest = 0, total = 0;
+  for (const Message& m : plan.messages) {
+    auto ranks = plan.ranks_of(m);
+    if (!std::binary_search(ranks.begin(), ranks.end(), s.rank)) continue;
+    s.mine.push_back(&m);
+    largest = std::max(largest, kHeader + m.nbytes);
+    total += kHeader + m.nbytes + 8;
+    for (int32_t p : m.pieces) {
+      const Piece& piece = plan.pieces[static_cast<size_t>(p)];
+      if (plan.need_of(piece, s.rank) >= 0) s.bytes_to_land += piece.nbytes;
+      // Open every file this rank reads now, on this thread: the reader threads only look up.
+      if (m.reader == s.rank) in.files.get(in.index[static_cast<size_t>(piece.chunk)].file);
+    }
+  }
+  s.arena = std::make_unique<StagingArena>(
+      std::max(largest + 8, std::min(total, in.options.staging_bytes)), /*pinned=*/false);
+  // HDF5 (the shard reader) is not thread-safe: one reader thread, which overlaps reads with the
+  // driver thread's deliveries and landings.
+  s.readers = std::make_unique<ReadStage>(1);
+}
+
+Transfer::~Transfer() {
+  if (!impl_) return;
+  impl_->readers.reset();  // joins the reader threads before their buffers go
+  if (impl_->abandoned) {
+    // A peer never came: deliveries still point into the arena, so it must outlive them.
+    static std::vector<std::unique_ptr<StagingArena>> kept;
+    kept.push_back(std::move(impl_->arena));
+  }
+}
+
+void Transfer::connect() {
+  Impl& s = *impl_;
+  if (s.in.comm.size() == 1) return;
+  s.status_transport = make_mpi_transport(s.in.comm);
+  s.data_transport = make_mpi_transport(s.in.comm);
+}
+
+TransferOutcome Transfer::run() { return impl_->run(); }
+
+TransferOutcome Transfer::Impl::run() {
+  at::NoGradGuard no_grad;
+  TransferOutcome out;
+  auto fail = [&](ErrorKind kind, const std::string& error) {
+    if (out.failed != ErrorKind::kNone) return;
+    out.failed = kind;
+    out.error = error;
+  };
+  // A copy into a tensor that fails (it cannot, short of a bug or a full device) is this rank's
+  // failure; the others go on to the end of the plan.
+  auto land_or_fail = [&](const Slot& s, const char* bytes) {
+    try {
+      out.bytes_landed += land(*s.message, bytes);
+    } catch (const std::exception& e) {
+      fail(current_error_kind(), "landing message " + std::to_string(s.number) + ": " + e.what());
+    }
+  };
+  const size_t n = mine.size();
+  std::vector<std::unique_ptr<Slot>> slots(n);
+  size_t alloc_next = 0, status_next = 0, data_next = 0, release_next = 0;
+  Poller idle;
+  auto last_report = std::chrono::steady_clock::now();
+  const auto start = last_report;
+
+  try {
+    while (release_next < n) {
+      bool progressed = false;
+
+      // Stage 1, read: buffers in plan order (so the oldest message always gets one), reads
+      // queued to the reader threads.
+      while (alloc_next < n && alloc_next - release_next < kMaxInFlight) {
+        const Message& m = *mine[alloc_next];
+        auto offset = arena->allocate(kHeader + m.nbytes);
+        if (!offset) break;
+        auto slot = std::make_unique<Slot>();
+        slot->message = &m;
+        slot->number = static_cast<size_t>(&m - in.plan.messages.data());
+        slot->route = route_of(in.plan, m);
+        slot->reader = m.reader == rank;
+        slot->offset = *offset;
+        slot->base = arena->data() + *offset;
+        std::memset(slot->base, 0, kHeader);
+        if (slot->reader) {
+          Slot* raw = slot.get();
+          raw->read.work = [this, raw] { return read(*raw->message, raw->base + kHeader); };
+          readers->submit(&raw->read);
+        }
+        slots[alloc_next++] = std::move(slot);
+        progressed = true;
+      }
+
+      // A finished read: its outcome goes into the status word; the reader lands its own copy.
+      for (size_t i = release_next; i < alloc_next; ++i) {
+        Slot& s = *slots[i];
+        if (!s.reader || s.read_seen) continue;
+        const int state = s.read.state.load(std::memory_order_acquire);
+        if (state == 0) continue;
+        s.read_seen = true;
+        progressed = true;
+        uint64_t status = state == 1 ? 0 : 1;
+        std::memcpy(s.base, &status, kHeader);
+        if (state == 1) {
+          out.bytes_read += s.read.bytes;
+          land_or_fail(s, s.base + kHeader);
+        } else {
+          fail(s.read.kind, s.read.error);
+        }
+      }
+
+      // Stage 2, deliver. Status words of two-step messages first, in plan order (a reader's
+      // waits for its read).
+      while (status_next < alloc_next) {
+        Slot& s = *slots[status_next];
+        if (s.route == Route::kTwoStep) {
+          if (s.reader && !s.read_seen) break;
+          s.status = status_transport->start(s.base, kHeader, s.message->reader,
+                                             in.plan.ranks_of(*s.message));
+        }
+        ++status_next;
+        progressed = true;
+      }
+      // Then the data, in plan order on every rank.
+      while (data_next < status_next) {
+        Slot& s = *slots[data_next];
+        const Message& m = *s.message;
+        if (s.route == Route::kOneStep) {
+          if (s.reader && !s.read_seen) break;
+          s.data = data_transport->start(s.base, static_cast<size_t>(kHeader + m.nbytes), m.reader,
+                                         in.plan.ranks_of(m));
+        } else if (s.route == Route::kTwoStep) {
+          if (!s.status_known) {
+            if (!s.status->test()) break;
+            uint64_t status;
+            std::memcpy(&status, s.base, kHeader);
+            s.status_known = true;
+            s.status_ok = status == 0;
+          }
+          if (s.status_ok) {
+            void* into = s.base + kHeader;
+            if (!s.reader) {
+              if (at::Tensor dst = direct_destination(m); dst.defined()) {
+                into = dst.data_ptr();
+                s.direct = true;
+              }
+            }
+            s.data = data_transport->start(into, static_cast<size_t>(m.nbytes), m.reader,
+                                           in.plan.ranks_of(m));
+          }
+        }
+        s.data_issued = true;
+        ++data_next;
+        progressed = true;
+      }
+
+      // Stage 3, land: completed deliveries are copied into this rank's tensors.
+      for (size_t i = release_next; i < data_next; ++i) {
+        Slot& s = *slots[i];
+        if (s.done) continue;
+        if (s.reader && !s.read_seen) continue;
+        if (s.data && !s.data_done) {
+          if (!s.data->test()) continue;
+          s.data_done = true;
+          progressed = true;
+        }
+        if (s.status && !s.status->test()) continue;
+        if (!s.reader) {
+          if (s.route == Route::kOneStep) {
+            uint64_t status;
+            std::memcpy(&status, s.base, kHeader);
+            if (status == 0) land_or_fail(s, s.base + kHeader);
+          } else if (s.status_ok) {
+            if (s.direct) {
+              out.bytes_landed += s.message->nbytes;
+            } else {
+              land_or_fail(s, s.base + kHeader);
+            }
+          }
+        }
+        s.done = true;
+        progressed = true;
+      }
+      while (release_next < data_next && slots[release_next]->done) {
+        arena->release(slots[release_next]->offset);
+        slots[release_next].reset();
+        ++release_next;
+        progressed = true;
+      }
+
+      if (in.options.progress && seconds_since(last_report) >= kProgressEvery) {
+        last_report = std::chrono::steady_clock::now();
+        in.options.progress(
+            Progress{"load", "transfer", out.bytes_landed, bytes_to_land, seconds_since(start)});
+      }
+      if (progressed) {
+        idle.reset();
+        continue;
+      }
+      const double timeout = in.comm.timeout();
+      if (timeout > 0 && idle.elapsed() > timeout) {
+        // The oldest unfinished message names whom this rank is waiting for.
+        const Slot& s = *slots[release_next];
+        std::vector<int> peers;
+        if (!s.reader) {
+          peers.push_back(s.message->reader);
+        } else if (s.read_seen) {
+          for (int r : in.plan.ranks_of(*s.message)) {
+            if (r != rank) peers.push_back(r);
+          }
+        }
+        if (peers.empty()) {
+          // Its own read is what is stuck (a hung filesystem): say so.
+          peers.push_back(rank);
+        }
+        in.comm.throw_stalled(peers, "message " + std::to_string(s.number) + " of the plan, " +
+                                         std::to_string(s.message->nbytes) +
+                                         " bytes, read by rank " +
+                                         std::to_string(s.message->reader));
+      }
+      idle.pause();
+    }
+  } catch (...) {
+    // Only the transport gets here (a timeout or an MPI failure): deliveries may be left in
+    // flight, so the staging memory is kept; the reader threads stop before the slots go.
+    abandoned = true;
+    readers->stop();
+    throw;
+  }
+  readers->stop();
+  out.transport = "mpi";
+  return out;
+}
+
+}  // namespace shardload

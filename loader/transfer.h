@@ -1,0 +1,71 @@
+// Phase 5 of the load (DESIGN.md §1): the transfer pipeline. Three stages per message of the
+// plan: read (reader threads fill a staging buffer from the shard files, every byte verified),
+// deliver (a transport moves the buffer from the reader to the other receivers) and land (each
+// receiver copies its part into its tensors, converting dtype like copy_). Reads of later
+// messages overlap deliveries and landings of earlier ones, within a fixed staging budget.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/chunk_record.h"
+#include "core/error.h"
+#include "loader/load.h"
+#include "loader/partition.h"
+#include "loader/shard_files.h"
+#include "sharding/load_plan.h"
+#include "transport/communicator.h"
+
+namespace shardload {
+
+/// What the transfer works from: the plan and index every rank holds identically, and this
+/// rank's side (its needs, the partition entry each need lands in, its open shard files).
+struct TransferInputs {
+  const LoadPlan& plan;
+  const std::vector<ChunkRecord>& index;
+  const std::vector<Need>& my_needs;
+  const std::vector<int32_t>& my_entry_of_need;
+  Partition& partition;
+  ShardFiles& files;
+  const LoadOptions& options;
+  const Communicator& comm;
+};
+
+/// This rank's outcome of the streaming part.
+struct TransferOutcome {
+  int64_t bytes_read = 0;               ///< bytes this rank read from the shard files
+  int64_t bytes_landed = 0;             ///< bytes written into this rank's tensors
+  ErrorKind failed = ErrorKind::kNone;  ///< the first failure on this rank (kNone: none)
+  std::string error;
+  std::string transport = "mpi";  ///< the backend that moved the bytes
+};
+
+/// The transfer of one load.
+class Transfer {
+ public:
+  /// Set-up: everything that can fail on one rank alone (the staging arena, opening the shard
+  /// files this rank reads). Not collective: make it inside a PhaseRunner phase.
+  explicit Transfer(const TransferInputs& in);
+  ~Transfer();
+  Transfer(const Transfer&) = delete;
+  Transfer& operator=(const Transfer&) = delete;
+
+  /// Sets up the transports. Collective over `in.comm`: every rank calls it after a successful
+  /// set-up phase, before run().
+  void connect();
+
+  /// The streaming part: runs every message of this rank to the end of the plan, in plan order,
+  /// on every rank. A failed read does not stop it: the reader flags the message (its receivers
+  /// skip it) and the failure is returned, for the caller to reduce. Throws only TimeoutError
+  /// (a peer made no progress within the timeout) or CommError (the transport failed), after
+  /// which the communicator is unusable.
+  TransferOutcome run();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace shardload
