@@ -196,6 +196,7 @@ LoadResult load(Partition& partition, const std::string& path, MPI_Comm mpi_comm
   phases.reduce("transfer", moved.failed, moved.error);
   result.bytes_read = moved.bytes_read;
   result.transport = moved.transport;
+  result.transport_reason = moved.transport_note;
   result.seconds.transfer = seconds_since(t);
 
   // 6. Result: the figures every rank reports.

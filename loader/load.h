@@ -66,6 +66,9 @@ struct LoadResult {
   /// Which backend moved the bytes into this rank's tensors: "mpi" or "nccl" (identical on every
   /// rank).
   std::string transport = "mpi";
+  /// Why CUDA destinations did not go by NCCL ("" when they did, or when there were none):
+  /// "ranks 0 and 1 share one GPU (...), which NCCL refuses", "built without NCCL", ...
+  std::string transport_reason;
   /// Whether every byte that reached a tensor was checked against a checksum first (false only
   /// when LoadOptions::verify_checksums was turned off).
   bool checksums_verified = true;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 
@@ -13,6 +14,7 @@
 #include "loader/staging_arena.h"
 #include "loader/tensor_bytes.h"
 #include "transport/transport.h"
+#include "transport/transport_choice.h"
 
 namespace shardload {
 namespace {
@@ -30,15 +32,22 @@ constexpr double kProgressEvery = 0.2;
 /// How a message moves. Decided from the plan alone, so every rank of a message agrees.
 enum class Route {
   kLocal,    ///< this rank is its only receiver: read and land
-  kOneStep,  ///< status word and bytes in one delivery, landed from staging
-  kTwoStep,  ///< the status first, then the bytes, straight into a tensor where possible
+  kOneStep,  ///< status word and bytes in one MPI delivery, landed from staging
+  kTwoStep,  ///< the status first, then the bytes by MPI, straight into a tensor where possible
+  kNccl,     ///< the status by MPI, then the bytes from the reader's GPU to the others' by NCCL
 };
 
-Route route_of(const LoadPlan& plan, const Message& m) {
+/// `cuda_everywhere`: every receiver holds all its pieces of the message in CUDA memory and the
+/// ranks chose NCCL.
+Route route_of(const LoadPlan& plan, const Message& m, bool cuda_everywhere) {
   if (plan.ranks_of(m).size() == 1) return Route::kLocal;
+  if (cuda_everywhere) return Route::kNccl;
   if (m.pieces.size() == 1 && m.nbytes >= kDirectBytes) return Route::kTwoStep;
   return Route::kOneStep;
 }
+
+/// Whether a route sends its status word separately, before the data.
+bool two_step(Route r) { return r == Route::kTwoStep || r == Route::kNccl; }
 
 /// One message of this rank on its way through the stages.
 struct Slot {
@@ -57,6 +66,7 @@ struct Slot {
   bool data_issued = false;
   bool data_done = false;
   bool direct = false;
+  at::Tensor device_buffer;  ///< kNccl: where the bytes land on this rank's GPU
   bool done = false;
 };
 
@@ -73,11 +83,19 @@ struct Transfer::Impl {
   const int rank;
   std::vector<const Message*> mine;
   std::unique_ptr<Transport> status_transport;  ///< status words of two-step messages
-  std::unique_ptr<Transport> data_transport;    ///< everything else
+  std::unique_ptr<Transport> data_transport;    ///< host bytes (MPI)
+  std::shared_ptr<Transport> cuda_transport;    ///< CUDA bytes (NCCL), when the ranks chose it
+  std::string transport_name = "mpi";
+  std::string transport_note;  ///< why not NCCL, when CUDA destinations took another path
   std::unique_ptr<StagingArena> arena;
   std::unique_ptr<ReadStage> readers;
   int64_t bytes_to_land = 0;
-  bool abandoned = false;  ///< deliveries may still write into the arena: never free it
+  bool wants_cuda = false;  ///< some destination of this rank is in CUDA memory
+  int device = -1;          ///< the CUDA device of those destinations
+  bool mixed_devices = false;
+  std::vector<bool> mine_on_cuda;  ///< per message of mine: all my pieces land in CUDA memory
+  std::vector<bool> nccl_route;    ///< per message of mine: every receiver's pieces do (kNccl)
+  bool abandoned = false;          ///< deliveries may still write into the arena: never free it
 
   /// The part of this rank's tensor that `piece` covers.
   at::Tensor destination(const Piece& piece, int32_t need) const {
@@ -94,14 +112,16 @@ struct Transfer::Impl {
   }
 
   /// This rank's destination of a single-piece message when the bytes can be received into it
-  /// as they are: a contiguous CPU view of the checkpoint's dtype. Undefined otherwise.
-  at::Tensor direct_destination(const Message& m) const {
+  /// as they are: a contiguous view of the checkpoint's dtype, in host memory (`cuda` false) or
+  /// in CUDA memory (`cuda` true). Undefined otherwise.
+  at::Tensor direct_destination(const Message& m, bool cuda) const {
+    if (m.pieces.size() != 1) return {};
     const Piece& piece = in.plan.pieces[static_cast<size_t>(m.pieces[0])];
     const int32_t need = in.plan.need_of(piece, rank);
     if (need < 0) return {};
     at::Tensor dst = destination(piece, need);
     const ChunkRecord& row = in.index[static_cast<size_t>(piece.chunk)];
-    if (dst.device().is_cpu() && dst.is_contiguous() &&
+    if (dst.device().is_cuda() == cuda && (cuda || dst.device().is_cpu()) && dst.is_contiguous() &&
         dst.scalar_type() == scalar_type_of(row.dtype) &&
         dst.nbytes() == static_cast<size_t>(piece.nbytes)) {
       return dst;
@@ -109,15 +129,35 @@ struct Transfer::Impl {
     return {};
   }
 
-  /// Copies this rank's pieces of a message from its staging bytes into the tensors.
-  int64_t land(const Message& m, const char* bytes) const {
+  /// Whether every piece of `m` that this rank receives lands in CUDA memory (false when it
+  /// receives none).
+  bool lands_on_cuda(const Message& m) const {
+    bool any = false;
+    for (int32_t p : m.pieces) {
+      const Piece& piece = in.plan.pieces[static_cast<size_t>(p)];
+      const int32_t need = in.plan.need_of(piece, rank);
+      if (need < 0) continue;
+      if (!destination(piece, need).is_cuda()) return false;
+      any = true;
+    }
+    return any;
+  }
+
+  /// Copies this rank's pieces of a message from its bytes into the tensors, converting dtype
+  /// like copy_. `bytes` is host staging memory, or (`device_bytes` defined) a buffer on the
+  /// GPU, for a device-side copy.
+  int64_t land(const Message& m, const char* bytes, const at::Tensor& device_bytes = {}) const {
     int64_t pos = 0, landed = 0;
     for (int32_t p : m.pieces) {
       const Piece& piece = in.plan.pieces[static_cast<size_t>(p)];
       if (const int32_t need = in.plan.need_of(piece, rank); need >= 0) {
         const ChunkRecord& row = in.index[static_cast<size_t>(piece.chunk)];
-        at::Tensor src = at::from_blob(const_cast<char*>(bytes) + pos, piece.box.shape,
-                                       at::TensorOptions().dtype(scalar_type_of(row.dtype)));
+        const at::ScalarType type = scalar_type_of(row.dtype);
+        at::Tensor src =
+            device_bytes.defined()
+                ? device_bytes.narrow(0, pos, piece.nbytes).view(type).view(piece.box.shape)
+                : at::from_blob(const_cast<char*>(bytes) + pos, piece.box.shape,
+                                at::TensorOptions().dtype(type));
         at::Tensor dst = destination(piece, need);
         dst.copy_(src.view(dst.sizes()));
         landed += piece.nbytes;
@@ -144,6 +184,31 @@ struct Transfer::Impl {
     return pos;
   }
 
+  /// Starts the NCCL delivery of a message whose status is good: the bytes go into this rank's
+  /// tensor when it can take them as they are (one piece, contiguous, same dtype), else into a
+  /// device buffer landed later with a device-side copy; the reader first copies its verified
+  /// staging bytes to that buffer. Opens the transport's group on the first start.
+  void issue_nccl(Slot& s) {
+    const Message& m = *s.message;
+    cuda_transport->group_begin();
+    at::Tensor dst = direct_destination(m, /*cuda=*/true);
+    if (dst.defined()) {
+      s.device_buffer = dst.view(at::kByte).view({m.nbytes});
+      s.direct = true;
+    } else {
+      s.device_buffer =
+          at::empty({m.nbytes}, at::TensorOptions().dtype(at::kByte).device(
+                                    at::Device(at::kCUDA, static_cast<int8_t>(device))));
+    }
+    if (s.reader) {
+      at::Tensor staged = at::from_blob(s.base + kHeader, {m.nbytes},
+                                        at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+      s.device_buffer.copy_(staged, /*non_blocking=*/true);
+    }
+    s.data = cuda_transport->start(s.device_buffer.data_ptr(), static_cast<size_t>(m.nbytes),
+                                   m.reader, in.plan.ranks_of(m));
+  }
+
   TransferOutcome run();
 };
 
@@ -164,8 +229,18 @@ Transfer::Transfer(const TransferInputs& in) : impl_(std::make_unique<Impl>(in))
       if (m.reader == s.rank) in.files.get(in.index[static_cast<size_t>(piece.chunk)].file);
     }
   }
+  // Where this rank's tensors live: host, or one CUDA device (several: no NCCL for this rank).
+  for (const PartitionEntry& e : in.partition.entries()) {
+    if (!e.tensor.defined() || !e.tensor.is_cuda()) continue;
+    const int d = e.tensor.device().index();
+    if (s.wants_cuda && d != s.device) s.mixed_devices = true;
+    s.wants_cuda = true;
+    s.device = d;
+  }
+  for (const Message* m : s.mine) s.mine_on_cuda.push_back(s.lands_on_cuda(*m));
+  // Page-locked staging when bytes go on to a GPU: the host-to-device copies run at full speed.
   s.arena = std::make_unique<StagingArena>(
-      std::max(largest + 8, std::min(total, in.options.staging_bytes)), /*pinned=*/false);
+      std::max(largest + 8, std::min(total, in.options.staging_bytes)), /*pinned=*/s.wants_cuda);
   // HDF5 (the shard reader) is not thread-safe: one reader thread, which overlaps reads with the
   // driver thread's deliveries and landings.
   s.readers = std::make_unique<ReadStage>(1);
@@ -183,9 +258,54 @@ Transfer::~Transfer() {
 
 void Transfer::connect() {
   Impl& s = *impl_;
-  if (s.in.comm.size() == 1) return;
-  s.status_transport = make_mpi_transport(s.in.comm);
-  s.data_transport = make_mpi_transport(s.in.comm);
+  const Communicator& comm = s.in.comm;
+  s.nccl_route.assign(s.mine.size(), false);
+  if (comm.size() == 1) {
+    // Nothing crosses ranks: host staging and, for CUDA tensors, host-to-device copies.
+    if (s.wants_cuda) s.transport_note = "one rank: host staging and host-to-device copies";
+    return;
+  }
+  s.status_transport = make_mpi_transport(comm);
+  s.data_transport = make_mpi_transport(comm);
+
+  // The backend for CUDA-to-CUDA messages: every rank reports its devices, all decide alike.
+  int device = s.device;
+  if (device < 0) {
+    // A rank with no CUDA tensor of its own still joins NCCL on its local rank's device.
+    const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    device = local ? std::atoi(local) : 0;
+  }
+  std::vector<RankDevice> reports;
+  for (const std::string& bytes : comm.allgather(
+           serialize_rank_device(local_device_report(s.wants_cuda, device, s.mixed_devices)))) {
+    reports.push_back(deserialize_rank_device(bytes));
+  }
+  const TransportChoice choice = choose_transport(reports);
+  s.transport_note = choice.reason;
+  if (!choice.nccl) return;
+  s.cuda_transport = make_nccl_transport(comm, reports[static_cast<size_t>(comm.rank())].device);
+  s.transport_name = "nccl";
+
+  // A message goes by NCCL when every one of its receivers lands all its pieces on a GPU: each
+  // rank tells, for its messages in plan order, whether it does.
+  std::string mine_bits((s.mine.size() + 7) / 8, '\0');
+  for (size_t i = 0; i < s.mine.size(); ++i) {
+    if (s.mine_on_cuda[i]) mine_bits[i / 8] = static_cast<char>(mine_bits[i / 8] | (1 << (i % 8)));
+  }
+  const std::vector<std::string> bits = comm.allgather(mine_bits);
+  std::vector<size_t> position(bits.size(), 0);  // per rank: its messages seen so far
+  size_t i_mine = 0;
+  for (const Message& m : s.in.plan.messages) {
+    bool all_cuda = true;
+    bool with_me = false;
+    for (int r : s.in.plan.ranks_of(m)) {
+      const size_t k = position[static_cast<size_t>(r)]++;
+      const std::string& b = bits[static_cast<size_t>(r)];
+      if (k / 8 >= b.size() || !(b[k / 8] & (1 << (k % 8)))) all_cuda = false;
+      with_me = with_me || r == comm.rank();
+    }
+    if (with_me) s.nccl_route[i_mine++] = all_cuda;
+  }
 }
 
 TransferOutcome Transfer::run() { return impl_->run(); }
@@ -200,9 +320,9 @@ TransferOutcome Transfer::Impl::run() {
   };
   // A copy into a tensor that fails (it cannot, short of a bug or a full device) is this rank's
   // failure; the others go on to the end of the plan.
-  auto land_or_fail = [&](const Slot& s, const char* bytes) {
+  auto land_or_fail = [&](const Slot& s, const char* bytes, const at::Tensor& device_bytes = {}) {
     try {
-      out.bytes_landed += land(*s.message, bytes);
+      out.bytes_landed += land(*s.message, bytes, device_bytes);
     } catch (const std::exception& e) {
       fail(current_error_kind(), "landing message " + std::to_string(s.number) + ": " + e.what());
     }
@@ -227,7 +347,7 @@ TransferOutcome Transfer::Impl::run() {
         auto slot = std::make_unique<Slot>();
         slot->message = &m;
         slot->number = static_cast<size_t>(&m - in.plan.messages.data());
-        slot->route = route_of(in.plan, m);
+        slot->route = route_of(in.plan, m, nccl_route[alloc_next]);
         slot->reader = m.reader == rank;
         slot->offset = *offset;
         slot->base = arena->data() + *offset;
@@ -253,7 +373,8 @@ TransferOutcome Transfer::Impl::run() {
         std::memcpy(s.base, &status, kHeader);
         if (state == 1) {
           out.bytes_read += s.read.bytes;
-          land_or_fail(s, s.base + kHeader);
+          // By NCCL the reader's own pieces land from its device buffer, like everyone's.
+          if (s.route != Route::kNccl) land_or_fail(s, s.base + kHeader);
         } else {
           fail(s.read.kind, s.read.error);
         }
@@ -263,7 +384,7 @@ TransferOutcome Transfer::Impl::run() {
       // waits for its read).
       while (status_next < alloc_next) {
         Slot& s = *slots[status_next];
-        if (s.route == Route::kTwoStep) {
+        if (two_step(s.route)) {
           if (s.reader && !s.read_seen) break;
           s.status = status_transport->start(s.base, kHeader, s.message->reader,
                                              in.plan.ranks_of(*s.message));
@@ -271,7 +392,9 @@ TransferOutcome Transfer::Impl::run() {
         ++status_next;
         progressed = true;
       }
-      // Then the data, in plan order on every rank.
+      // Then the data, in plan order on every rank; NCCL messages ready together go out as one
+      // group (several roots in flight).
+      bool grouped = false;
       while (data_next < status_next) {
         Slot& s = *slots[data_next];
         const Message& m = *s.message;
@@ -279,7 +402,7 @@ TransferOutcome Transfer::Impl::run() {
           if (s.reader && !s.read_seen) break;
           s.data = data_transport->start(s.base, static_cast<size_t>(kHeader + m.nbytes), m.reader,
                                          in.plan.ranks_of(m));
-        } else if (s.route == Route::kTwoStep) {
+        } else if (two_step(s.route)) {
           if (!s.status_known) {
             if (!s.status->test()) break;
             uint64_t status;
@@ -287,22 +410,29 @@ TransferOutcome Transfer::Impl::run() {
             s.status_known = true;
             s.status_ok = status == 0;
           }
-          if (s.status_ok) {
+          if (s.status_ok && s.route == Route::kTwoStep) {
             void* into = s.base + kHeader;
             if (!s.reader) {
-              if (at::Tensor dst = direct_destination(m); dst.defined()) {
+              if (at::Tensor dst = direct_destination(m, /*cuda=*/false); dst.defined()) {
                 into = dst.data_ptr();
                 s.direct = true;
               }
             }
             s.data = data_transport->start(into, static_cast<size_t>(m.nbytes), m.reader,
                                            in.plan.ranks_of(m));
+          } else if (s.status_ok) {
+            issue_nccl(s);
+            if (!grouped) {
+              // issue_nccl opened the group with its first start.
+              grouped = true;
+            }
           }
         }
         s.data_issued = true;
         ++data_next;
         progressed = true;
       }
+      if (grouped) cuda_transport->group_end();
 
       // Stage 3, land: completed deliveries are copied into this rank's tensors.
       for (size_t i = release_next; i < data_next; ++i) {
@@ -315,7 +445,16 @@ TransferOutcome Transfer::Impl::run() {
           progressed = true;
         }
         if (s.status && !s.status->test()) continue;
-        if (!s.reader) {
+        if (s.route == Route::kNccl) {
+          if (s.status_ok) {
+            if (s.direct) {
+              out.bytes_landed += s.message->nbytes;
+            } else {
+              land_or_fail(s, nullptr, s.device_buffer);
+            }
+          }
+          s.device_buffer = at::Tensor();
+        } else if (!s.reader) {
           if (s.route == Route::kOneStep) {
             uint64_t status;
             std::memcpy(&status, s.base, kHeader);
@@ -371,6 +510,7 @@ TransferOutcome Transfer::Impl::run() {
       idle.pause();
     }
   } catch (...) {
+    if (cuda_transport) cuda_transport->abort();
     // Only the transport gets here (a timeout or an MPI failure): deliveries may be left in
     // flight, so the staging memory is kept; the reader threads stop before the slots go.
     abandoned = true;
@@ -378,7 +518,8 @@ TransferOutcome Transfer::Impl::run() {
     throw;
   }
   readers->stop();
-  out.transport = "mpi";
+  out.transport = transport_name;
+  out.transport_note = transport_note;
   return out;
 }
 

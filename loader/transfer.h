@@ -39,7 +39,8 @@ struct TransferOutcome {
   int64_t bytes_landed = 0;             ///< bytes written into this rank's tensors
   ErrorKind failed = ErrorKind::kNone;  ///< the first failure on this rank (kNone: none)
   std::string error;
-  std::string transport = "mpi";  ///< the backend that moved the bytes
+  std::string transport = "mpi";  ///< the backend that moved the bytes ("mpi" or "nccl")
+  std::string transport_note;     ///< why CUDA destinations did not go by NCCL ("" otherwise)
 };
 
 /// The transfer of one load.

@@ -136,7 +136,8 @@ void Poller::reset() {
   polls_ = 0;
 }
 
-Communicator::Communicator(MPI_Comm comm, double timeout_seconds) : timeout_(timeout_seconds) {
+Communicator::Communicator(MPI_Comm comm, double timeout_seconds)
+    : parent_(comm), timeout_(timeout_seconds) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (!initialized) throw UsageError("MPI is not initialized: call MPI_Init in main()");

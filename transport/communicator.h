@@ -55,6 +55,8 @@ class Communicator {
   int rank() const { return rank_; }
   int size() const { return size_; }
   MPI_Comm handle() const { return comm_; }
+  /// The caller's communicator this one duplicates (for caching per-communicator state).
+  MPI_Comm parent() const { return parent_; }
 
   /// The deadline of every later collective; <= 0 waits forever. Not collective (but all ranks
   /// should use the same value).
@@ -94,6 +96,7 @@ class Communicator {
   void drain_arrivals() const;
   [[noreturn]] void census_and_throw(const char* what) const;
 
+  MPI_Comm parent_ = MPI_COMM_NULL;  ///< the caller's
   MPI_Comm comm_ = MPI_COMM_NULL;    ///< the collectives
   MPI_Comm census_ = MPI_COMM_NULL;  ///< arrival notices and timeout verdicts only
   int rank_ = 0;

@@ -1,20 +1,27 @@
 #include "transport/transport.h"
 
+#include <unistd.h>
+
+#include "core/error.h"
 #include "shardload/config.h"
 
 namespace shardload {
 
 #if !SHARDLOAD_WITH_NCCL
-std::unique_ptr<Transport> make_nccl_transport(const Communicator&) { return nullptr; }
-#endif
-
-std::vector<std::unique_ptr<Transport>> make_transports(const Communicator& comm, bool want_cuda) {
-  std::vector<std::unique_ptr<Transport>> out;
-  if (want_cuda) {
-    if (auto nccl = make_nccl_transport(comm)) out.push_back(std::move(nccl));
-  }
-  out.push_back(make_mpi_transport(comm));
-  return out;
+std::shared_ptr<Transport> make_nccl_transport(const Communicator&, int) {
+  throw CommError("this shardload was built without NCCL");
 }
+
+bool nccl_built() { return false; }
+
+RankDevice local_device_report(bool wants_cuda, int device, bool mixed_devices) {
+  RankDevice d;
+  d.wants_cuda = wants_cuda;
+  d.nccl_built = false;
+  d.device = device;
+  d.mixed_devices = mixed_devices;
+  return d;
+}
+#endif
 
 }  // namespace shardload
