@@ -1,5 +1,6 @@
 // shardload load CKPT --into REF [--no-strict] [--split REGEX=DIM]... [--out OUT] [--json]
 #include <ATen/ATen.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <mpi.h>
 
 #include <chrono>
@@ -24,6 +25,8 @@ struct LoadArgs {
   bool no_strict = false;
   bool json = false;
   bool skip_size_mismatch = false;
+  bool no_verify = false;
+  std::string device = "cpu";
   bool overwrite = false;
   std::string strip_prefix;
   std::string add_prefix;
@@ -54,6 +57,19 @@ std::vector<SplitRule> parse_splits(const std::vector<std::string>& specs) {
 }
 
 nlohmann::json shape_json(const Shape& s) { return nlohmann::json(s); }
+
+/// Puts every tensor of the partition on this rank's GPU: the one of its local rank (modulo the
+/// devices visible), as launchers pin ranks to GPUs.
+void move_to_local_gpu(Partition& partition) {
+  if (!at::hasCUDA()) {
+    throw UsageError("--device cuda: no CUDA device is visible (or LibTorch has no CUDA)");
+  }
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+  const int64_t count = static_cast<int64_t>(at::detail::getCUDAHooks().deviceCount());
+  const auto device = at::Device(at::kCUDA, static_cast<int8_t>((local ? std::atoi(local) : 0) %
+                                                                std::max<int64_t>(count, 1)));
+  for (auto& e : partition.entries()) e.tensor = e.tensor.to(device);
+}
 
 nlohmann::json result_json(const LoadResult* r, bool strict, const std::string& error, double secs,
                            int64_t bytes_read) {
@@ -86,6 +102,9 @@ nlohmann::json result_json(const LoadResult* r, bool strict, const std::string& 
   j["error"] = error.empty() ? nlohmann::json(nullptr) : nlohmann::json(error);
   j["bytes_read"] = bytes_read;
   j["seconds"] = secs;
+  j["transport"] = r ? r->transport : "mpi";
+  j["transport_reason"] = r ? r->transport_reason : "";
+  j["checksums_verified"] = r ? r->checksums_verified : false;
   return j;
 }
 
@@ -156,6 +175,13 @@ Runner add_load(CLI::App& app) {
   cmd->add_option("--filter", a->filter, "only keys matching this regex take part");
   cmd->add_option("--name", a->name, "model name in error messages");
   cmd->add_flag("--overwrite", a->overwrite, "replace an existing --out");
+  cmd->add_flag("--no-verify", a->no_verify,
+                "skip the checksum checks (the result says so); only for measuring their cost");
+  cmd->add_option("--device", a->device,
+                  "where each rank's partition of REF lives: cpu, or cuda (the GPU of the rank's "
+                  "local rank): CUDA tensors are loaded over NCCL where every rank has a GPU of "
+                  "its own")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--timeout", a->timeout,
                   "seconds a rank waits for the others at a phase boundary, or for a transfer "
                   "to progress, before the job ends naming the ranks that did not arrive "
@@ -169,6 +195,7 @@ Runner add_load(CLI::App& app) {
     options.timeout_seconds = a->timeout;
     options.strict = !a->no_strict;
     options.skip_size_mismatch = a->skip_size_mismatch;
+    options.verify_checksums = !a->no_verify;
     options.checkpoint_prefix = a->strip_prefix;
     options.model_prefix = a->add_prefix;
     options.key_filter = a->filter;
@@ -190,6 +217,7 @@ Runner add_load(CLI::App& app) {
         auto rules = parse_splits(a->splits);
         ref = is_tensor_file(a->ref) ? read_tensor_file(a->ref) : read_checkpoint(a->ref);
         partition = Partition::from_global(ref, rules, rank, ranks);
+        if (a->device == "cuda") move_to_local_gpu(partition);
       } catch (const Error& e) {
         local_error = e.what();
         local_rc = e.exit_code();
