@@ -102,9 +102,6 @@ std::vector<Declaration> decode_layout(std::string_view bytes) {
         if (delta < INT_MIN || delta > INT_MAX) in.fail("split group");
         d.group.push_back(static_cast<int>(delta));
       }
-    } else {
-      d.global_shape = d.local_shape;
-      d.offset.assign(d.local_shape.size(), 0);
     }
     out.push_back(std::move(d));
   }

@@ -40,8 +40,9 @@ struct DeclaredLayouts {
 /// The canonical bytes of one rank's declarations (split groups relative to `rank`): equal bytes
 /// for equal canonical layouts.
 std::string encode_layout(const std::vector<Declaration>& declarations, int rank);
-/// Inverse of encode_layout, with split groups left relative. Throws CommError naming what is
-/// malformed when the bytes are not an encoded layout.
+/// Inverse of encode_layout, with split groups left relative and the fields a kind does not use
+/// left empty (a replicated declaration's global shape and offset). Throws CommError naming what
+/// is malformed when the bytes are not an encoded layout.
 std::vector<Declaration> decode_layout(std::string_view bytes);
 
 }  // namespace shardload

@@ -5,9 +5,9 @@
 #include <optional>
 #include <string_view>
 #include <unordered_map>
-#include <unordered_set>
 
 #include "core/error.h"
+#include "sharding/key_table.h"
 #include "sharding/rank_loads.h"
 
 namespace shardload {
@@ -238,32 +238,28 @@ struct ModelKey {
   int32_t needers_size = 0;
   int64_t chunks_at = 0;  ///< its chunks in `key_chunks`, index order
   int32_t chunks_size = 0;
+  int32_t rank_set = -1;  ///< the rank set of all its needers, once known
   bool plannable = false;
 };
 
-/// Interns receiving rank sets: one per distinct list of receiving groups.
+/// Interns receiving rank sets: one per distinct list of receiving groups, its ranks the sorted
+/// union of the groups' members, stored once in the plan.
 class RankSets {
  public:
   RankSets(const RankGroups& groups, LoadPlan& plan) : groups_(groups), plan_(plan) {
     plan_.rank_set_at.assign(1, 0);
   }
-  /// The set of the receivers at plan.receivers[at, at + size).
-  int32_t of(int64_t at, int32_t size) {
-    auto [cached, fresh_range] = by_range_.try_emplace(at, 0);
-    if (!fresh_range) return cached->second;
-    const std::span<const Receiver> receivers(plan_.receivers.data() + at,
-                                              static_cast<size_t>(size));
+  /// The set of the ranks of `receivers`' groups.
+  int32_t of(std::span<const Receiver> receivers) {
+    // Consecutive pieces mostly go to the same groups.
+    if (last_ >= 0 && same_groups(last_, receivers)) return last_;
     uint64_t h = receivers.size();
     for (const Receiver& r : receivers) {
       h ^= static_cast<uint64_t>(r.group) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
     }
     auto& candidates = by_hash_[h];
     for (int32_t s : candidates) {
-      const auto& g = groups_of_set_[static_cast<size_t>(s)];
-      if (std::equal(g.begin(), g.end(), receivers.begin(), receivers.end(),
-                     [](int32_t a, const Receiver& b) { return a == b.group; })) {
-        return cached->second = s;
-      }
+      if (same_groups(s, receivers)) return last_ = s;
     }
     const auto s = static_cast<int32_t>(groups_of_set_.size());
     std::vector<int32_t>& g = groups_of_set_.emplace_back();
@@ -276,15 +272,21 @@ class RankSets {
     std::sort(plan_.rank_sets.begin() + static_cast<std::ptrdiff_t>(begin), plan_.rank_sets.end());
     plan_.rank_set_at.push_back(static_cast<int64_t>(plan_.rank_sets.size()));
     candidates.push_back(s);
-    return cached->second = s;
+    return last_ = s;
   }
 
  private:
+  bool same_groups(int32_t s, std::span<const Receiver> receivers) const {
+    const auto& g = groups_of_set_[static_cast<size_t>(s)];
+    return std::equal(g.begin(), g.end(), receivers.begin(), receivers.end(),
+                      [](int32_t a, const Receiver& b) { return a == b.group; });
+  }
+
   const RankGroups& groups_;
   LoadPlan& plan_;
-  std::unordered_map<int64_t, int32_t> by_range_;
   std::unordered_map<uint64_t, std::vector<int32_t>> by_hash_;
   std::vector<std::vector<int32_t>> groups_of_set_;
+  int32_t last_ = -1;
 };
 
 }  // namespace
@@ -316,14 +318,11 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
   // are ordered by their first member, and a key's lowest needing rank is the first member of
   // its group, so walking the groups in order gives the same order.
   std::vector<ModelKey> keys;
-  std::unordered_map<std::string_view, int32_t> key_id;
   std::vector<int32_t> key_of_need;  // flat over (group, need)
-  {
-    size_t total = 0;
-    for (const auto& list : lists) total += list.size();
-    key_of_need.reserve(total);
-    key_id.reserve(lists.empty() ? 0 : lists.front().size());
-  }
+  size_t total_needs = 0;
+  for (const auto& list : lists) total_needs += list.size();
+  key_of_need.reserve(total_needs);
+  KeyTable key_id(lists.empty() ? 0 : lists.front().size());
   for (size_t g = 0; g < lists.size(); ++g) {
     const int r = needs.members[g].front();
     for (const Need& n : lists[g]) {
@@ -332,19 +331,19 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
                          box_str(n.region) + ", which lies outside global shape " +
                          shape_str(n.global_shape));
       }
-      auto [it, fresh] = key_id.try_emplace(n.key, static_cast<int32_t>(keys.size()));
+      const auto [id, fresh] = key_id.try_emplace(n.key, static_cast<int32_t>(keys.size()));
       if (fresh) {
         keys.push_back(ModelKey{&n, r, static_cast<int32_t>(g)});
       } else {
-        ModelKey& k = keys[static_cast<size_t>(it->second)];
+        ModelKey& k = keys[static_cast<size_t>(id)];
         if (k.last_group == static_cast<int32_t>(g)) {
           throw UsageError(quoted(n.key) + ": rank " + std::to_string(r) + " needs it twice");
         }
         check_same_tensor(*k.first, k.first_rank, n, r, "needs");
         k.last_group = static_cast<int32_t>(g);
       }
-      ++keys[static_cast<size_t>(it->second)].needers_size;
-      key_of_need.push_back(it->second);
+      ++keys[static_cast<size_t>(id)].needers_size;
+      key_of_need.push_back(id);
     }
   }
   // Needers of each key, back to back: they open plan.receivers, so that a piece every needer
@@ -373,15 +372,17 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
   std::vector<int32_t> key_of_chunk(index.size(), -1);
   std::vector<int32_t> key_chunks;
   {
-    std::unordered_set<std::string_view> unexpected;
+    KeyTable unexpected;
     for (size_t c = 0; c < index.size(); ++c) {
-      auto it = key_id.find(index[c].key);
-      if (it == key_id.end()) {
-        if (unexpected.insert(index[c].key).second) plan.unexpected_keys.push_back(index[c].key);
+      const int32_t id = key_id.find(index[c].key);
+      if (id < 0) {
+        if (unexpected.try_emplace(index[c].key, 0).second) {
+          plan.unexpected_keys.push_back(index[c].key);
+        }
         continue;
       }
-      key_of_chunk[c] = it->second;
-      ++keys[static_cast<size_t>(it->second)].chunks_size;
+      key_of_chunk[c] = id;
+      ++keys[static_cast<size_t>(id)].chunks_size;
     }
     int64_t at = 0;
     for (ModelKey& k : keys) {
@@ -477,15 +478,27 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
   std::vector<Receiver> overlapping;
   std::vector<Box> parts;
   std::vector<Receiver> label_receivers;
+  // The rank set of each piece (messages are keyed by reader and rank set).
+  RankSets sets(needs, plan);
+  std::vector<int32_t> set_of_piece;
+  plan.pieces.reserve(index.size());
+  set_of_piece.reserve(index.size());
   auto add_pieces = [&](int32_t c, const Box& box, int64_t receivers_at, int32_t receivers_size,
-                        int64_t elem) {
+                        int32_t set, int64_t elem) {
+    if (set < 0) {
+      set = sets.of(
+          std::span<const Receiver>(plan.receivers)
+              .subspan(static_cast<size_t>(receivers_at), static_cast<size_t>(receivers_size)));
+    }
     if (box_numel(box) * elem <= options.message_bytes || box_numel(box) <= 1) {
       plan.pieces.push_back(Piece{c, box, 0, box_numel(box) * elem, receivers_at, receivers_size});
+      set_of_piece.push_back(set);
       return;
     }
     for (Box& piece : split_for_budget(box, elem, options.message_bytes)) {
       const int64_t nbytes = box_numel(piece) * elem;
       plan.pieces.push_back(Piece{c, std::move(piece), 0, nbytes, receivers_at, receivers_size});
+      set_of_piece.push_back(set);
     }
   };
   auto append_receivers = [&](const std::vector<Receiver>& list) {
@@ -496,7 +509,7 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
   for (size_t ci = 0; ci < index.size(); ++ci) {
     if (key_of_chunk[ci] < 0) continue;
     const auto c = static_cast<int32_t>(ci);
-    const ModelKey& k = keys[static_cast<size_t>(key_of_chunk[ci])];
+    ModelKey& k = keys[static_cast<size_t>(key_of_chunk[ci])];
     if (!k.plannable) continue;
     const ChunkRecord& chunk = index[ci];
     if (numel(chunk.shape) == 0) continue;
@@ -534,9 +547,13 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
     if (all_whole) {
       // Fast path: every receiver holds the whole chunk (a replicated tensor, a shard that lies
       // inside each receiver's region): one box, no grid.
-      const int64_t at =
-          overlapping.size() == needers.size() ? k.needers_at : append_receivers(overlapping);
-      add_pieces(c, cbox, at, static_cast<int32_t>(overlapping.size()), elem);
+      if (overlapping.size() == needers.size()) {
+        if (k.rank_set < 0) k.rank_set = sets.of(needers);
+        add_pieces(c, cbox, k.needers_at, k.needers_size, k.rank_set, elem);
+      } else {
+        add_pieces(c, cbox, append_receivers(overlapping), static_cast<int32_t>(overlapping.size()),
+                   -1, elem);
+      }
       continue;
     }
     parts.clear();
@@ -546,14 +563,14 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
     if (std::all_of(parts.begin(), parts.end(), [&](const Box& b) { return b == parts[0]; })) {
       // Every receiver needs the same part of the chunk.
       add_pieces(c, parts[0], append_receivers(overlapping),
-                 static_cast<int32_t>(overlapping.size()), elem);
+                 static_cast<int32_t>(overlapping.size()), -1, elem);
       continue;
     }
     for (const auto& [box, label] : decompose(cbox, parts)) {
       label_receivers.clear();
       for (int32_t p : label) label_receivers.push_back(overlapping[static_cast<size_t>(p)]);
       add_pieces(c, box, append_receivers(label_receivers),
-                 static_cast<int32_t>(label_receivers.size()), elem);
+                 static_cast<int32_t>(label_receivers.size()), -1, elem);
     }
   }
   needer_sweeps.clear();
@@ -587,11 +604,10 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
   // Messages: pieces with the same reader and receiving ranks, packed in piece order; a message
   // is closed when the next piece would overflow it. Messages run in order of creation.
   {
-    RankSets sets(needs, plan);
     std::unordered_map<uint64_t, size_t> open;
     for (size_t p = 0; p < plan.pieces.size(); ++p) {
       const Piece& piece = plan.pieces[p];
-      const int32_t set = sets.of(piece.receivers_at, piece.receivers_size);
+      const int32_t set = set_of_piece[p];
       const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(piece.reader)) << 32) |
                            static_cast<uint32_t>(set);
       auto [it, fresh] = open.try_emplace(key, plan.messages.size());

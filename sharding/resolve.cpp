@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "sharding/key_table.h"
 
 namespace shardload {
 namespace {
@@ -50,7 +51,7 @@ std::vector<int> absolute_group(const std::vector<int>& relative, int rank, int 
 /// What resolution needs to know of one distinct layout.
 struct LayoutInfo {
   int first_rank = -1;
-  std::unordered_map<std::string_view, int32_t> where;  ///< key -> declaration index
+  KeyTable where;  ///< key -> declaration index
   /// Distinct non-empty (relative) split groups of the layout, and for each the first
   /// declaration that uses it (for error messages).
   std::vector<const std::vector<int>*> contexts;
@@ -60,11 +61,12 @@ struct LayoutInfo {
 
 /// The checks a rank can make on its own declarations (once per layout, at its first rank).
 void check_layout(const std::vector<Declaration>& layout, int rank, int nranks, LayoutInfo& info) {
+  info.where = KeyTable(layout.size());
   for (size_t i = 0; i < layout.size(); ++i) {
     const Declaration& d = layout[i];
-    const std::string who = quoted(d.key) + ": rank " + std::to_string(rank);
-    if (!info.where.emplace(d.key, static_cast<int32_t>(i)).second) {
-      throw UsageError(who + " declares it twice");
+    auto who = [&] { return quoted(d.key) + ": rank " + std::to_string(rank); };
+    if (!info.where.try_emplace(d.key, static_cast<int32_t>(i)).second) {
+      throw UsageError(who() + " declares it twice");
     }
     check_extents(d.key, rank, d.local_shape, "local shape");
     const int64_t ndim = static_cast<int64_t>(d.local_shape.size());
@@ -72,36 +74,36 @@ void check_layout(const std::vector<Declaration>& layout, int rank, int nranks, 
       check_extents(d.key, rank, d.global_shape, "global shape");
       if (static_cast<int64_t>(d.global_shape.size()) != ndim ||
           static_cast<int64_t>(d.offset.size()) != ndim) {
-        throw UsageError(who + " declares a shard with offset " + shape_str(d.offset) +
+        throw UsageError(who() + " declares a shard with offset " + shape_str(d.offset) +
                          " and local shape " + shape_str(d.local_shape) + " of global shape " +
                          shape_str(d.global_shape) + ": the numbers of dimensions differ");
       }
       const Box box{d.offset, d.local_shape};
       if (!inside(d.global_shape, box)) {
-        throw UsageError(who + " declares shard " + box_str(box) +
+        throw UsageError(who() + " declares shard " + box_str(box) +
                          ", which lies outside global shape " + shape_str(d.global_shape));
       }
     } else if (d.kind == Kind::kSplit) {
       if (d.split_dim < 0 || d.split_dim >= ndim) {
-        throw UsageError(who + " splits it along dimension " + std::to_string(d.split_dim) +
+        throw UsageError(who() + " splits it along dimension " + std::to_string(d.split_dim) +
                          ", but its local shape " + shape_str(d.local_shape) + " has " +
                          std::to_string(ndim) + " dimensions");
       }
       const std::vector<int> group = absolute_group(d.group, rank, nranks);
       for (size_t a = 0; a < group.size(); ++a) {
         if (group[a] < 0 || group[a] >= nranks) {
-          throw UsageError(who + " names rank " + std::to_string(group[a]) +
+          throw UsageError(who() + " names rank " + std::to_string(group[a]) +
                            " in its split group " + ranks_str(group) + ", but there are " +
                            std::to_string(nranks) + " ranks");
         }
         if (std::find(group.begin(), group.begin() + static_cast<std::ptrdiff_t>(a), group[a]) !=
             group.begin() + static_cast<std::ptrdiff_t>(a)) {
-          throw UsageError(who + " names rank " + std::to_string(group[a]) +
+          throw UsageError(who() + " names rank " + std::to_string(group[a]) +
                            " twice in its split group " + ranks_str(group));
         }
       }
       if (std::find(group.begin(), group.end(), rank) == group.end()) {
-        throw UsageError(who + " declares a split over ranks " + ranks_str(group) +
+        throw UsageError(who() + " declares a split over ranks " + ranks_str(group) +
                          ", which does not include rank " + std::to_string(rank));
       }
       if (d.group.empty()) {
@@ -221,13 +223,13 @@ RankGroups resolve_declarations(const DeclaredLayouts& declared) {
     for (int m = 0; m < nranks; ++m) {
       const int32_t l = declared.layout_of[static_cast<size_t>(m)];
       const LayoutInfo& li = info[static_cast<size_t>(l)];
-      auto w = li.where.find(d.key);
-      if (w == li.where.end()) {
+      const int32_t w = li.where.find(d.key);
+      if (w < 0) {
         throw UsageError(quoted(d.key) + ": rank " + std::to_string(r) + " splits it over ranks " +
                          ranks_str(group) + ", but rank " + std::to_string(m) +
                          " does not declare it");
       }
-      const Declaration& o = layouts[static_cast<size_t>(l)][static_cast<size_t>(w->second)];
+      const Declaration& o = layouts[static_cast<size_t>(l)][static_cast<size_t>(w)];
       check_member(d, r, group, o, m, nranks);
       prefix.push_back(prefix.back() + o.local_shape[static_cast<size_t>(d.split_dim)]);
     }
@@ -258,13 +260,13 @@ RankGroups resolve_declarations(const DeclaredLayouts& declared) {
           for (int m : group) {
             const int32_t l = declared.layout_of[static_cast<size_t>(m)];
             const LayoutInfo& li = info[static_cast<size_t>(l)];
-            auto w = li.where.find(d.key);
-            if (w == li.where.end()) {
+            const int32_t w = li.where.find(d.key);
+            if (w < 0) {
               throw UsageError(quoted(d.key) + ": rank " + std::to_string(r) +
                                " splits it over ranks " + ranks_str(group) + ", but rank " +
                                std::to_string(m) + " does not declare it");
             }
-            const Declaration& o = layouts[static_cast<size_t>(l)][static_cast<size_t>(w->second)];
+            const Declaration& o = layouts[static_cast<size_t>(l)][static_cast<size_t>(w)];
             check_member(d, r, group, o, m, nranks);
             if (m == r) h.region.offset[dim] = total;
             total += o.local_shape[dim];
@@ -276,16 +278,25 @@ RankGroups resolve_declarations(const DeclaredLayouts& declared) {
     }
   }
 
-  // Every rank that declares a key must agree on its dtype and global shape.
-  std::unordered_map<std::string_view, std::pair<size_t, size_t>> first;
-  for (size_t g = 0; g < out.lists.size(); ++g) {
-    for (size_t i = 0; i < out.lists[g].size(); ++i) {
-      const Holding& h = out.lists[g][i];
-      auto [it, fresh] = first.try_emplace(h.key, g, i);
-      if (fresh) continue;
-      const auto [fg, fi] = it->second;
-      check_same_tensor(out.lists[fg][fi], out.members[fg].front(), h, out.members[g].front(),
-                        "declares");
+  // Every rank that declares a key must agree on its dtype and global shape (nothing to compare
+  // within one group: its list is one rank's).
+  if (out.lists.size() > 1) {
+    size_t total = 0;
+    for (const auto& list : out.lists) total += list.size();
+    KeyTable first(total);
+    std::vector<std::pair<size_t, size_t>> where;  // first (group, index) of each key
+    for (size_t g = 0; g < out.lists.size(); ++g) {
+      for (size_t i = 0; i < out.lists[g].size(); ++i) {
+        const Holding& h = out.lists[g][i];
+        const auto [at, fresh] = first.try_emplace(h.key, static_cast<int32_t>(where.size()));
+        if (fresh) {
+          where.emplace_back(g, i);
+          continue;
+        }
+        const auto [fg, fi] = where[static_cast<size_t>(at)];
+        check_same_tensor(out.lists[fg][fi], out.members[fg].front(), h, out.members[g].front(),
+                          "declares");
+      }
     }
   }
   return out;
