@@ -474,7 +474,7 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
 
   // Pieces, chunk by chunk in index order: the needed part of each chunk cut into boxes with
   // one set of receiving groups each, then into pieces that fit a message.
-  std::vector<std::optional<Sweep>> needer_sweeps(keys.size());
+  std::unordered_map<int32_t, Sweep> needer_sweeps;  // by key, where many groups need it
   std::vector<Receiver> overlapping;
   std::vector<Box> parts;
   std::vector<Receiver> label_receivers;
@@ -527,15 +527,19 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
       all_whole = all_whole && box_inside(chunk.offset, chunk.shape, region.offset, region.shape);
     };
     if (needers.size() * static_cast<size_t>(k.chunks_size) > kSweepPairs && !chunk.shape.empty()) {
-      auto& sweep = needer_sweeps[static_cast<size_t>(key_of_chunk[ci])];
-      if (!sweep) {
-        sweep.emplace(needers.size(), chunk.shape.size(), [&](size_t i) {
-          const Box& region = need_at(needers[i]).region;
-          return std::pair<const Shape&, const Shape&>(region.offset, region.shape);
-        });
+      auto it = needer_sweeps.find(key_of_chunk[ci]);
+      if (it == needer_sweeps.end()) {
+        it = needer_sweeps
+                 .try_emplace(key_of_chunk[ci], needers.size(), chunk.shape.size(),
+                              [&](size_t i) {
+                                const Box& region = need_at(needers[i]).region;
+                                return std::pair<const Shape&, const Shape&>(region.offset,
+                                                                             region.shape);
+                              })
+                 .first;
       }
       found.clear();
-      sweep->candidates(chunk.offset, chunk.shape, found);
+      it->second.candidates(chunk.offset, chunk.shape, found);
       std::sort(found.begin(), found.end());
       for (int32_t i : found) consider(needers[static_cast<size_t>(i)]);
     } else {

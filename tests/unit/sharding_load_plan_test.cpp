@@ -417,15 +417,26 @@ struct Scenario {
 /// Load layouts are drawn for `positions` ranks and repeated `replicas` times (rank r takes
 /// position r % positions, as data-parallel replicas interleave); sometimes a straggler rank
 /// draws its own region of a key.
-Scenario make_scenario(Case& c, int iter) {
-  const std::vector<int64_t> sizes = {0, 1, 2, 3, 5, 7, 13};
+/// How large the random jobs get.
+struct Scale {
+  int max_ranks = 5;      ///< saving ranks
+  int max_positions = 4;  ///< distinct load layouts
+  int max_replicas = 3;   ///< copies of each
+  bool big_2d = false;    ///< 2-d tensors of 17 to 41 per dimension instead of small ones
+};
+
+Scenario make_scenario(Case& c, int iter, const Scale& scale = {}) {
+  const int max_ranks = scale.max_ranks, max_positions = scale.max_positions,
+            max_replicas = scale.max_replicas;
+  const std::vector<int64_t> sizes =
+      scale.big_2d ? std::vector<int64_t>{17, 29, 41} : std::vector<int64_t>{0, 1, 2, 3, 5, 7, 13};
   const std::vector<DType> dtypes = {DType::kFloat32, DType::kBFloat16, DType::kFloat64,
                                      DType::kInt8};
   const std::vector<int64_t> budgets = {64ll << 20, 8, 16, 24, 40, 104, 1000};
   Scenario s;
-  const int P = static_cast<int>(c.pick(1, 5));
-  const int positions = static_cast<int>(c.pick(1, 4));
-  const int replicas = static_cast<int>(c.pick(1, 3));
+  const int P = static_cast<int>(c.pick(1, max_ranks));
+  const int positions = static_cast<int>(c.pick(1, max_positions));
+  const int replicas = static_cast<int>(c.pick(1, max_replicas));
   s.Q = positions * replicas;
   s.budget = budgets[c.pick(0, budgets.size() - 1)];
   const int nkeys = static_cast<int>(c.pick(1, 2));
@@ -441,7 +452,7 @@ Scenario make_scenario(Case& c, int iter) {
   for (int k = 0; k < nkeys; ++k) {
     keys.push_back("layers." + std::to_string(k) + ".w");
     Shape g;
-    const int ndim = c.pick(0, 9) == 0 ? 0 : static_cast<int>(c.pick(1, 4));
+    const int ndim = scale.big_2d ? 2 : (c.pick(0, 9) == 0 ? 0 : static_cast<int>(c.pick(1, 4)));
     for (int d = 0; d < ndim; ++d) {
       g.push_back(sizes[c.pick(0, ndim == 4 ? 4 : sizes.size() - 1)]);
     }
@@ -764,6 +775,36 @@ TEST(PlanLoadProperty, GroupedPlanEqualsThePlanOfEveryRankAlone) {
     if (HasFailure()) break;
   }
   EXPECT_GT(grouped, 100);
+}
+
+TEST(PlanLoadProperty, ManyChunksAndManyGroupsPerKey) {
+  // Saved by up to 40 ranks, loaded by up to 40 distinct layouts: keys whose (chunk, needing
+  // group) pairs are many go through the planner's sweep instead of testing every pair.
+  std::mt19937 rng(31337);
+  Case c{rng};
+  int swept = 0;
+  for (int iter = 0; iter < 60; ++iter) {
+    const Scenario s = make_scenario(c, iter, Scale{40, 40, 1, true});
+    SCOPED_TRACE(s.trace);
+    const RankGroups groups = RankGroups::merge_equal(s.needs);
+    const LoadPlan plan = plan_load(s.index, groups, PlanOptions{s.budget});
+    EXPECT_EQ(plan.unexpected_keys, s.unexpected);
+    EXPECT_EQ(uncovered_per_rank(plan), s.uncovered);
+    const auto bad = violations(s, plan);
+    EXPECT_TRUE(bad.empty()) << ::testing::PrintToString(bad);
+    const LoadPlan alone =
+        plan_load(s.index, RankGroups::one_per_rank(s.needs), PlanOptions{s.budget});
+    EXPECT_EQ(differences(plan, alone, s.Q), std::vector<std::string>{});
+    std::map<std::string, std::set<int32_t>> needing;
+    std::map<std::string, int> chunks;
+    for (int r = 0; r < s.Q; ++r) {
+      for (const Need& n : s.needs[r]) needing[n.key].insert(groups.group_of[r]);
+    }
+    for (const ChunkRecord& rec : s.index) ++chunks[rec.key];
+    for (const auto& [key, g] : needing) swept += g.size() * chunks[key] > 256;
+    if (HasFailure()) break;
+  }
+  EXPECT_GT(swept, 20);
 }
 
 // Deliberately wrong plans: each mutation of a correct plan must be caught by `violations`, the
