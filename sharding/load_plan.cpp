@@ -7,8 +7,10 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "sharding/decompose.h"
 #include "sharding/key_table.h"
 #include "sharding/rank_loads.h"
+#include "sharding/sweep.h"
 
 namespace shardload {
 namespace {
@@ -38,194 +40,8 @@ bool box_inside(const Shape& io, const Shape& is, const Shape& oo, const Shape& 
   return true;
 }
 
-/// Boxes sorted by their start along one dimension, to visit those that overlap a query along
-/// it without a scan: an overlapping box starts after (query start - longest extent) and before
-/// the query's end. Used where a key has many chunks and many needing groups (a split over
-/// thousands of ranks), so that matching them costs O(n log n + overlaps), not O(n^2).
-class Sweep {
- public:
-  /// `boxes(i)` gives box i as (offset, shape); empty boxes are left out (they overlap nothing).
-  template <typename BoxOf>
-  Sweep(size_t n, size_t ndim, BoxOf&& boxes) {
-    // The dimension along which the boxes' starts differ most.
-    size_t best = 0;
-    size_t best_distinct = 0;
-    std::vector<int64_t> starts(n);
-    for (size_t d = 0; d < ndim; ++d) {
-      for (size_t i = 0; i < n; ++i) starts[i] = boxes(i).first[d];
-      std::sort(starts.begin(), starts.end());
-      const auto distinct =
-          static_cast<size_t>(std::unique(starts.begin(), starts.end()) - starts.begin());
-      if (distinct > best_distinct) {
-        best_distinct = distinct;
-        best = d;
-      }
-    }
-    dim_ = best;
-    items_.reserve(n);
-    for (size_t i = 0; i < n; ++i) {
-      const auto [offset, shape] = boxes(i);
-      if (numel(shape) == 0) continue;
-      items_.push_back({offset[dim_], offset[dim_] + shape[dim_], static_cast<int32_t>(i)});
-      longest_ = std::max(longest_, shape[dim_]);
-    }
-    std::sort(items_.begin(), items_.end(),
-              [](const Item& a, const Item& b) { return a.start < b.start; });
-  }
-  /// Appends to `out` the ids of the boxes that overlap [offset, offset + shape) along the sweep
-  /// dimension (callers test the other dimensions).
-  void candidates(const Shape& offset, const Shape& shape, std::vector<int32_t>& out) const {
-    const int64_t lo = offset[dim_];
-    const int64_t hi = offset[dim_] + shape[dim_];
-    auto it = std::lower_bound(items_.begin(), items_.end(), lo - longest_ + 1,
-                               [](const Item& a, int64_t v) { return a.start < v; });
-    for (; it != items_.end() && it->start < hi; ++it) {
-      if (it->end > lo) out.push_back(it->id);
-    }
-  }
-
- private:
-  struct Item {
-    int64_t start, end;
-    int32_t id;
-  };
-  size_t dim_ = 0;
-  int64_t longest_ = 0;
-  std::vector<Item> items_;
-};
-
 /// Above this many (needing group, chunk) pairs, a key's matching goes through a Sweep.
 constexpr size_t kSweepPairs = 256;
-
-// ---------------------------------------------------------------------------------------------
-// Decomposition of a chunk's needed part into boxes with one receiver set each.
-
-/// A box in grid-index space (half-open per dimension) and the set of parts it lies in.
-struct GridBox {
-  int32_t label = 0;
-  std::vector<int64_t> lo, hi;
-};
-
-/// Merges boxes that are adjacent along `dim` and agree on the label and on every other
-/// dimension. Applied innermost dimension first, it turns the grid's cells back into few boxes.
-std::vector<GridBox> merge_along(std::vector<GridBox> boxes, size_t dim) {
-  // Sorting by (label, other dims, lo[dim]) puts mergeable boxes next to each other.
-  auto less = [dim](const GridBox& a, const GridBox& b) {
-    if (a.label != b.label) return a.label < b.label;
-    for (size_t d = 0; d < a.lo.size(); ++d) {
-      if (d == dim) continue;
-      if (a.lo[d] != b.lo[d]) return a.lo[d] < b.lo[d];
-      if (a.hi[d] != b.hi[d]) return a.hi[d] < b.hi[d];
-    }
-    return a.lo[dim] < b.lo[dim];
-  };
-  auto same_line = [dim](const GridBox& a, const GridBox& b) {
-    if (a.label != b.label) return false;
-    for (size_t d = 0; d < a.lo.size(); ++d) {
-      if (d != dim && (a.lo[d] != b.lo[d] || a.hi[d] != b.hi[d])) return false;
-    }
-    return true;
-  };
-  std::sort(boxes.begin(), boxes.end(), less);
-  std::vector<GridBox> out;
-  out.reserve(boxes.size());
-  for (GridBox& b : boxes) {
-    if (!out.empty() && same_line(out.back(), b) && out.back().hi[dim] == b.lo[dim]) {
-      out.back().hi[dim] = b.hi[dim];
-    } else {
-      out.push_back(std::move(b));
-    }
-  }
-  return out;
-}
-
-/// Cuts the union of `parts` (non-empty boxes inside `chunk`) into disjoint boxes, each labelled
-/// with the ascending indices of the parts that contain it, in C order of their first elements.
-/// Each part marks only the grid cells it covers, so the work follows the output, not cells
-/// times parts.
-std::vector<std::pair<Box, std::vector<int32_t>>> decompose(const Box& chunk,
-                                                            const std::vector<Box>& parts) {
-  const size_t ndim = chunk.shape.size();
-  std::vector<std::vector<int64_t>> cuts(ndim);
-  for (size_t d = 0; d < ndim; ++d) {
-    cuts[d] = {chunk.offset[d], chunk.offset[d] + chunk.shape[d]};
-    for (const Box& p : parts) {
-      cuts[d].push_back(p.offset[d]);
-      cuts[d].push_back(p.offset[d] + p.shape[d]);
-    }
-    std::sort(cuts[d].begin(), cuts[d].end());
-    cuts[d].erase(std::unique(cuts[d].begin(), cuts[d].end()), cuts[d].end());
-  }
-  // Cells in C order; strides of the grid.
-  std::vector<int64_t> extent(ndim), stride(ndim);
-  int64_t cells = 1;
-  for (size_t d = ndim; d-- > 0;) {
-    extent[d] = static_cast<int64_t>(cuts[d].size()) - 1;
-    stride[d] = cells;
-    cells *= extent[d];
-  }
-  // Labels are ascending part lists, grown one part at a time (parts in ascending order): a
-  // trie whose node 0 is the empty list.
-  std::vector<int32_t> label_of_cell(static_cast<size_t>(cells), 0);
-  std::vector<std::vector<int32_t>> labels(1);
-  std::unordered_map<uint64_t, int32_t> extended;  // (label << 32 | part) -> label
-  std::vector<int64_t> lo(ndim), hi(ndim), at(ndim);
-  for (size_t p = 0; p < parts.size(); ++p) {
-    for (size_t d = 0; d < ndim; ++d) {
-      lo[d] =
-          std::lower_bound(cuts[d].begin(), cuts[d].end(), parts[p].offset[d]) - cuts[d].begin();
-      hi[d] =
-          std::lower_bound(cuts[d].begin(), cuts[d].end(), parts[p].offset[d] + parts[p].shape[d]) -
-          cuts[d].begin();
-    }
-    at = lo;
-    while (true) {
-      int64_t cell = 0;
-      for (size_t d = 0; d < ndim; ++d) cell += at[d] * stride[d];
-      int32_t& label = label_of_cell[static_cast<size_t>(cell)];
-      const uint64_t edge = (static_cast<uint64_t>(label) << 32) | static_cast<uint64_t>(p);
-      auto [it, fresh] = extended.try_emplace(edge, static_cast<int32_t>(labels.size()));
-      if (fresh) {
-        std::vector<int32_t> grown = labels[static_cast<size_t>(label)];
-        grown.push_back(static_cast<int32_t>(p));
-        labels.push_back(std::move(grown));
-      }
-      label = it->second;
-      size_t d = ndim;
-      while (d > 0 && ++at[d - 1] == hi[d - 1]) {
-        at[d - 1] = lo[d - 1];
-        --d;
-      }
-      if (d == 0) break;
-    }
-  }
-  std::vector<GridBox> boxes;
-  for (int64_t cell = 0; cell < cells; ++cell) {
-    const int32_t label = label_of_cell[static_cast<size_t>(cell)];
-    if (label == 0) continue;
-    GridBox b{label, std::vector<int64_t>(ndim), std::vector<int64_t>(ndim)};
-    for (size_t d = 0; d < ndim; ++d) {
-      b.lo[d] = (cell / stride[d]) % extent[d];
-      b.hi[d] = b.lo[d] + 1;
-    }
-    boxes.push_back(std::move(b));
-  }
-  for (size_t d = ndim; d-- > 0;) boxes = merge_along(std::move(boxes), d);
-  std::sort(boxes.begin(), boxes.end(),
-            [](const GridBox& a, const GridBox& b) { return a.lo < b.lo; });
-
-  std::vector<std::pair<Box, std::vector<int32_t>>> out;
-  out.reserve(boxes.size());
-  for (const GridBox& b : boxes) {
-    Box box{Shape(ndim), Shape(ndim)};
-    for (size_t d = 0; d < ndim; ++d) {
-      box.offset[d] = cuts[d][static_cast<size_t>(b.lo[d])];
-      box.shape[d] = cuts[d][static_cast<size_t>(b.hi[d])] - box.offset[d];
-    }
-    out.emplace_back(std::move(box), labels[static_cast<size_t>(b.label)]);
-  }
-  return out;
-}
 
 // ---------------------------------------------------------------------------------------------
 
@@ -234,7 +50,7 @@ struct ModelKey {
   const Need* first = nullptr;  ///< its first need (model dtype and shape)
   int first_rank = 0;
   int32_t last_group = -1;
-  int64_t needers_at = 0;  ///< its (group, need) pairs in `needers`, ascending group
+  int64_t needers_at = 0;  ///< its (group, need) pairs in plan.receivers, ascending group
   int32_t needers_size = 0;
   int64_t chunks_at = 0;  ///< its chunks in `key_chunks`, index order
   int32_t chunks_size = 0;
