@@ -21,6 +21,7 @@
 #include "loader/tensor_bytes.h"
 #include "loader/transfer.h"
 #include "loader/verdict.h"
+#include "sharding/resolve.h"
 #include "transport/communicator.h"
 #include "transport/transport.h"
 
@@ -138,20 +139,27 @@ LoadResult load(Partition& partition, const std::string& path, MPI_Comm mpi_comm
   // 3. Plan: all partitions, the same key mapping everywhere, then the pure planner.
   t = Clock::now();
   phases.enter("plan");
-  auto declarations = exchange_declarations(comm, partition.declarations());
-  std::vector<std::vector<Need>> needs;
+  // Ranks with identical layouts (data-parallel replicas) share one declaration in the exchange
+  // and one list of needs in the plan.
+  auto declared = exchange_declarations(comm, partition.declarations());
+  RankGroups needs;
   std::vector<int32_t> my_entry_of_need;  // need index on this rank -> partition entry
   LoadPlan plan;
   phases.run("plan", [&] {
     KeyMapper mapper(options);
-    auto holdings = resolve_declarations(declarations);
-    needs.resize(holdings.size());
-    for (size_t r = 0; r < holdings.size(); ++r) {
-      for (size_t i = 0; i < holdings[r].size(); ++i) {
-        if (!mapper.selected(holdings[r][i].key)) continue;
-        needs[r].push_back(std::move(holdings[r][i]));
-        if (static_cast<int>(r) == rank) my_entry_of_need.push_back(static_cast<int32_t>(i));
+    needs = resolve_declarations(declared);
+    declared = {};
+    const auto my_group = static_cast<size_t>(needs.group_of[static_cast<size_t>(rank)]);
+    for (size_t g = 0; g < needs.lists.size(); ++g) {
+      auto& list = needs.lists[g];
+      size_t kept = 0;
+      for (size_t i = 0; i < list.size(); ++i) {
+        if (!mapper.selected(list[i].key)) continue;
+        if (g == my_group) my_entry_of_need.push_back(static_cast<int32_t>(i));
+        if (kept != i) list[kept] = std::move(list[i]);
+        ++kept;
       }
+      list.resize(kept);
     }
     std::vector<ChunkRecord> mapped;
     mapped.reserve(index.size());
@@ -160,13 +168,13 @@ LoadResult load(Partition& partition, const std::string& path, MPI_Comm mpi_comm
       if (mapper.selected(row.key)) mapped.push_back(std::move(row));
     }
     index = std::move(mapped);
-    accept_legacy_scalars(index, needs);
+    accept_legacy_scalars(index, needs.lists);
     plan = plan_load(index, needs, PlanOptions{options.message_bytes});
   });
   result.seconds.plan = seconds_since(t);
   // What the transfer needs of the plan phase: this rank's needs, and the partition entry each
   // lands in.
-  const std::vector<Need>& my_needs = needs[static_cast<size_t>(rank)];
+  const std::vector<Need>& my_needs = needs.of_rank(rank);
 
   // 4. Verdict: decided from the plan alone, identically on every rank, before any tensor byte
   //    is read or written.

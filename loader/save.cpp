@@ -11,6 +11,7 @@
 #include "loader/collective.h"
 #include "loader/declarations.h"
 #include "loader/tensor_bytes.h"
+#include "sharding/resolve.h"
 #include "shardload/config.h"
 #include "transport/communicator.h"
 
@@ -34,9 +35,10 @@ SaveResult save(const Partition& partition, const std::string& path, MPI_Comm mp
   const int rank = comm.rank();
   const int ranks = comm.size();
 
-  // Plan: every rank's declarations, resolved and checked identically everywhere.
-  std::vector<std::vector<Declaration>> declarations;
-  std::vector<std::vector<Holding>> holdings;
+  // Plan: every rank's declarations, resolved and checked identically everywhere. Ranks with
+  // identical layouts (data-parallel replicas) share one declaration and one list of holdings.
+  DeclaredLayouts declared;
+  RankGroups holdings;
   SavePlan plan;
   phases.run("declare", [&] {
     for (const auto& e : partition.entries()) {
@@ -46,17 +48,17 @@ SaveResult save(const Partition& partition, const std::string& path, MPI_Comm mp
       }
     }
   });
-  declarations = exchange_declarations(comm, partition.declarations());
+  declared = exchange_declarations(comm, partition.declarations());
   phases.run("plan", [&] {
-    holdings = resolve_declarations(declarations);
+    holdings = resolve_declarations(declared);
     plan = plan_save(holdings);
   });
 
-  // Keys in state-dict order: rank 0's, then keys first seen on rank 1, and so on.
+  // Keys in state-dict order: rank 0's, then keys first seen on rank 1, and so on (layouts are
+  // in the order of their first rank).
   std::map<std::string, int64_t> key_order;
-  for (const auto& rank_decls : declarations) {
-    for (const auto& d : rank_decls)
-      key_order.emplace(d.key, static_cast<int64_t>(key_order.size()));
+  for (const auto& layout : declared.layouts) {
+    for (const auto& d : layout) key_order.emplace(d.key, static_cast<int64_t>(key_order.size()));
   }
 
   // Target and staging directory: rank 0 decides, everyone learns the name. From here on, a
@@ -89,7 +91,7 @@ SaveResult save(const Partition& partition, const std::string& path, MPI_Comm mp
     const auto& entries = partition.entries();
     for (int32_t i : plan.writes[static_cast<size_t>(rank)]) {
       const PartitionEntry& e = entries[static_cast<size_t>(i)];
-      const Holding& h = holdings[static_cast<size_t>(rank)][static_cast<size_t>(i)];
+      const Holding& h = holdings.of_rank(rank)[static_cast<size_t>(i)];
       at::Tensor bytes = host_contiguous(e.tensor);
       ChunkRecord row;
       row.key = e.key;

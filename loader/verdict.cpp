@@ -4,6 +4,7 @@
 #include <set>
 
 #include "sharding/box.h"
+#include "sharding/rank_groups.h"
 
 namespace shardload {
 namespace {
@@ -100,8 +101,9 @@ void decide_verdict(const LoadPlan& plan, const LoadOptions& options, LoadResult
     std::string s = "Region(s) of the model not covered by the checkpoint's chunks: ";
     for (size_t i = 0; i < result.uncovered.size(); ++i) {
       const auto& u = result.uncovered[i];
-      s += (i ? ", \"" : "\"") + u.key + "\"" + box_str(u.region) + " on rank " +
-           std::to_string(u.rank);
+      s += (i ? ", \"" : "\"") + u.key + "\"" + box_str(u.region) +
+           (u.ranks.size() == 1 ? " on rank " + std::to_string(u.ranks[0])
+                                : " on ranks " + ranks_str(u.ranks));
     }
     messages.push_back(s + ". ");
   }

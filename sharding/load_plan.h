@@ -11,6 +11,7 @@
 #include "core/chunk_record.h"
 #include "sharding/box.h"
 #include "sharding/index_check.h"
+#include "sharding/rank_groups.h"
 #include "sharding/save_plan.h"
 
 namespace shardload {
@@ -24,11 +25,11 @@ struct PlanOptions {
   int64_t message_bytes = 64ll << 20;
 };
 
-/// A part of a rank's region that no stored chunk covers: the bounding box of the uncovered
-/// elements.
+/// A part of some ranks' regions that no stored chunk covers: the bounding box of the uncovered
+/// elements. One entry per group of ranks with identical needs.
 struct Uncovered {
   std::string key;
-  int rank = 0;
+  std::vector<int> ranks;  ///< the ranks that need this region, ascending
   Box region;
   bool operator==(const Uncovered&) const = default;
 };
@@ -47,22 +48,33 @@ struct Conversion {
   bool operator==(const Conversion&) const = default;
 };
 
+/// Where a piece lands: in the Need `need` of the list of group `group` (RankGroups), on every
+/// member of the group.
+struct Receiver {
+  int32_t group = 0;
+  int32_t need = 0;
+  bool operator==(const Receiver&) const = default;
+};
+
 /// One unit of reading and delivery: a box of one stored chunk, read by `reader`, delivered to
-/// every receiver. Pieces are disjoint; every element a rank needs reaches it in exactly one piece.
+/// every rank of its receiving groups. Pieces are disjoint; every element a rank needs reaches it
+/// in exactly one piece.
 struct Piece {
-  int32_t chunk = 0;  ///< index into the global index
-  Box box;            ///< global coordinates; inside the chunk and inside each receiver's region
-  int reader = 0;     ///< one of the receivers
-  /// (rank, index of the Need in that rank's list), ascending by rank; a rank appears once.
-  std::vector<std::pair<int, int32_t>> receivers;
+  int32_t chunk = 0;   ///< index into the global index
+  Box box;             ///< global coordinates; inside the chunk and inside each receiver's region
+  int reader = 0;      ///< a rank of one of the receiving groups
   int64_t nbytes = 0;  ///< box_numel(box) * element size of the checkpoint dtype
+  /// Its receivers: LoadPlan::receivers[receivers_at, receivers_at + receivers_size), ascending
+  /// by group, a group at most once (read them with LoadPlan::receivers_of).
+  int64_t receivers_at = 0;
+  int32_t receivers_size = 0;
 };
 
 /// Pieces with the same reader and the same receiving ranks, read into one buffer back to back
 /// (in `pieces` order, each piece's elements in C order) and delivered together.
 struct Message {
   int reader = 0;
-  std::vector<int> ranks;       ///< receiving ranks, ascending (includes the reader)
+  int32_t rank_set = 0;         ///< its receiving ranks (read them with LoadPlan::ranks_of)
   std::vector<int32_t> pieces;  ///< indices into LoadPlan::pieces
   int64_t nbytes = 0;
 };
@@ -78,8 +90,9 @@ struct LoadPlan {
   /// Keys in both, same shape, different dtype (model order; the model dtype is the needing
   /// ranks' — resolve_declarations guarantees they agree).
   std::vector<Conversion> conversions;
-  /// For keys in both with equal shapes: one entry per (key, rank) whose region the chunks do not
-  /// cover, in model order then rank order. Such keys get no pieces on any rank.
+  /// For keys in both with equal shapes: one entry per (key, group of ranks with identical needs)
+  /// whose region the chunks do not cover, in model order then rank order. Such keys get no
+  /// pieces on any rank.
   std::vector<Uncovered> uncovered;
   std::vector<Piece> pieces;
   /// Messages in the order every rank executes them.
@@ -89,17 +102,38 @@ struct LoadPlan {
 
   /// The ranks a message goes to, ascending (the reader included). Consumers of a plan use this
   /// accessor, never the representation behind it.
-  std::span<const int> ranks_of(const Message& message) const { return message.ranks; }
+  std::span<const int> ranks_of(const Message& message) const {
+    const auto at = static_cast<size_t>(rank_set_at[static_cast<size_t>(message.rank_set)]);
+    const auto end = static_cast<size_t>(rank_set_at[static_cast<size_t>(message.rank_set) + 1]);
+    return std::span<const int>(rank_sets).subspan(at, end - at);
+  }
   /// Where `piece` lands on `rank`: the index of the Need in that rank's list, or -1 when the
-  /// rank does not receive it.
+  /// rank does not receive it. O(log receiving groups).
   int32_t need_of(const Piece& piece, int rank) const;
+  /// The receiving groups of `piece` and where it lands in each.
+  std::span<const Receiver> receivers_of(const Piece& piece) const {
+    return std::span<const Receiver>(receivers).subspan(static_cast<size_t>(piece.receivers_at),
+                                                        static_cast<size_t>(piece.receivers_size));
+  }
+
+  // The representation behind the accessors: shared lists, so that a piece received by many
+  // ranks costs as much as one received by one group, and a message's ranks are stored once per
+  // distinct set of receiving groups.
+  std::vector<Receiver> receivers;   ///< receiver lists of the pieces, back to back (shared)
+  std::vector<int> rank_sets;        ///< distinct receiving rank sets, back to back
+  std::vector<int64_t> rank_set_at;  ///< set s is rank_sets[rank_set_at[s], rank_set_at[s + 1])
+  std::vector<int32_t> group_of;     ///< group of each rank (as in the RankGroups planned)
 };
 
-/// The whole load plan. `needs[r]` is rank r's partition. Pieces are made only for keys present
-/// in both with equal global shapes and full coverage; a piece's reader is one of its receivers,
-/// the one with the fewest bytes assigned so far (pieces taken largest first, ties to the lower
-/// rank), so reads are balanced and mostly local. Only elements some rank needs are read.
-LoadPlan plan_load(const std::vector<ChunkRecord>& index,
-                   const std::vector<std::vector<Need>>& needs, const PlanOptions& options);
+/// The whole load plan. `needs` holds every rank's partition, once per group of ranks with
+/// identical needs (RankGroups); every rank computes the same plan from the same inputs. Pieces
+/// are made only for keys present in both with equal global shapes and full coverage; a piece's
+/// reader is one of its receiving ranks, the one with the fewest bytes assigned so far (pieces
+/// taken largest first, ties to the lower rank), so reads are balanced and mostly local. Only
+/// elements some rank needs are read. The cost grows with chunks times receiving groups, plus
+/// ranks, never with ranks times tensors; a chunk that lies inside every receiver's region is one
+/// piece without any grid decomposition.
+LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& needs,
+                   const PlanOptions& options);
 
 }  // namespace shardload

@@ -1,179 +1,26 @@
 #include "sharding/save_plan.h"
 
 #include <algorithm>
-#include <map>
 #include <optional>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 
 #include "core/error.h"
+#include "sharding/rank_groups.h"
+#include "sharding/rank_loads.h"
 
 namespace shardload {
 namespace {
 
-std::string quoted(const std::string& key) { return "key '" + key + "'"; }
+std::string quoted(std::string_view key) { return "key '" + std::string(key) + "'"; }
 
-std::string ranks_str(const std::vector<int>& ranks) {
-  std::string s = "[";
-  for (size_t i = 0; i < ranks.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(ranks[i]);
-  }
-  return s + "]";
-}
-
-const char* kind_name(Declaration::Kind kind) {
-  switch (kind) {
-    case Declaration::Kind::kReplicated:
-      return "replicated";
-    case Declaration::Kind::kShard:
-      return "a shard";
-    case Declaration::Kind::kSplit:
-      return "split";
-  }
-  return "?";
-}
-
-/// A split group as declared; empty means all ranks in rank order.
-std::vector<int> resolved_group(const std::vector<int>& group, int nranks) {
-  if (!group.empty()) return group;
-  std::vector<int> all(nranks);
-  for (int m = 0; m < nranks; ++m) all[m] = m;
-  return all;
-}
-
-void check_extents(const std::string& key, int rank, const Shape& shape, const char* what) {
-  for (int64_t e : shape) {
-    if (e < 0) {
-      throw UsageError(quoted(key) + ": rank " + std::to_string(rank) + " declares " + what + " " +
-                       shape_str(shape) + " with a negative extent");
-    }
-  }
+template <typename Region>
+int first_member(const RankGroups& groups, const Region& region) {
+  return groups.members[static_cast<size_t>(region.holders.front().group)].front();
 }
 
 }  // namespace
-
-std::vector<std::vector<Holding>> resolve_declarations(
-    const std::vector<std::vector<Declaration>>& declarations) {
-  const int nranks = static_cast<int>(declarations.size());
-  // where[r][key] = index of the declaration in declarations[r]
-  std::vector<std::unordered_map<std::string, size_t>> where(nranks);
-
-  // Checks each rank can make on its own.
-  for (int r = 0; r < nranks; ++r) {
-    for (size_t i = 0; i < declarations[r].size(); ++i) {
-      const Declaration& d = declarations[r][i];
-      if (!where[r].emplace(d.key, i).second) {
-        throw UsageError(quoted(d.key) + ": rank " + std::to_string(r) + " declares it twice");
-      }
-      check_extents(d.key, r, d.local_shape, "local shape");
-      const std::string who = quoted(d.key) + ": rank " + std::to_string(r);
-      const int64_t ndim = static_cast<int64_t>(d.local_shape.size());
-      if (d.kind == Declaration::Kind::kShard) {
-        check_extents(d.key, r, d.global_shape, "global shape");
-        if (static_cast<int64_t>(d.global_shape.size()) != ndim ||
-            static_cast<int64_t>(d.offset.size()) != ndim) {
-          throw UsageError(who + " declares a shard with offset " + shape_str(d.offset) +
-                           " and local shape " + shape_str(d.local_shape) + " of global shape " +
-                           shape_str(d.global_shape) + ": the numbers of dimensions differ");
-        }
-        const Box box{d.offset, d.local_shape};
-        if (!inside(d.global_shape, box)) {
-          throw UsageError(who + " declares shard " + box_str(box) +
-                           ", which lies outside global shape " + shape_str(d.global_shape));
-        }
-      } else if (d.kind == Declaration::Kind::kSplit) {
-        if (d.split_dim < 0 || d.split_dim >= ndim) {
-          throw UsageError(who + " splits it along dimension " + std::to_string(d.split_dim) +
-                           ", but its local shape " + shape_str(d.local_shape) + " has " +
-                           std::to_string(ndim) + " dimensions");
-        }
-        std::vector<int> seen;
-        for (int m : d.group) {
-          if (m < 0 || m >= nranks) {
-            throw UsageError(who + " names rank " + std::to_string(m) + " in its split group " +
-                             ranks_str(d.group) + ", but there are " + std::to_string(nranks) +
-                             " ranks");
-          }
-          if (std::find(seen.begin(), seen.end(), m) != seen.end()) {
-            throw UsageError(who + " names rank " + std::to_string(m) +
-                             " twice in its split group " + ranks_str(d.group));
-          }
-          seen.push_back(m);
-        }
-        if (!d.group.empty() && std::find(d.group.begin(), d.group.end(), r) == d.group.end()) {
-          throw UsageError(who + " declares a split over ranks " + ranks_str(d.group) +
-                           ", which does not include rank " + std::to_string(r));
-        }
-      }
-    }
-  }
-
-  std::vector<std::vector<Holding>> holdings(nranks);
-  for (int r = 0; r < nranks; ++r) {
-    for (const Declaration& d : declarations[r]) {
-      Holding h{d.key, d.dtype, d.local_shape, full_box(d.local_shape)};
-      if (d.kind == Declaration::Kind::kShard) {
-        h.global_shape = d.global_shape;
-        h.region = Box{d.offset, d.local_shape};
-      } else if (d.kind == Declaration::Kind::kSplit) {
-        const std::vector<int> group = resolved_group(d.group, nranks);
-        const size_t dim = static_cast<size_t>(d.split_dim);
-        int64_t total = 0;
-        for (int m : group) {
-          auto it = where[m].find(d.key);
-          if (it == where[m].end()) {
-            throw UsageError(quoted(d.key) + ": rank " + std::to_string(r) +
-                             " splits it over ranks " + ranks_str(group) + ", but rank " +
-                             std::to_string(m) + " does not declare it");
-          }
-          const Declaration& o = declarations[m][it->second];
-          const std::string pair = quoted(d.key) + ": rank " + std::to_string(r);
-          const std::string other = "rank " + std::to_string(m);
-          if (o.kind != Declaration::Kind::kSplit) {
-            throw UsageError(pair + " declares it split, " + other + " declares it " +
-                             kind_name(o.kind));
-          }
-          if (o.split_dim != d.split_dim) {
-            throw UsageError(pair + " splits it along dimension " + std::to_string(d.split_dim) +
-                             ", " + other + " along dimension " + std::to_string(o.split_dim));
-          }
-          if (resolved_group(o.group, nranks) != group) {
-            throw UsageError(pair + " splits it over ranks " + ranks_str(group) + ", " + other +
-                             " over ranks " + ranks_str(resolved_group(o.group, nranks)));
-          }
-          bool same_other_dims = o.local_shape.size() == d.local_shape.size();
-          for (size_t k = 0; same_other_dims && k < d.local_shape.size(); ++k) {
-            if (k != dim && o.local_shape[k] != d.local_shape[k]) same_other_dims = false;
-          }
-          if (!same_other_dims) {
-            throw UsageError(pair + " holds local shape " + shape_str(d.local_shape) + ", " +
-                             other + " holds " + shape_str(o.local_shape) +
-                             ": split parts may differ only" + " in dimension " +
-                             std::to_string(d.split_dim));
-          }
-          if (m == r) h.region.offset[dim] = total;
-          total += o.local_shape[dim];
-        }
-        h.global_shape[dim] = total;
-      }
-      holdings[r].push_back(std::move(h));
-    }
-  }
-
-  // Every rank that declares a key must agree on its dtype and global shape.
-  std::unordered_map<std::string, int> first_rank;
-  for (int r = 0; r < nranks; ++r) {
-    for (size_t i = 0; i < holdings[r].size(); ++i) {
-      const Holding& h = holdings[r][i];
-      auto [it, fresh] = first_rank.emplace(h.key, r);
-      if (fresh) continue;
-      const int f = it->second;
-      check_same_tensor(holdings[f][where[f].at(h.key)], f, h, r, "declares");
-    }
-  }
-  return holdings;
-}
 
 void check_same_tensor(const Holding& a, int ra, const Holding& b, int rb,
                        const std::string& verb) {
@@ -189,45 +36,54 @@ void check_same_tensor(const Holding& a, int ra, const Holding& b, int rb,
   }
 }
 
-SavePlan plan_save(const std::vector<std::vector<Holding>>& holdings) {
-  const int nranks = static_cast<int>(holdings.size());
+SavePlan plan_save(const RankGroups& holdings) {
+  check_rank_groups(holdings, "plan_save");
 
-  // A distinct region of a key and the (rank, holding index) pairs that hold it, ascending rank.
+  // A distinct region of a key and the (group, holding index) pairs that hold it, ascending group.
+  struct Holder {
+    int32_t group;
+    int32_t index;
+  };
   struct Region {
     Box box;
-    std::vector<std::pair<int, int32_t>> holders;
+    std::vector<Holder> holders;
     int64_t nbytes = 0;
   };
   struct Key {
-    std::string name;
+    std::string_view name;
     const Holding* first = nullptr;
     int first_rank = 0;
+    int32_t last_group = 0;       // the last group seen holding it
     std::vector<Region> regions;  // in order of first appearance
   };
   std::vector<Key> keys;
-  std::unordered_map<std::string, size_t> key_index;
+  std::unordered_map<std::string_view, size_t> key_index;
 
-  for (int r = 0; r < nranks; ++r) {
-    std::unordered_map<std::string, bool> seen_here;
-    for (size_t i = 0; i < holdings[r].size(); ++i) {
-      const Holding& h = holdings[r][i];
+  for (int32_t g = 0; g < holdings.groups(); ++g) {
+    const auto& list = holdings.lists[static_cast<size_t>(g)];
+    const int r = holdings.members[static_cast<size_t>(g)].front();
+    for (size_t i = 0; i < list.size(); ++i) {
+      const Holding& h = list[i];
       const std::string who = quoted(h.key) + ": rank " + std::to_string(r);
-      if (!seen_here.emplace(h.key, true).second) throw UsageError(who + " holds it twice");
       if (!inside(h.global_shape, h.region)) {
         throw UsageError(who + " holds region " + box_str(h.region) +
                          ", which lies outside global shape " + shape_str(h.global_shape));
       }
       auto [it, fresh] = key_index.emplace(h.key, keys.size());
-      if (fresh) keys.push_back(Key{h.key, &h, r, {}});
+      if (fresh) keys.push_back(Key{h.key, &h, r, g, {}});
       Key& k = keys[it->second];
-      if (!fresh) check_same_tensor(*k.first, k.first_rank, h, r, "holds");
+      if (!fresh) {
+        if (k.last_group == g) throw UsageError(who + " holds it twice");
+        k.last_group = g;
+        check_same_tensor(*k.first, k.first_rank, h, r, "holds");
+      }
       auto reg = std::find_if(k.regions.begin(), k.regions.end(),
-                              [&](const Region& g) { return g.box == h.region; });
+                              [&](const Region& x) { return x.box == h.region; });
       if (reg == k.regions.end()) {
         k.regions.push_back(Region{h.region, {}, box_numel(h.region) * dtype_size(h.dtype)});
         reg = k.regions.end() - 1;
       }
-      reg->holders.emplace_back(r, static_cast<int32_t>(i));
+      reg->holders.push_back(Holder{g, static_cast<int32_t>(i)});
     }
   }
 
@@ -238,28 +94,32 @@ SavePlan plan_save(const std::vector<std::vector<Holding>>& holdings) {
     const Shape& global = k.first->global_shape;
     std::vector<Box> boxes;
     int64_t covered = 0;
-    for (const Region& g : k.regions) {
-      if (box_numel(g.box) == 0) continue;
+    for (const Region& x : k.regions) {
+      if (box_numel(x.box) == 0) continue;
       for (const Region& o : k.regions) {
-        if (&o == &g) break;
-        if (intersect(o.box, g.box)) {
+        if (&o == &x) break;
+        if (intersect(o.box, x.box)) {
           throw UsageError(quoted(k.name) + ": region " + box_str(o.box) + " on rank " +
-                           std::to_string(o.holders.front().first) + " overlaps region " +
-                           box_str(g.box) + " on rank " + std::to_string(g.holders.front().first));
+                           std::to_string(first_member(holdings, o)) + " overlaps region " +
+                           box_str(x.box) + " on rank " +
+                           std::to_string(first_member(holdings, x)));
         }
       }
-      boxes.push_back(g.box);
-      covered += box_numel(g.box);
-      to_write.push_back(&g);
+      boxes.push_back(x.box);
+      covered += box_numel(x.box);
+      to_write.push_back(&x);
     }
     if (numel(global) == 0) {
       auto full = std::find_if(k.regions.begin(), k.regions.end(),
-                               [&](const Region& g) { return g.box == full_box(global); });
+                               [&](const Region& x) { return x.box == full_box(global); });
       to_write.push_back(full != k.regions.end() ? &*full : &k.regions.front());
     } else if (covered != numel(global)) {
       std::vector<int> ranks;
-      for (const Region& g : k.regions) {
-        for (const auto& [r, i] : g.holders) ranks.push_back(r);
+      for (const Region& x : k.regions) {
+        for (const Holder& h : x.holders) {
+          const auto& m = holdings.members[static_cast<size_t>(h.group)];
+          ranks.insert(ranks.end(), m.begin(), m.end());
+        }
       }
       std::sort(ranks.begin(), ranks.end());
       ranks.erase(std::unique(ranks.begin(), ranks.end()), ranks.end());
@@ -273,17 +133,23 @@ SavePlan plan_save(const std::vector<std::vector<Holding>>& holdings) {
   std::stable_sort(to_write.begin(), to_write.end(),
                    [](const Region* a, const Region* b) { return a->nbytes > b->nbytes; });
   SavePlan plan;
-  plan.writes.resize(nranks);
-  plan.bytes_per_rank.assign(nranks, 0);
-  for (const Region* g : to_write) {
-    std::pair<int, int32_t> best = g->holders.front();
-    for (const auto& h : g->holders) {
-      if (plan.bytes_per_rank[h.first] < plan.bytes_per_rank[best.first]) best = h;
+  plan.writes.resize(static_cast<size_t>(holdings.ranks()));
+  RankLoads loads(holdings);
+  for (const Region* x : to_write) {
+    // The holder group whose lightest member is lightest; the member writes its holding.
+    const Holder* best = &x->holders.front();
+    std::pair<int64_t, int> lightest = loads.lightest(best->group);
+    for (const Holder& h : x->holders) {
+      if (const auto l = loads.lightest(h.group); l < lightest) {
+        lightest = l;
+        best = &h;
+      }
     }
-    plan.writes[best.first].push_back(best.second);
-    plan.bytes_per_rank[best.first] += g->nbytes;
+    const int rank = loads.assign(best->group, x->nbytes);
+    plan.writes[static_cast<size_t>(rank)].push_back(best->index);
   }
   for (auto& w : plan.writes) std::sort(w.begin(), w.end());
+  plan.bytes_per_rank = loads.take_bytes();
   return plan;
 }
 

@@ -26,6 +26,8 @@ struct Declaration {
   Shape offset;            ///< kShard only
   int64_t split_dim = 0;   ///< kSplit only
   std::vector<int> group;  ///< kSplit only: the ranks that share the tensor; empty = all ranks
+
+  bool operator==(const Declaration&) const = default;
 };
 
 /// A tensor region a rank holds (save) or needs (load), in global terms.
@@ -38,22 +40,15 @@ struct Holding {
   bool operator==(const Holding&) const = default;
 };
 
-/// Turns every rank's declarations (declarations[r] is rank r's list, in its order) into
-/// holdings, one per declaration, same order. A split's global shape is the local shape with
-/// split_dim replaced by the sum over the group; its offset is the sum over the group members
-/// before the rank. Throws UsageError, naming the key and ranks, when a rank declares a key
-/// twice, a split's group does not contain the rank, members of a group disagree (kind, dim,
-/// group, other dims), a kShard box lies outside its global shape or a dimension is out of range.
-std::vector<std::vector<Holding>> resolve_declarations(
-    const std::vector<std::vector<Declaration>>& declarations);
-
 /// Throws UsageError, naming the key and both ranks, when `b` (rank rb) describes the same key
 /// as `a` (rank ra) with another dtype or global shape. `verb` words it: "holds", "needs".
 void check_same_tensor(const Holding& a, int ra, const Holding& b, int rb, const std::string& verb);
 
+struct RankGroups;
+
 /// Which rank writes which holding.
 struct SavePlan {
-  /// writes[r]: indices into holdings[r] that rank r writes, ascending.
+  /// writes[r]: indices into rank r's holdings (its group's list) that rank r writes, ascending.
   std::vector<std::vector<int32_t>> writes;
   /// Bytes each rank writes.
   std::vector<int64_t> bytes_per_rank;
@@ -62,10 +57,12 @@ struct SavePlan {
 /// Checks the holdings of all ranks and chooses one writer for every distinct region.
 /// Identical regions of a key held by several ranks (replicas) are written once, by the holder
 /// with the fewest bytes so far (regions taken largest first, ties to the lower rank), so bytes
-/// written per rank stay within one largest region of each other. Throws UsageError naming the
-/// key and ranks when a key has different dtypes or global shapes on different ranks, a region
-/// lies outside the global shape, two different regions of a key overlap, or the regions of a
-/// key leave part of the global tensor uncovered (naming the uncovered box).
-SavePlan plan_save(const std::vector<std::vector<Holding>>& holdings);
+/// written per rank stay within one largest region of each other. Works per group of ranks with
+/// identical holdings (a heap of its members by bytes written), so the cost grows with distinct
+/// layouts times tensors plus ranks. Throws UsageError naming the key and ranks when a key has
+/// different dtypes or global shapes on different ranks, a region lies outside the global shape,
+/// two different regions of a key overlap, or the regions of a key leave part of the global
+/// tensor uncovered (naming the uncovered box).
+SavePlan plan_save(const RankGroups& holdings);
 
 }  // namespace shardload

@@ -94,7 +94,7 @@ nlohmann::json result_json(const LoadResult* r, bool strict, const std::string& 
     }
     for (const auto& u : r->uncovered) {
       j["uncovered"].push_back({{"key", u.key},
-                                {"rank", u.rank},
+                                {"ranks", u.ranks},
                                 {"offset", shape_json(u.region.offset)},
                                 {"shape", shape_json(u.region.shape)}});
     }
