@@ -7,10 +7,12 @@
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "io/checkpoint_dir.h"
 #include "loader/shardload.h"
 #include "tools/commands.h"
+#include "tools/progress_display.h"
 #include "transport/communicator.h"
 
 namespace shardload::tools {
@@ -25,6 +27,7 @@ struct LoadArgs {
   bool json = false;
   bool skip_size_mismatch = false;
   bool overwrite = false;
+  bool quiet = false;
   std::string strip_prefix;
   std::string add_prefix;
   std::string filter;
@@ -155,6 +158,7 @@ Runner add_load(CLI::App& app) {
   cmd->add_option("--filter", a->filter, "only keys matching this regex take part");
   cmd->add_option("--name", a->name, "model name in error messages");
   cmd->add_flag("--overwrite", a->overwrite, "replace an existing --out");
+  cmd->add_flag("--quiet", a->quiet, "no progress display on stderr");
   return [a]() -> int {
     Communicator comm(MPI_COMM_WORLD);
     const int rank = comm.rank();
@@ -166,6 +170,11 @@ Runner add_load(CLI::App& app) {
     options.model_prefix = a->add_prefix;
     options.key_filter = a->filter;
     options.name = a->name;
+    std::optional<ProgressDisplay> progress;  // rank 0's stderr
+    if (rank == 0 && !a->quiet) {
+      progress.emplace(ProgressDisplay::for_stderr("load"));
+      options.progress = progress->callback();
+    }
 
     LoadResult result;
     const LoadResult* verdict = nullptr;
@@ -196,6 +205,7 @@ Runner add_load(CLI::App& app) {
         result = load(partition, a->ckpt, MPI_COMM_WORLD, options);
         verdict = &result;
         secs = result.wall_seconds;
+        if (progress) progress->finish(result.bytes_read_total);
       } catch (const LoadVerdictError& e) {
         result = e.result();
         verdict = &result;
