@@ -11,11 +11,11 @@ set(SHARDLOAD_INSTALL_INCLUDEDIR "${CMAKE_INSTALL_INCLUDEDIR}/shardload")
 
 # The installed library finds LibTorch (and the torch wheel's CUDA libraries) where it was linked
 # against them, and the CLI finds the library beside it.
-set_target_properties(shardload PROPERTIES
-  INSTALL_RPATH_USE_LINK_PATH ON
-  EXPORT_NAME shardload
-  VERSION ${PROJECT_VERSION}
-  SOVERSION ${PROJECT_VERSION_MAJOR}.${PROJECT_VERSION_MINOR})
+set_target_properties(shardload PROPERTIES INSTALL_RPATH_USE_LINK_PATH ON EXPORT_NAME shardload)
+if(NOT SKBUILD)  # a wheel would hold a copy per symbolic link
+  set_target_properties(shardload PROPERTIES
+    VERSION ${PROJECT_VERSION} SOVERSION ${PROJECT_VERSION_MAJOR}.${PROJECT_VERSION_MINOR})
+endif()
 set_target_properties(shardload_cli PROPERTIES
   INSTALL_RPATH "$ORIGIN/../${CMAKE_INSTALL_LIBDIR}"
   INSTALL_RPATH_USE_LINK_PATH ON)

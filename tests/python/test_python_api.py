@@ -368,7 +368,8 @@ def case_split_tp(tmp):
     same_state(dst.state_dict(), oracle.state_dict(), "TP checkpoint into the full model")
     # Into a fresh TP model: each rank's slabs.
     fresh = tp_from_global(model(TPMlp, 14, d=6, hidden_local=10))
-    got = shardload.load(fresh, ckpt, split=TP_SPLIT)
+    rules = {p: shardload.SplitRule("", d) for p, d in TP_SPLIT.items()}  # the same, as SplitRules
+    got = shardload.load(fresh, ckpt, split=rules)
     check(got == want, f"{got!r}")
     same_state(fresh.state_dict(), tp.state_dict(), "TP checkpoint into TP slabs")
     # A replicated checkpoint resharded into slabs, strict=False with an extra key.
@@ -404,6 +405,29 @@ def case_split_lm_and_sub_comm(tmp):
         dim = next((d for p, d in split.items() if __import__("re").search(p, k)), None)
         want = v if dim is None else slab(v, dim)
         check(same(state[k], want), f"{k}: rank {RANK}'s part differs")
+
+
+def case_partition(tmp):
+    """A hand-built Partition: each rank declares its block of rows as an explicit box."""
+    g = torch.Generator().manual_seed(18)
+    full = torch.randn(2 * SIZE + 1, 3, generator=g)
+    rows = torch.tensor_split(torch.arange(full.shape[0]), SIZE)[RANK]
+    part = shardload.Partition()
+    first = int(rows[0]) if len(rows) else 0
+    part.add_shard("table", full[rows].clone(), list(full.shape), [first, 0])
+    part.add("scale", torch.tensor(2.5))
+    check(part.keys() == ["table", "scale"] and len(part) == 2, f"keys {part.keys()}")
+    ckpt = os.path.join(tmp, "partition")
+    shardload.save(part, ckpt)
+    state = {"table": torch.zeros_like(full), "scale": torch.tensor(0.0)}
+    got = shardload.load(state, ckpt)
+    check(tuple(got) == ([], []) and same(state["table"], full)
+          and float(state["scale"]) == 2.5, f"{got!r}: the whole table on every rank")
+    try:
+        shardload.load(part, ckpt, split={"table": 0})
+        check(False, "a Partition with split= did not raise")
+    except shardload.UsageError as e:
+        check("Partition" in str(e), f"{e}")
 
 
 def case_errors_on_every_rank(tmp):
@@ -494,6 +518,7 @@ def main():
         ("ddp", lambda: case_ddp(tmp, STATE["ckpt"])),
         ("split_tp", lambda: case_split_tp(tmp)),
         ("split_lm_sub_comm", lambda: case_split_lm_and_sub_comm(tmp)),
+        ("partition", lambda: case_partition(tmp)),
         ("errors", lambda: case_errors_on_every_rank(tmp)),
         ("progress_gil", lambda: case_progress_and_gil(tmp, STATE["ckpt"])),
     ]
