@@ -60,6 +60,8 @@ class IncompatibleKeys(_TorchIncompatibleKeys):
     ``LoadResult`` (size mismatches, dtype conversions, bytes, seconds per phase, hints,
     transport, checksums_verified)."""
 
+    result = None  # also for copies made by the named tuple's own _make/_replace
+
     def __new__(cls, missing_keys, unexpected_keys, result=None):
         self = super().__new__(cls, missing_keys, unexpected_keys)
         self.result = result

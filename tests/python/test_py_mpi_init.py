@@ -41,7 +41,8 @@ def run(code, ranks, ckpt):
     if ranks:
         cmd = ["mpirun", "-np", str(ranks), "--oversubscribe"] + cmd
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV)
-    r.what = f"\n  exit {r.returncode}\n  stdout {r.stdout[-1500:]!r}\n  stderr {r.stderr[-3000:]!r}"
+    r.what = (f"\n  exit {r.returncode}\n  stdout {r.stdout[-1500:]!r}"
+              f"\n  stderr {r.stderr[-3000:]!r}")
     return r
 
 
