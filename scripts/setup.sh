@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what shardload's build and tests need, idempotently (fast when all is there):
 # Debian packages, and the pinned `torch` wheel from PyPI whose bundled LibTorch we build against
-# (plus h5py, safetensors, xxhash for the Python tests). Python: the first `python3` on PATH
-# (the machine's pyenv Python with pip), or $SHARDLOAD_PYTHON.
+# (plus h5py, safetensors, xxhash for the Python tests, mpi4py for `import shardload` under
+# mpirun). Python: the first `python3` on PATH (the machine's pyenv Python with pip), or
+# $SHARDLOAD_PYTHON.
 set -euo pipefail
 
 TORCH_VERSION=2.15.0
@@ -26,15 +27,16 @@ have_py_pkgs() {
 import sys
 import importlib.metadata as md
 want = {"torch": sys.argv[1]}
-for name in ("torch", "h5py", "safetensors", "xxhash", "numpy"):
+for name in ("torch", "h5py", "safetensors", "xxhash", "numpy", "mpi4py"):
     v = md.version(name)
     if name in want and v.split("+")[0] != want[name]:
         sys.exit(1)
 PYEOF
 }
 if ! have_py_pkgs; then
-  echo "setup: installing torch==$TORCH_VERSION h5py safetensors xxhash numpy with $PY (large, once)"
+  echo "setup: installing torch==$TORCH_VERSION h5py safetensors xxhash numpy mpi4py with $PY" \
+    "(large, once)"
   "$PY" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" h5py safetensors \
-    xxhash numpy
+    xxhash numpy mpi4py
 fi
 echo "setup: ok (torch $("$PY" -c 'import torch; print(torch.__version__)'), $("$PY" --version))"

@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# The test command: set up, build, run every test (unit, 1/2/4-rank MPI, TCP, Python oracle).
+# The test command: set up, build, run every test (unit, 1/2/4-rank MPI, TCP, Python oracle,
+# `import shardload`, the CMake consumer of an installed tree). Afterwards `import shardload` works
+# in this Python: a .pth file in its site-packages names the build's package folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 bash scripts/setup.sh
 bash scripts/build.sh
 bash scripts/check_format.sh
+PY=${SHARDLOAD_PYTHON:-python3}
+if [ -d "${BUILD_DIR:-build}/python/shardload" ]; then
+  site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  (cd "${BUILD_DIR:-build}/python" && pwd) >"$site/shardload.pth"
+  echo "test: import shardload -> $(cat "$site/shardload.pth") (via $site/shardload.pth)"
+fi
 cd "${BUILD_DIR:-build}"
 ctest --output-on-failure -j 2 --timeout 900 "$@"

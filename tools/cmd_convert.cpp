@@ -6,6 +6,7 @@
 #include "io/tensor_file.h"
 #include "loader/checkpoint_info.h"
 #include "tools/commands.h"
+#include "tools/progress_display.h"
 
 namespace shardload::tools {
 namespace {
@@ -15,6 +16,7 @@ struct ConvertArgs {
   std::string dst;
   int shards = 1;
   bool overwrite = false;
+  bool quiet = false;
 };
 
 }  // namespace
@@ -32,14 +34,26 @@ Runner add_convert(CLI::App& app) {
   cmd->add_option("--shards", args->shards, "shard files of a checkpoint destination")
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--overwrite", args->overwrite, "replace an existing destination");
+  cmd->add_flag("--quiet", args->quiet, "no progress display on stderr");
   return [args]() -> int {
     if (world_rank() != 0) return 0;
+    // Reading, then writing: progress at each step, the summary over both.
+    ProgressDisplay progress = ProgressDisplay::for_stderr("convert");
+    auto report = [&](const char* phase, int64_t done, int64_t total) {
+      if (!args->quiet)
+        progress.update(
+            {.operation = "convert", .phase = phase, .bytes_done = done, .bytes_total = total});
+    };
+    report("read", 0, 0);
     TensorList tensors;
     if (is_tensor_file(args->src)) {
       tensors = read_tensor_file(args->src);
     } else {
       tensors = read_checkpoint(args->src);
     }
+    int64_t bytes = 0;
+    for (const auto& t : tensors) bytes += static_cast<int64_t>(t.tensor.nbytes());
+    report("write", bytes, 2 * bytes);
     if (is_tensor_file(args->dst)) {
       if (path_exists(args->dst) && !args->overwrite) {
         throw UsageError(args->dst + ": already exists (pass --overwrite to replace it)");
@@ -48,8 +62,7 @@ Runner add_convert(CLI::App& app) {
     } else {
       write_checkpoint(args->dst, tensors, args->shards, args->overwrite);
     }
-    int64_t bytes = 0;
-    for (const auto& t : tensors) bytes += static_cast<int64_t>(t.tensor.nbytes());
+    if (!args->quiet) progress.finish(bytes);
     std::cout << "converted " << tensors.size() << " tensors (" << bytes << " bytes) from "
               << args->src << " to " << args->dst << "\n";
     return 0;

@@ -8,10 +8,12 @@
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "io/checkpoint_dir.h"
 #include "loader/shardload.h"
 #include "tools/commands.h"
+#include "tools/progress_display.h"
 #include "transport/communicator.h"
 
 namespace shardload::tools {
@@ -28,6 +30,7 @@ struct LoadArgs {
   bool no_verify = false;
   std::string device = "cpu";
   bool overwrite = false;
+  bool quiet = false;
   std::string strip_prefix;
   std::string add_prefix;
   std::string filter;
@@ -187,6 +190,7 @@ Runner add_load(CLI::App& app) {
                   "to progress, before the job ends naming the ranks that did not arrive "
                   "(default 600; 0 waits forever)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--quiet", a->quiet, "no progress display on stderr");
   return [a]() -> int {
     Communicator comm(MPI_COMM_WORLD, a->timeout);
     const int rank = comm.rank();
@@ -200,6 +204,11 @@ Runner add_load(CLI::App& app) {
     options.model_prefix = a->add_prefix;
     options.key_filter = a->filter;
     options.name = a->name;
+    std::optional<ProgressDisplay> progress;  // rank 0's stderr
+    if (rank == 0 && !a->quiet) {
+      progress.emplace(ProgressDisplay::for_stderr("load"));
+      options.progress = progress->callback();
+    }
 
     LoadResult result;
     const LoadResult* verdict = nullptr;
@@ -231,6 +240,7 @@ Runner add_load(CLI::App& app) {
         result = load(partition, a->ckpt, MPI_COMM_WORLD, options);
         verdict = &result;
         secs = result.wall_seconds;
+        if (progress) progress->finish(result.bytes_read_total);
       } catch (const LoadVerdictError& e) {
         result = e.result();
         verdict = &result;

@@ -7,12 +7,14 @@
 
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <regex>
 #include <sstream>
 
 #include "io/checkpoint_dir.h"
 #include "loader/shardload.h"
 #include "tools/commands.h"
+#include "tools/progress_display.h"
 #include "transport/communicator.h"
 
 namespace shardload::tools {
@@ -115,6 +117,7 @@ bool same_bits(const Partition& a, const Partition& b, std::string& first_bad) {
 
 struct DemoArgs {
   std::string dir;
+  bool quiet = false;
 };
 
 int run_demo(const DemoArgs& args) {
@@ -159,10 +162,19 @@ int run_demo(const DemoArgs& args) {
   l << "1. trained 5 steps of a " << kLayers << "-layer transformer (loss " << loss_value << ")";
   say(l.str());
 
+  // Progress of the main save and load on rank 0's stderr (none with --quiet).
+  std::optional<ProgressDisplay> shown;
+  auto progress = [&](const char* operation) -> ProgressCallback {
+    if (rank != 0 || args.quiet) return {};
+    return shown.emplace(ProgressDisplay::for_stderr(operation)).callback();
+  };
+
   // 2. Save: split weights one chunk per rank, replicated ones written once.
   Partition trained = partition_of(model, rank, ranks);
-  SaveResult saved = save(trained, ckpt, MPI_COMM_WORLD,
-                          SaveOptions{.overwrite = true, .metadata = {{"step", "5"}}});
+  SaveResult saved = save(
+      trained, ckpt, MPI_COMM_WORLD,
+      SaveOptions{.overwrite = true, .metadata = {{"step", "5"}}, .progress = progress("save")});
+  if (shown) shown->finish(saved.bytes_written_total);
   say("2. saved " + ckpt + ": " + std::to_string(saved.num_shards) + " shard file(s), " +
       std::to_string(saved.bytes_written_total) + " bytes");
   {
@@ -179,7 +191,9 @@ int run_demo(const DemoArgs& args) {
   std::string bad;
   check(!same_bits(trained, restored, bad), "a fresh model differs before loading");
   bad.clear();
-  LoadResult r = load(restored, ckpt, MPI_COMM_WORLD, LoadOptions{.name = "TinyGpt"});
+  LoadResult r = load(restored, ckpt, MPI_COMM_WORLD,
+                      LoadOptions{.name = "TinyGpt", .progress = progress("load")});
+  if (shown) shown->finish(r.bytes_read_total);
   std::ostringstream s3;
   s3 << "3. strict load into a fresh model: " << r.bytes_read_total << " bytes read (each byte "
      << "once: needed " << r.bytes_needed_total << "), " << r.wall_seconds << " s";
@@ -249,6 +263,7 @@ Runner add_demo(CLI::App& app) {
       "Collective: train a small split model, save, restore bit for bit, show the "
       "strict/non-strict verdicts and the DDP prefix hint.");
   cmd->add_option("--dir", args->dir, "where to write the demo checkpoints (default: a temp dir)");
+  cmd->add_flag("--quiet", args->quiet, "no progress display on stderr");
   return [args]() { return run_demo(*args); };
 }
 

@@ -1,0 +1,230 @@
+"""shardload: save and load PyTorch models across the ranks of an MPI job as one sharded HDF5
+checkpoint, with the missing/unexpected-key verdict of ``torch.nn.Module.load_state_dict``.
+
+Run under ``mpirun -np N python3 train.py``; every rank calls the same functions in the same order:
+
+    import shardload
+    shardload.save(model, "ckpt/step-1000", metadata={"step": 1000})
+    keys = shardload.load(model, "ckpt/step-1000", strict=False)
+    keys.missing_keys, keys.unexpected_keys      # as load_state_dict returns them
+    keys.result.bytes_read_total                 # the full LoadResult
+
+A module's tensors are its ``state_dict()`` (PyTorch's names, parameters and persistent buffers),
+loaded in place; a dict of tensors works the same, and so does a ``Partition`` built by hand.
+``split={regex: dim}`` declares the tensors whose key matches (``re.search``; the first matching
+pattern wins) as this rank's slab of a tensor split along ``dim`` across the ranks of ``comm``.
+``comm`` is an mpi4py communicator (default: the world); shardload starts MPI itself when mpi4py
+has not (and then finalises it at exit). Errors are the same on every rank: ``shardload.Error``
+(a ``RuntimeError``) and its subclasses; a failed verdict raises ``VerdictError`` whose text is
+PyTorch's, exactly. See docs/PYTHON.md.
+"""
+import atexit as _atexit
+import operator as _operator
+import os as _os
+from collections.abc import Mapping as _Mapping
+
+import torch as _torch  # first: the extension uses torch's own Tensor conversions
+from torch.nn.modules.module import _IncompatibleKeys as _TorchIncompatibleKeys
+
+from . import _shardload as _C
+from ._shardload import (  # noqa: F401  (re-exported)
+    CommError,
+    Conversion,
+    Error,
+    FormatError,
+    LoadOptions,
+    LoadResult,
+    Partition,
+    PhaseSeconds,
+    Progress,
+    SaveOptions,
+    SaveResult,
+    SizeMismatch,
+    SplitRule,
+    Uncovered,
+    UsageError,
+    VerdictError,
+)
+
+__version__ = _C.__version__
+__all__ = [
+    "save", "load", "IncompatibleKeys", "Partition", "SplitRule", "Progress", "LoadOptions",
+    "SaveOptions", "LoadResult", "SaveResult", "PhaseSeconds", "SizeMismatch", "Conversion",
+    "Uncovered", "Error", "FormatError", "VerdictError", "UsageError", "CommError",
+]
+
+
+class IncompatibleKeys(_TorchIncompatibleKeys):
+    """What ``load`` returns: PyTorch's ``(missing_keys, unexpected_keys)`` named tuple (an
+    instance of torch's own class, same fields, order and repr), plus ``result``: the full
+    ``LoadResult`` (size mismatches, dtype conversions, bytes, seconds per phase, hints,
+    transport, checksums_verified)."""
+
+    result = None  # also for copies made by the named tuple's own _make/_replace
+
+    def __new__(cls, missing_keys, unexpected_keys, result=None):
+        self = super().__new__(cls, missing_keys, unexpected_keys)
+        self.result = result
+        return self
+
+    def __repr__(self):
+        return repr(_TorchIncompatibleKeys(*self))
+
+    __str__ = __repr__
+
+
+_finalize_registered = False
+
+
+def _start_mpi():
+    global _finalize_registered
+    if _C.ensure_mpi() and not _finalize_registered:
+        _atexit.register(_C.finalize_mpi)
+        _finalize_registered = True
+
+
+def _comm_handle(comm):
+    if comm is None:
+        return _C.WORLD
+    py2f = getattr(comm, "py2f", None)
+    if py2f is None:
+        raise TypeError(f"comm= must be an mpi4py communicator, not {type(comm).__name__}")
+    return int(py2f())
+
+
+def _source_of(obj):
+    """(what the extension takes, the model's name for messages)."""
+    if isinstance(obj, Partition):
+        return obj, "Module"
+    if isinstance(obj, _torch.nn.Module):
+        state, name = obj.state_dict(), type(obj).__name__
+    elif isinstance(obj, _Mapping):
+        state, name = obj, "Module"
+    else:
+        raise TypeError("expected a torch.nn.Module, a dict of tensors or a shardload.Partition, "
+                        f"not {type(obj).__name__}")
+    items = []
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise TypeError(f"key {key!r}: state dict keys must be str")
+        if not isinstance(value, _torch.Tensor):
+            raise TypeError(f"key '{key}': expected a torch.Tensor, got {type(value).__name__}")
+        items.append((key, value))
+    return items, name
+
+
+def _split_rules(split):
+    if split is None:
+        return []
+    if not isinstance(split, _Mapping):
+        raise TypeError(f"split= must be a dict of regular expression to dim, not "
+                        f"{type(split).__name__}")
+    rules = []
+    for pattern, dim in split.items():
+        if not isinstance(pattern, str):
+            raise TypeError(f"split= key {pattern!r}: must be a regular expression (str)")
+        if isinstance(dim, SplitRule):
+            rules.append(SplitRule(pattern, dim.dim, dim.group))
+        elif isinstance(dim, bool):
+            raise TypeError(f"split= '{pattern}': the dim must be an int, not bool")
+        else:
+            try:
+                rules.append(SplitRule(pattern, _operator.index(dim)))
+            except TypeError:
+                raise TypeError(f"split= '{pattern}': the dim must be an int, not "
+                                f"{type(dim).__name__}") from None
+    return rules
+
+
+def _set_options(options, fields):
+    """Options by field name: the keyword arguments and any other field of the C++ struct."""
+    for field, value in fields.items():
+        if field.startswith("_") or not hasattr(options, field):
+            raise TypeError(f"unknown option {field}= for {type(options).__name__}")
+        setattr(options, field, value)
+    return options
+
+
+def _prepare(obj, path, split, make_options):
+    """This rank's (source, path, rules, options, error text); a failure here is not raised alone
+    but handed to the collective, which raises it on every rank."""
+    source, text, rules = [], "", []
+    try:
+        text = _os.fsdecode(_os.fspath(path))
+        source, name = _source_of(obj)
+        rules = _split_rules(split)
+        options = make_options(name)
+        return source, text, rules, options, ""
+    except Exception as e:  # noqa: BLE001  (reported on every rank by the collective)
+        return source, text, rules, None, f"{type(e).__name__}: {e}"
+
+
+def save(module_or_state_dict, path, *, split=None, overwrite=False, metadata=None, comm=None,
+         timeout=None, progress=None, **options):
+    """Saves every rank's tensors as one checkpoint directory at ``path``. Collective: every rank
+    of ``comm`` calls it with the same path and options.
+
+    ``split``: {regex: dim}, tensors this rank holds a slab of (the rest are replicated and written
+    once). ``overwrite``: replace an existing checkpoint (only by a complete new one).
+    ``metadata``: {str: value}, stored as strings in the manifest. ``timeout``: seconds a rank
+    waits for the others before the save fails naming them (None: the library's default, 600;
+    0: forever). ``progress``: True (rank 0 shows progress on stderr) or a callable receiving a
+    ``Progress``. Other keywords set ``SaveOptions`` fields. Returns a ``SaveResult``.
+    """
+    handle = _comm_handle(comm)
+    _start_mpi()
+
+    def make_options(_name):
+        o = SaveOptions()
+        o.overwrite = bool(overwrite)
+        if metadata is not None:
+            if not isinstance(metadata, _Mapping):
+                raise TypeError(f"metadata= must be a dict, not {type(metadata).__name__}")
+            for k in metadata:
+                if not isinstance(k, str):
+                    raise TypeError(f"metadata= key {k!r}: must be str")
+            o.metadata = [(k, str(v)) for k, v in metadata.items()]
+        if timeout is not None:
+            o.timeout_seconds = float(timeout)
+        return _set_options(o, options)
+
+    source, path, rules, opts, error = _prepare(module_or_state_dict, path, split, make_options)
+    return _C.save(source, path, rules, opts or SaveOptions(), progress, handle, error)
+
+
+def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=None,
+         add_prefix=None, skip_size_mismatch=False, comm=None, timeout=None, progress=None,
+         **options):
+    """Loads the checkpoint at ``path`` into every rank's tensors, in place. Collective: every
+    rank of ``comm`` calls it with the same path and options.
+
+    Returns ``IncompatibleKeys(missing_keys, unexpected_keys)`` exactly as
+    ``module.load_state_dict(..., strict=strict)`` would (identical on every rank), with the full
+    ``LoadResult`` as ``.result``. On a failed verdict (strict and keys differ, or a size mismatch
+    unless ``skip_size_mismatch``) every rank raises ``VerdictError`` (a ``RuntimeError``) with
+    PyTorch's message, and no tensor has changed.
+
+    ``split``: {regex: dim}, tensors this rank holds a slab of. ``strip_prefix``: a prefix of the
+    checkpoint's keys to drop (``"module."`` from DDP); ``add_prefix``: one to put in front of
+    them. ``timeout``: seconds a rank waits for the others (None: the library's default, 600;
+    0: forever). ``progress``: True or a callable receiving a ``Progress``. Other keywords set
+    ``LoadOptions`` fields (``verify_checksums``, ``key_filter``, ``name``, ...).
+    """
+    handle = _comm_handle(comm)
+    _start_mpi()
+
+    def make_options(name):
+        o = LoadOptions()
+        o.strict = bool(strict)
+        o.skip_size_mismatch = bool(skip_size_mismatch)
+        o.checkpoint_prefix = strip_prefix or ""
+        o.model_prefix = add_prefix or ""
+        o.name = name
+        if timeout is not None:
+            o.timeout_seconds = float(timeout)
+        return _set_options(o, options)
+
+    source, path, rules, opts, error = _prepare(module_or_state_dict, path, split, make_options)
+    result = _C.load(source, path, rules, opts or LoadOptions(), progress, handle, error)
+    return IncompatibleKeys(result.missing_keys, result.unexpected_keys, result)
+

@@ -1,0 +1,203 @@
+// `shardload._shardload`: the collective entry points behind shardload.save() and
+// shardload.load() (python/shardload/__init__.py turns modules, dicts and keyword arguments into
+// these calls). Each call builds this rank's Partition with the GIL held, then releases the GIL
+// for the collective: first a status reduction over what every rank prepared (so that a bad
+// argument on one rank is the same error on every rank, never a hang), then loader/'s save() or
+// load(). The GIL is taken again only inside the progress callback.
+#include <torch/csrc/autograd/python_variable.h>
+
+#include <optional>
+
+#include "loader/collective.h"
+#include "loader/shardload.h"
+#include "python/src/bindings.h"
+#include "python/src/mpi_session.h"
+#include "shardload/config.h"
+#include "tools/progress_display.h"
+#include "transport/communicator.h"
+
+namespace py = pybind11;
+
+namespace shardload::python {
+namespace {
+
+/// What this rank hands to the collective: its partition, or what went wrong building it.
+struct Prepared {
+  std::optional<Partition> owned;
+  Partition* partition = nullptr;
+  ErrorKind kind = ErrorKind::kNone;
+  std::string error;
+};
+
+/// `source` is a Partition (used as it is) or a list of (key, tensor) pairs (made into one with
+/// `rules`). `local_error` is a failure the Python layer met before the call.
+Prepared prepare(py::handle source, const std::vector<SplitRule>& rules,
+                 const std::string& local_error) {
+  Prepared p;
+  if (!local_error.empty()) {
+    p.kind = ErrorKind::kUsage;
+    p.error = local_error;
+    return p;
+  }
+  try {
+    if (py::isinstance<Partition>(source)) {
+      if (!rules.empty()) throw UsageError("split= cannot be combined with a Partition");
+      p.partition = &source.cast<Partition&>();
+      return p;
+    }
+    TensorList tensors;
+    for (py::handle item : source) {
+      auto pair = item.cast<py::tuple>();
+      if (pair.size() != 2) throw UsageError("expected (key, tensor) pairs");
+      std::string key = pair[0].cast<std::string>();
+      if (!THPVariable_Check(pair[1].ptr())) {
+        throw UsageError("key '" + key + "': expected a torch.Tensor, got " +
+                         std::string(py::str(py::type::of(pair[1]).attr("__name__"))));
+      }
+      tensors.push_back({std::move(key), pair[1].cast<at::Tensor>()});
+    }
+    p.owned = Partition::from_tensors(tensors, rules);
+    p.partition = &*p.owned;
+  } catch (const std::exception& e) {
+    p.kind = dynamic_cast<const Error*>(&e) ? current_error_kind() : ErrorKind::kUsage;
+    p.error = e.what();
+  }
+  return p;
+}
+
+/// The progress= argument as a C++ callback: None, True (rank 0 shows tools' ProgressDisplay on
+/// stderr) or a Python callable (called on every rank with the GIL held; if it raises, the
+/// exception is reported as unraisable and the callable is not called again: a rank must not
+/// leave a collective alone).
+class ProgressHook {
+ public:
+  ProgressHook(py::handle progress, const std::string& operation) : operation_(operation) {
+    if (progress.is_none() || (PyBool_Check(progress.ptr()) && !progress.cast<bool>())) return;
+    if (PyBool_Check(progress.ptr())) {
+      show_ = true;
+      return;
+    }
+    if (!PyCallable_Check(progress.ptr())) {
+      throw UsageError("progress= must be None, True or a callable, not " +
+                       std::string(py::str(py::type::of(progress).attr("__name__"))));
+    }
+    python_ = std::make_shared<PythonCallback>();
+    python_->fn = py::reinterpret_borrow<py::object>(progress);
+  }
+  ~ProgressHook() {
+    if (python_) {
+      py::gil_scoped_acquire gil;
+      python_.reset();
+    }
+  }
+
+  /// The callback for this rank; call without the GIL.
+  ProgressCallback callback(int rank) {
+    if (show_ && rank == 0) {
+      display_.emplace(tools::ProgressDisplay::for_stderr(operation_));
+      return display_->callback();
+    }
+    if (!python_) return {};
+    return [state = python_](const Progress& p) {
+      py::gil_scoped_acquire gil;
+      if (state->failed) return;
+      try {
+        state->fn(p);
+      } catch (py::error_already_set& e) {
+        state->failed = true;
+        e.discard_as_unraisable("shardload progress callback");
+      }
+    };
+  }
+  /// Ends the display with the summary (rank 0 with progress=True).
+  void finish(int64_t bytes) {
+    if (display_) display_->finish(bytes);
+  }
+
+ private:
+  struct PythonCallback {
+    py::object fn;
+    bool failed = false;
+  };
+  std::string operation_;
+  bool show_ = false;
+  std::shared_ptr<PythonCallback> python_;
+  std::optional<tools::ProgressDisplay> display_;
+};
+
+int64_t bytes_of(const LoadResult& r) { return r.bytes_read_total; }
+int64_t bytes_of(const SaveResult& r) { return r.bytes_written_total; }
+
+/// The collective part of save and load: agree that every rank prepared, then run `call`.
+template <class Result, class Call>
+Result run_collective(const std::string& operation, const std::string& path, py::handle source,
+                      const std::vector<SplitRule>& rules, py::handle progress, int64_t comm,
+                      const std::string& local_error, Call call) {
+  ensure_mpi();
+  MPI_Comm mpi_comm = communicator_of(comm);
+  Prepared prepared = prepare(source, rules, local_error);
+  std::optional<ProgressHook> hook;
+  try {
+    hook.emplace(progress, operation);
+  } catch (const Error& e) {
+    if (prepared.kind == ErrorKind::kNone) {
+      prepared.kind = current_error_kind();
+      prepared.error = e.what();
+    }
+  }
+  Result result;
+  {
+    py::gil_scoped_release release;
+    Communicator c(mpi_comm);
+    PhaseRunner(c, "shardload." + operation + "(" + path + ")")
+        .reduce("prepare", prepared.kind, prepared.error);
+    result = call(*prepared.partition, mpi_comm, hook->callback(c.rank()));
+  }
+  hook->finish(bytes_of(result));
+  return result;
+}
+
+LoadResult py_load(py::handle source, const std::string& path, const std::vector<SplitRule>& rules,
+                   LoadOptions options, py::handle progress, int64_t comm,
+                   const std::string& local_error) {
+  return run_collective<LoadResult>(
+      "load", path, source, rules, progress, comm, local_error,
+      [&](Partition& partition, MPI_Comm mpi_comm, ProgressCallback callback) {
+        options.progress = std::move(callback);
+        return load(partition, path, mpi_comm, options);
+      });
+}
+
+SaveResult py_save(py::handle source, const std::string& path, const std::vector<SplitRule>& rules,
+                   SaveOptions options, py::handle progress, int64_t comm,
+                   const std::string& local_error) {
+  return run_collective<SaveResult>(
+      "save", path, source, rules, progress, comm, local_error,
+      [&](Partition& partition, MPI_Comm mpi_comm, ProgressCallback callback) {
+        options.progress = std::move(callback);
+        return save(partition, path, mpi_comm, options);
+      });
+}
+
+}  // namespace
+}  // namespace shardload::python
+
+PYBIND11_MODULE(_shardload, m) {
+  using namespace shardload::python;
+  m.doc() = "shardload's C++ core; use the functions of the `shardload` package.";
+  m.attr("__version__") = SHARDLOAD_VERSION_STRING;
+  m.attr("WITH_NCCL") = bool{SHARDLOAD_WITH_NCCL};
+  m.attr("WORLD") = kWorld;
+  bind_types(m);
+  bind_errors(m);
+  m.def("ensure_mpi", &ensure_mpi,
+        "Starts MPI unless it runs (mpi4py or another library started it); True when it did.");
+  m.def("finalize_mpi", &finalize_mpi_if_ours,
+        "MPI_Finalize, only when ensure_mpi() started MPI (registered with atexit).");
+  m.def("load", &py_load, py::arg("source"), py::arg("path"), py::arg("rules"), py::arg("options"),
+        py::arg("progress"), py::arg("comm"), py::arg("local_error"),
+        "Collective load into a Partition or a list of (key, tensor) pairs, in place.");
+  m.def("save", &py_save, py::arg("source"), py::arg("path"), py::arg("rules"), py::arg("options"),
+        py::arg("progress"), py::arg("comm"), py::arg("local_error"),
+        "Collective save of a Partition or a list of (key, tensor) pairs.");
+}
