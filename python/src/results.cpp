@@ -112,7 +112,7 @@ void bind_types(py::module_& m) {
 
   py::class_<Uncovered>(m, "Uncovered", "A region of a model tensor that no stored chunk covers.")
       .def_readonly("key", &Uncovered::key)
-      .def_readonly("rank", &Uncovered::rank)
+      .def_readonly("ranks", &Uncovered::ranks)
       .def_property_readonly("offset", [](const Uncovered& u) { return u.region.offset; })
       .def_property_readonly("shape", [](const Uncovered& u) { return u.region.shape; });
 
