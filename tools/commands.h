@@ -3,6 +3,9 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <iostream>
+#include <string>
+#include <vector>
 
 namespace shardload::tools {
 
@@ -18,5 +21,11 @@ Runner add_demo(CLI::App& app);
 
 /// Rank of this process in MPI_COMM_WORLD.
 int world_rank();
+
+/// Tells the user what shardload did on its own (a checkpoint restored, leftovers of dead saves
+/// removed): one "shardload: note: ..." line on stderr each (docs/GUARANTEES.md).
+inline void print_notes(const std::vector<std::string>& notes) {
+  for (const auto& n : notes) std::cerr << "shardload: note: " << n << "\n";
+}
 
 }  // namespace shardload::tools
