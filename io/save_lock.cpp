@@ -128,7 +128,8 @@ LockOwner LockOwner::from_text(const std::string& text) {
 }
 
 std::string lock_path_of(const std::string& path) {
-  return parent_dir_of(path) + "/." + base_name_of(path) + ".lock";
+  std::string parent = parent_dir_of(path);
+  return (parent == "." ? "" : parent + "/") + "." + base_name_of(path) + ".lock";
 }
 
 LockState read_lock(const std::string& path) {

@@ -40,7 +40,7 @@ struct LockOwner {
   static LockOwner from_text(const std::string& text);
 };
 
-/// Path of the lock file of saves of `path`: `PARENT/.NAME.lock`.
+/// Path of the lock file of saves of `path`: `PARENT/.NAME.lock` (`.NAME.lock` in ".").
 std::string lock_path_of(const std::string& path);
 
 /// What a lock file says and whether its owner is still alive by the rule above.
