@@ -503,7 +503,9 @@ std::string utc_timestamp() {
 }
 
 void remove_tree_noexcept(const std::string& path) noexcept {
+  // The commit marker first: a removal cut short never leaves what looks like a checkpoint.
   std::error_code ec;
+  if (is_checkpoint_dir(path)) ::unlink((path + "/" + kManifestName).c_str());
   fs::remove_all(path, ec);
 }
 

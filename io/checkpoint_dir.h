@@ -107,7 +107,8 @@ void write_small_file_atomically(const std::string& path, const std::string& tex
 /// The current UTC time, ISO 8601 ("2026-11-28T16:00:00Z"), as manifests record it.
 std::string utc_timestamp();
 
-/// Removes a directory tree; never throws (best effort, for cleanup).
+/// Removes a directory tree, a checkpoint's manifest.h5 first (so that a removal cut short never
+/// leaves what looks like a checkpoint); never throws (best effort, for cleanup).
 void remove_tree_noexcept(const std::string& path) noexcept;
 
 }  // namespace shardload
