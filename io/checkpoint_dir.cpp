@@ -1,24 +1,20 @@
 #include "io/checkpoint_dir.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <algorithm>
-#include <cctype>
 #include <cerrno>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <random>
-#include <sstream>
 
 #include "core/crash_point.h"
 #include "core/error.h"
+#include "io/commit_journal.h"
 #include "io/manifest.h"
 #include "io/save_lock.h"
 
@@ -26,8 +22,6 @@ namespace shardload {
 namespace fs = std::filesystem;
 namespace {
 
-constexpr const char* kJournalHeader = "shardload-commit-journal 1";
-constexpr size_t kMaxJournalBytes = 4096;
 // renameat2 flags (linux/fs.h), spelled out: glibc's <stdio.h> has them only from 2.28 on.
 constexpr unsigned kRenameNoReplace = 1;
 constexpr unsigned kRenameExchange = 2;
@@ -57,95 +51,19 @@ int rename_with_flags(const std::string& from, const std::string& to, unsigned f
 /// errno values by which a filesystem says it has no such rename.
 bool unsupported(int err) { return err == EINVAL || err == ENOSYS || err == EOPNOTSUPP; }
 
-/// ".NAME.tmp-XXXXXX" as mkdtemp makes it (6 characters of [A-Za-z0-9]).
-bool is_staging_name(const std::string& name, const std::string& base) {
-  std::string prefix = "." + base + ".tmp-";
-  if (name.size() != prefix.size() + 6 || name.compare(0, prefix.size(), prefix) != 0) {
-    return false;
-  }
-  return std::all_of(name.begin() + static_cast<std::ptrdiff_t>(prefix.size()), name.end(),
-                     [](unsigned char c) { return std::isalnum(c) != 0; });
-}
-
-/// `prefix` followed by 16 lowercase hexadecimal digits (a LockOwner id).
-bool is_id_name(const std::string& name, const std::string& prefix) {
-  if (name.size() != prefix.size() + 16 || name.compare(0, prefix.size(), prefix) != 0) {
-    return false;
-  }
-  return std::all_of(name.begin() + static_cast<std::ptrdiff_t>(prefix.size()), name.end(),
-                     [](unsigned char c) { return std::isxdigit(c) != 0; });
-}
-
-bool is_aside_name(const std::string& name, const std::string& base) {
-  return name.size() > 4 && name.compare(name.size() - 4, 4, ".old") == 0 &&
-         is_staging_name(name.substr(0, name.size() - 4), base);
-}
-
-/// `name` in the directory that holds `path`, without a leading "./".
-std::string beside(const std::string& path, const std::string& name) {
-  std::string parent = parent_dir_of(path);
-  return parent == "." ? name : parent + "/" + name;
-}
-
-std::string journal_path_of(const std::string& path) {
-  return beside(path, "." + base_name_of(path) + ".commit");
-}
-
-/// What the commit journal of a replacement names (basenames, beside the target).
-struct Journal {
-  std::string staging;
-  std::string aside;
-  std::string owner;
-};
-
-/// The journal of `path`, when there is one and it is well formed (it is untrusted input: the
-/// names must be this target's staging and aside names, nothing else).
-std::optional<Journal> read_journal(const std::string& path) {
-  auto text = read_small_file(journal_path_of(path), kMaxJournalBytes);
-  if (!text || text->size() > kMaxJournalBytes) return std::nullopt;
-  std::istringstream in(*text);
-  std::string line;
-  if (!std::getline(in, line) || line != kJournalHeader) return std::nullopt;
-  Journal j;
-  while (std::getline(in, line)) {
-    auto eq = line.find('=');
-    if (eq == std::string::npos) continue;
-    std::string key = line.substr(0, eq), value = line.substr(eq + 1);
-    if (key == "staging") j.staging = value;
-    if (key == "aside") j.aside = value;
-    if (key == "owner") j.owner = value;
-  }
-  const std::string base = base_name_of(path);
-  if (!is_staging_name(j.staging, base) || j.aside != j.staging + ".old") return std::nullopt;
-  return j;
-}
-
-void write_journal(const std::string& path, const Journal& j) {
-  std::ostringstream s;
-  s << kJournalHeader << "\ntarget=" << base_name_of(path) << "\nstaging=" << j.staging
-    << "\naside=" << j.aside << "\nowner=" << j.owner << "\n";
-  write_small_file_atomically(journal_path_of(path), s.str());
-}
-
 std::string errno_text(int err) { return std::strerror(err); }
 
-/// Entries of a directory (names only); empty when it cannot be read.
-std::vector<std::string> list_dir(const std::string& dir) {
-  std::vector<std::string> names;
+bool is_empty_dir(const std::string& dir) {
   std::error_code ec;
-  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    names.push_back(it->path().filename().string());
-  }
-  return names;
-}
-
-double mtime_of(const std::string& path) {
-  struct stat st {};
-  if (::lstat(path.c_str(), &st) != 0) return 0;
-  return static_cast<double>(st.st_mtim.tv_sec) + 1e-9 * static_cast<double>(st.st_mtim.tv_nsec);
+  return fs::directory_iterator(dir, ec) == fs::directory_iterator() && !ec;
 }
 
 }  // namespace
+
+std::string sibling_path(const std::string& path, const std::string& name) {
+  std::string parent = parent_dir_of(path);
+  return parent == "." ? name : parent + "/" + name;
+}
 
 bool path_exists(const std::string& path) {
   struct stat st {};
@@ -199,7 +117,7 @@ void check_save_target(const std::string& path, bool overwrite) {
                      ": exists and is a file, not a shardload checkpoint; refusing to replace it");
   }
   if (is_checkpoint_dir(path)) return;
-  if (!list_dir(path).empty()) {
+  if (!is_empty_dir(path)) {
     throw UsageError(path + ": exists and is a directory without " + kManifestName +
                      " that is not empty, not a shardload checkpoint; refusing to replace it");
   }
@@ -209,7 +127,7 @@ std::string make_staging_dir(const std::string& path) {
   // Like mkdtemp, but with mkdir's permissions (umask applied), which the checkpoint keeps.
   static constexpr char kChars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
   std::random_device rd;
-  const std::string prefix = beside(path, "." + base_name_of(path) + ".tmp-");
+  const std::string prefix = sibling_path(path, "." + base_name_of(path) + ".tmp-");
   for (int attempt = 0; attempt < 100; ++attempt) {
     std::string dir = prefix;
     for (int i = 0; i < 6; ++i) dir.push_back(kChars[rd() % (sizeof kChars - 1)]);
@@ -284,119 +202,33 @@ void commit_staging_dir(const std::string& staging, const std::string& path, boo
 
   // No atomic exchange (NFS, Lustre, FUSE): a journal first, then two renames. Until the journal
   // is removed, restore_interrupted_commit can put a complete checkpoint back at `path`.
-  Journal journal;
+  CommitJournal journal;
   journal.staging = base_name_of(staging);
   journal.aside = journal.staging + ".old";
   journal.owner = LockOwner::current().describe();
-  const std::string aside = beside(path, journal.aside);
+  const std::string aside = sibling_path(path, journal.aside);
   if (journal.staging.empty() || parent_dir_of(staging) != parent) {
     throw FormatError(staging + ": the staging directory is not beside " + path);
   }
-  write_journal(path, journal);
+  write_commit_journal(path, journal);
   crash_point("journal-written");
   if (::rename(path.c_str(), aside.c_str()) != 0) {
     int err = errno;
-    ::unlink(journal_path_of(path).c_str());
+    ::unlink(commit_journal_path(path).c_str());
     throw FormatError(path + ": cannot move the previous checkpoint aside: " + errno_text(err));
   }
   crash_point("between-renames");
   if (::rename(staging.c_str(), path.c_str()) != 0) {
     int err = errno;
-    if (::rename(aside.c_str(), path.c_str()) == 0) ::unlink(journal_path_of(path).c_str());
+    if (::rename(aside.c_str(), path.c_str()) == 0) ::unlink(commit_journal_path(path).c_str());
     throw FormatError(path + ": cannot rename the new checkpoint into place: " + errno_text(err));
   }
   fsync_dir(parent);
   crash_point("renamed");
   remove_tree_noexcept(aside);
   crash_point("old-removed");
-  ::unlink(journal_path_of(path).c_str());
+  ::unlink(commit_journal_path(path).c_str());
   done();
-}
-
-bool needs_restore(const std::string& path) {
-  if (path_exists(path)) return false;
-  if (path_exists(journal_path_of(path))) return true;
-  const std::string base = base_name_of(path);
-  for (const auto& name : list_dir(parent_dir_of(path))) {
-    if (is_aside_name(name, base)) return true;
-  }
-  return false;
-}
-
-std::vector<std::string> restore_interrupted_commit(const std::string& path) {
-  std::vector<std::string> notes;
-  if (path_exists(path)) return notes;  // whatever remains beside it is a dead save's leftover
-  const std::string parent = parent_dir_of(path);
-  const std::string base = base_name_of(path);
-  std::string fresh, old, who = "an interrupted save";
-  if (auto journal = read_journal(path)) {
-    fresh = beside(path, journal->staging);
-    old = beside(path, journal->aside);
-    if (!journal->owner.empty()) who += " (" + journal->owner + ")";
-  } else {
-    // No journal (or a torn one): the newest previous checkpoint moved aside, if any.
-    double newest = -1;
-    for (const auto& name : list_dir(parent)) {
-      std::string candidate = beside(path, name);
-      if (is_aside_name(name, base) && is_checkpoint_dir(candidate) &&
-          mtime_of(candidate) > newest) {
-        newest = mtime_of(candidate);
-        old = candidate;
-        fresh = candidate.substr(0, candidate.size() - 4);
-      }
-    }
-  }
-  std::string restored, dropped;
-  if (!fresh.empty() && is_checkpoint_dir(fresh)) {
-    restored = fresh;
-    dropped = old;
-  } else if (!old.empty() && is_checkpoint_dir(old)) {
-    restored = old;
-    dropped = fresh;
-  }
-  if (!restored.empty()) {
-    if (::rename(restored.c_str(), path.c_str()) != 0) {
-      throw FormatError(path + ": " + who + " left no checkpoint here and a complete one in " +
-                        restored + ", which cannot be moved back: " + errno_text(errno) +
-                        " (move it to " + path + " by hand)");
-    }
-    fsync_dir(parent);
-    notes.push_back(path + ": restored the " +
-                    std::string(restored == fresh ? "new checkpoint" : "previous checkpoint") +
-                    " that " + who + " had left in " + restored);
-    if (!dropped.empty() && path_exists(dropped)) {
-      remove_tree_noexcept(dropped);
-      notes.back() += "; removed " + dropped;
-    }
-  }
-  if (::unlink(journal_path_of(path).c_str()) == 0) fsync_dir(parent);
-  return notes;
-}
-
-std::vector<std::string> remove_dead_leftovers(const std::string& path) {
-  const std::string parent = parent_dir_of(path);
-  const std::string base = base_name_of(path);
-  const std::string journal = "." + base + ".commit";
-  const std::string lock_prefix = "." + base + ".lock.";
-  std::vector<std::string> removed;
-  std::time_t now = std::time(nullptr);
-  for (const auto& name : list_dir(parent)) {
-    std::string full = parent + "/" + name;
-    bool dead = is_staging_name(name, base) || is_aside_name(name, base) || name == journal ||
-                (name.rfind(journal + ".part-", 0) == 0 && name.size() == journal.size() + 12) ||
-                is_id_name(name, lock_prefix + "dead-");
-    // Lock temporaries live for microseconds while a lock is taken; give them a minute.
-    if (is_id_name(name, lock_prefix) && std::difftime(now, mtime_of(full)) > 60) dead = true;
-    if (!dead) continue;
-    remove_tree_noexcept(full);
-    removed.push_back(name);
-  }
-  if (removed.empty()) return {};
-  fsync_dir(parent);
-  std::string note = path + ": removed " + std::to_string(removed.size()) +
-                     " leftover(s) of dead saves beside it:";
-  for (const auto& n : removed) note += " " + n;
-  return {note};
 }
 
 CheckpointStaging::CheckpointStaging(const std::string& path, bool overwrite)

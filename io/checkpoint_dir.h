@@ -29,6 +29,9 @@ bool is_checkpoint_dir(const std::string& path);
 std::string parent_dir_of(const std::string& path);
 std::string base_name_of(const std::string& path);
 
+/// `name` in the directory that holds `path` (without a leading "./").
+std::string sibling_path(const std::string& path, const std::string& name);
+
 /// Checks that a checkpoint may be saved at `path`: its parent directory exists and is writable,
 /// and `path` is absent, or `overwrite` is set and `path` is a checkpoint directory or an empty
 /// directory (never a file, a symbolic link or a directory with other contents). Throws
@@ -44,21 +47,8 @@ std::string make_staging_dir(const std::string& path);
 /// filesystem has no exchange (NFS, Lustre, many FUSE mounts) or SHARDLOAD_RENAME=fallback is
 /// set, a journal (.NAME.commit, flushed) is written first, the old checkpoint is moved aside
 /// and the new one renamed in; an interruption between the two renames is undone by
-/// restore_interrupted_commit. Flushes the parent directory.
+/// restore_interrupted_commit (io/commit_journal.h). Flushes the parent directory.
 void commit_staging_dir(const std::string& staging, const std::string& path, bool overwrite = true);
-
-/// Puts back a complete checkpoint at `path` when a killed save left none there: the new one
-/// from its staging directory when that holds a manifest, else the previous one from beside it.
-/// The caller holds the save lock of `path` (so whatever a journal names belongs to a dead save).
-/// Returns one note per action ("restored ..."), empty when there was nothing to do.
-std::vector<std::string> restore_interrupted_commit(const std::string& path);
-
-/// True when `path` holds no checkpoint but a killed save left one to restore beside it.
-bool needs_restore(const std::string& path);
-
-/// Removes what dead saves of `path` left beside it (staging and aside directories, journal
-/// and lock temporaries). The caller holds the save lock of `path`. Returns a note per removal.
-std::vector<std::string> remove_dead_leftovers(const std::string& path);
 
 /// A save of one checkpoint directory in progress. Not collective: one process owns it (rank 0
 /// of a collective save).

@@ -16,6 +16,7 @@
 #include "core/crash_point.h"
 #include "core/error.h"
 #include "io/checkpoint_dir.h"
+#include "io/commit_journal.h"
 #include "io/manifest.h"
 #include "io/save_lock.h"
 

@@ -14,6 +14,7 @@
 
 #include "core/error.h"
 #include "io/checkpoint_dir.h"
+#include "io/commit_journal.h"
 #include "io/manifest.h"
 #include "io/run_dir.h"
 #include "io/save_lock.h"
