@@ -64,7 +64,7 @@ def run(*args, ranks=None, env=None, timeout=JOB_TIMEOUT):
 
 def model(value, big=False):
     g = torch.Generator().manual_seed(int(value))
-    n = 2048 if big else 64
+    n = 3072 if big else 64
     return {"big.weight": torch.full((n, n), float(value)) + torch.randn(n, n, generator=g),
             "norm.weight": torch.full((n,), float(value)),
             "step": torch.tensor(int(value))}
@@ -276,8 +276,8 @@ def random_kills(tmp, count_each):
                 continue
             delay = rng.uniform(0, span)
             victim = rng.choice([0, 1]) if tool == "mpirun" else 0
+            pids = rank_pids(tag)  # before the wait: scanning /proc takes a while
             time.sleep(delay)
-            pids = rank_pids(tag)
             if victim in pids:
                 os.kill(pids[victim], signal.SIGKILL)
             try:
