@@ -6,49 +6,92 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
-#include <vector>
+#include <random>
 
+#include "core/crash_point.h"
 #include "core/error.h"
+#include "io/commit_journal.h"
 #include "io/manifest.h"
+#include "io/save_lock.h"
 
 namespace shardload {
 namespace fs = std::filesystem;
 namespace {
 
-std::string parent_of(const std::string& path) {
-  fs::path p = fs::path(path).lexically_normal();
-  if (p.has_filename() == false) p = p.parent_path();
-  fs::path parent = p.parent_path();
-  return parent.empty() ? "." : parent.string();
+// renameat2 flags (linux/fs.h), spelled out: glibc's <stdio.h> has them only from 2.28 on.
+constexpr unsigned kRenameNoReplace = 1;
+constexpr unsigned kRenameExchange = 2;
+
+/// SHARDLOAD_RENAME=fallback makes a commit behave as on a filesystem without renameat2 flags
+/// (NFS, Lustre, FUSE), for the tests of that path.
+bool forced_fallback() {
+  const char* mode = std::getenv("SHARDLOAD_RENAME");
+  return mode != nullptr && std::string(mode) == "fallback";
 }
 
-std::string base_of(const std::string& path) {
-  fs::path p = fs::path(path).lexically_normal();
-  if (!p.has_filename()) p = p.parent_path();
-  return p.filename().string();
+/// renameat2 with `flags`; errno ENOSYS when it is missing or the fallback is forced.
+int rename_with_flags(const std::string& from, const std::string& to, unsigned flags) {
+  if (forced_fallback()) {
+    errno = ENOSYS;
+    return -1;
+  }
+#ifdef SYS_renameat2
+  return static_cast<int>(
+      ::syscall(SYS_renameat2, AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), flags));
+#else
+  errno = ENOSYS;
+  return -1;
+#endif
 }
 
-void fsync_dir(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return;
-  ::fsync(fd);
-  ::close(fd);
+/// errno values by which a filesystem says it has no such rename.
+bool unsupported(int err) { return err == EINVAL || err == ENOSYS || err == EOPNOTSUPP; }
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+bool is_empty_dir(const std::string& dir) {
+  std::error_code ec;
+  return fs::directory_iterator(dir, ec) == fs::directory_iterator() && !ec;
 }
 
 }  // namespace
+
+std::string sibling_path(const std::string& path, const std::string& name) {
+  std::string parent = parent_dir_of(path);
+  return parent == "." ? name : parent + "/" + name;
+}
 
 bool path_exists(const std::string& path) {
   struct stat st {};
   return ::lstat(path.c_str(), &st) == 0;
 }
 
+bool is_checkpoint_dir(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return false;
+  return ::lstat((path + "/" + kManifestName).c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+std::string parent_dir_of(const std::string& path) {
+  fs::path p = fs::path(path).lexically_normal();
+  if (!p.has_filename()) p = p.parent_path();
+  fs::path parent = p.parent_path();
+  return parent.empty() ? "." : parent.string();
+}
+
+std::string base_name_of(const std::string& path) {
+  fs::path p = fs::path(path).lexically_normal();
+  if (!p.has_filename()) p = p.parent_path();
+  return p.filename().string();
+}
+
 void check_save_target(const std::string& path, bool overwrite) {
   if (path.empty()) throw UsageError("empty checkpoint path");
-  std::string parent = parent_of(path);
+  std::string parent = parent_dir_of(path);
   struct stat st {};
   if (::stat(parent.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     throw UsageError(path + ": parent directory " + parent + " does not exist");
@@ -56,80 +99,245 @@ void check_save_target(const std::string& path, bool overwrite) {
   if (::access(parent.c_str(), W_OK) != 0) {
     throw UsageError(path + ": parent directory " + parent + " is not writable");
   }
-  if (!path_exists(path)) return;
+  if (::lstat(path.c_str(), &st) != 0) return;
   if (!overwrite) {
-    throw UsageError(path + ": already exists (ask to overwrite to replace it)");
+    throw UsageError(path +
+                     ": already exists (pass --overwrite, or SaveOptions::overwrite, to "
+                     "replace a checkpoint)");
   }
-  if (::stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) ||
-      !path_exists(path + "/" + kManifestName)) {
-    throw UsageError(path + ": exists and is not a shardload checkpoint; refusing to replace it");
+  if (S_ISLNK(st.st_mode)) {
+    std::error_code ec;
+    std::string target = fs::read_symlink(path, ec).string();
+    throw UsageError(path + ": is a symbolic link (to " + target +
+                     "), not a shardload checkpoint; refusing to replace it (give the "
+                     "checkpoint's own path)");
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    throw UsageError(path +
+                     ": exists and is a file, not a shardload checkpoint; refusing to replace it");
+  }
+  if (is_checkpoint_dir(path)) return;
+  if (!is_empty_dir(path)) {
+    throw UsageError(path + ": exists and is a directory without " + kManifestName +
+                     " that is not empty, not a shardload checkpoint; refusing to replace it");
   }
 }
 
 std::string make_staging_dir(const std::string& path) {
-  std::string tmpl = parent_of(path) + "/." + base_of(path) + ".tmp-XXXXXX";
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  if (::mkdtemp(buf.data()) == nullptr) {
-    throw FormatError(path + ": cannot create staging directory: " + std::strerror(errno));
+  // Like mkdtemp, but with mkdir's permissions (umask applied), which the checkpoint keeps.
+  static constexpr char kChars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  std::random_device rd;
+  const std::string prefix = sibling_path(path, "." + base_name_of(path) + ".tmp-");
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    std::string dir = prefix;
+    for (int i = 0; i < 6; ++i) dir.push_back(kChars[rd() % (sizeof kChars - 1)]);
+    if (::mkdir(dir.c_str(), 0777) == 0) return dir;
+    if (errno != EEXIST) {
+      throw FormatError(path + ": cannot create staging directory: " + errno_text(errno));
+    }
   }
-  return std::string(buf.data());
+  throw FormatError(path + ": cannot create staging directory: no free name");
 }
 
-void commit_staging_dir(const std::string& staging, const std::string& path) {
+void commit_staging_dir(const std::string& staging, const std::string& path, bool overwrite) {
   fsync_dir(staging);
-  std::string parent = parent_of(path);
-  if (path_exists(path)) {
-#ifdef SYS_renameat2
-    constexpr unsigned kRenameExchange = 2;  // RENAME_EXCHANGE
-    if (::syscall(SYS_renameat2, AT_FDCWD, staging.c_str(), AT_FDCWD, path.c_str(),
-                  kRenameExchange) == 0) {
-      fsync_dir(parent);
-      remove_tree_noexcept(staging);  // now holds the previous checkpoint
-      return;
-    }
-#endif
-    // No atomic exchange on this filesystem: move the old one aside first.
-    std::string old = staging + ".old";
-    if (::rename(path.c_str(), old.c_str()) != 0) {
-      throw FormatError(path +
-                        ": cannot move the previous checkpoint aside: " + std::strerror(errno));
-    }
-    if (::rename(staging.c_str(), path.c_str()) != 0) {
+  crash_point("before-commit");
+  check_save_target(path, overwrite);  // again: the path may have changed during the save
+  const std::string parent = parent_dir_of(path);
+  auto done = [&] {
+    fsync_dir(parent);
+    crash_point("committed");
+  };
+
+  if (!path_exists(path)) {
+    if (rename_with_flags(staging, path, kRenameNoReplace) != 0) {
       int err = errno;
-      ::rename(old.c_str(), path.c_str());
-      throw FormatError(path +
-                        ": cannot rename the new checkpoint into place: " + std::strerror(err));
+      if (unsupported(err)) {
+        // No RENAME_NOREPLACE: rename() still refuses a non-empty directory or a file there.
+        if (::rename(staging.c_str(), path.c_str()) != 0)
+          err = errno;
+        else
+          err = 0;
+      }
+      if (err == EEXIST || err == ENOTEMPTY || err == ENOTDIR || err == EISDIR) {
+        throw UsageError(path + ": appeared while the save was running; refusing to replace it");
+      }
+      if (err != 0) {
+        throw FormatError(path +
+                          ": cannot rename the new checkpoint into place: " + errno_text(err));
+      }
     }
     fsync_dir(parent);
-    remove_tree_noexcept(old);
+    crash_point("renamed");
+    done();
     return;
   }
+
+  // Replace a checkpoint (or an empty directory): one atomic swap where the filesystem has it.
+  if (rename_with_flags(staging, path, kRenameExchange) == 0) {
+    fsync_dir(parent);
+    crash_point("renamed");
+    remove_tree_noexcept(staging);  // now holds the previous checkpoint
+    crash_point("old-removed");
+    done();
+    return;
+  }
+  if (!unsupported(errno)) {
+    throw FormatError(path + ": cannot swap in the new checkpoint: " + errno_text(errno));
+  }
+  if (!is_checkpoint_dir(path)) {
+    // An empty directory: rename() replaces it atomically, no aside needed.
+    if (::rename(staging.c_str(), path.c_str()) != 0) {
+      int err = errno;
+      if (err == ENOTEMPTY || err == EEXIST) {
+        throw UsageError(path + ": is no longer empty; refusing to replace it");
+      }
+      throw FormatError(path + ": cannot rename the new checkpoint into place: " + errno_text(err));
+    }
+    fsync_dir(parent);
+    crash_point("renamed");
+    done();
+    return;
+  }
+
+  // No atomic exchange (NFS, Lustre, FUSE): a journal first, then two renames. Until the journal
+  // is removed, restore_interrupted_commit can put a complete checkpoint back at `path`.
+  CommitJournal journal;
+  journal.staging = base_name_of(staging);
+  journal.aside = journal.staging + ".old";
+  journal.owner = LockOwner::current().describe();
+  const std::string aside = sibling_path(path, journal.aside);
+  if (journal.staging.empty() || parent_dir_of(staging) != parent) {
+    throw FormatError(staging + ": the staging directory is not beside " + path);
+  }
+  write_commit_journal(path, journal);
+  crash_point("journal-written");
+  if (::rename(path.c_str(), aside.c_str()) != 0) {
+    int err = errno;
+    ::unlink(commit_journal_path(path).c_str());
+    throw FormatError(path + ": cannot move the previous checkpoint aside: " + errno_text(err));
+  }
+  crash_point("between-renames");
   if (::rename(staging.c_str(), path.c_str()) != 0) {
-    throw FormatError(path +
-                      ": cannot rename the new checkpoint into place: " + std::strerror(errno));
+    int err = errno;
+    if (::rename(aside.c_str(), path.c_str()) == 0) ::unlink(commit_journal_path(path).c_str());
+    throw FormatError(path + ": cannot rename the new checkpoint into place: " + errno_text(err));
   }
   fsync_dir(parent);
+  crash_point("renamed");
+  remove_tree_noexcept(aside);
+  crash_point("old-removed");
+  ::unlink(commit_journal_path(path).c_str());
+  done();
+}
+
+CheckpointStaging::CheckpointStaging(const std::string& path, bool overwrite)
+    : path_(path), overwrite_(overwrite) {
+  if (path.empty()) throw UsageError("empty checkpoint path");
+  check_save_target(path, overwrite);  // parent and target, before anything is written
+  lock_ = SaveLock::acquire(path);
+  notes_ = lock_->notes();
+  for (auto& n : restore_interrupted_commit(path)) notes_.push_back(std::move(n));
+  for (auto& n : remove_dead_leftovers(path)) notes_.push_back(std::move(n));
+  check_save_target(path, overwrite);  // a restored checkpoint counts as an existing one
+  staging_ = make_staging_dir(path);
+  crash_point("staged");
+}
+
+CheckpointStaging::~CheckpointStaging() {
+  if (!committed_ && !staging_.empty()) remove_tree_noexcept(staging_);
+  lock_.reset();
+}
+
+void CheckpointStaging::commit() {
+  if (!lock_->still_held()) {
+    throw FormatError(path_ + ": the save lock " + lock_path_of(path_) +
+                      " was taken over by another process during the save; not committing");
+  }
+  commit_staging_dir(staging_, path_, overwrite_);
+  committed_ = true;
 }
 
 void fsync_file(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw FormatError(path + ": cannot open for fsync: " + std::strerror(errno));
+  if (fd < 0) throw FormatError(path + ": cannot open for fsync: " + errno_text(errno));
   int rc = ::fsync(fd);
   int err = errno;
   ::close(fd);
-  if (rc != 0) throw FormatError(path + ": fsync failed: " + std::strerror(err));
+  if (rc != 0) throw FormatError(path + ": fsync failed: " + errno_text(err));
+}
+
+void fsync_dir(const std::string& dir) noexcept {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+std::optional<std::string> read_small_file(const std::string& path, size_t max_bytes) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return std::nullopt;
+  std::string text;
+  char buf[4096];
+  while (text.size() <= max_bytes) {
+    size_t want = std::min(sizeof buf, max_bytes + 1 - text.size());
+    ssize_t n = ::read(fd, buf, want);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      ::close(fd);
+      return std::nullopt;
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return text;
+}
+
+void write_small_file_atomically(const std::string& path, const std::string& text) {
+  const std::string parent = parent_dir_of(path);
+  std::string base = base_name_of(path);
+  if (base.empty() || base[0] != '.') base = "." + base;
+  std::string tmpl = parent + "/" + base + ".part-XXXXXX";
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  int fd = ::mkstemp(buf.data());
+  if (fd < 0) throw FormatError(path + ": cannot create a temporary file: " + errno_text(errno));
+  std::string tmp(buf.data());
+  size_t done = 0;
+  int err = 0;
+  while (done < text.size()) {
+    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      err = n < 0 ? errno : EIO;
+      break;
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (err == 0 && ::fsync(fd) != 0) err = errno;
+  if (::close(fd) != 0 && err == 0) err = errno;
+  if (err == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
+  if (err != 0) {
+    ::unlink(tmp.c_str());
+    throw FormatError(path + ": cannot write: " + errno_text(err));
+  }
+  fsync_dir(parent);
 }
 
 std::string utc_timestamp() {
   std::time_t now = std::time(nullptr);
   char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  std::tm tm{};
+  ::gmtime_r(&now, &tm);
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
 }
 
 void remove_tree_noexcept(const std::string& path) noexcept {
+  // The commit marker first: a removal cut short never leaves what looks like a checkpoint.
   std::error_code ec;
+  if (is_checkpoint_dir(path)) ::unlink((path + "/" + kManifestName).c_str());
   fs::remove_all(path, ec);
 }
 

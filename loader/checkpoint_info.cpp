@@ -7,8 +7,10 @@
 #include <numeric>
 #include <set>
 
+#include "core/crash_point.h"
 #include "core/error.h"
 #include "io/checkpoint_dir.h"
+#include "io/run_dir.h"
 #include "io/shard_file.h"
 #include "loader/tensor_bytes.h"
 #include "sharding/box.h"
@@ -26,8 +28,11 @@ std::vector<std::string> file_paths(const std::string& dir, const Manifest& m) {
 
 }  // namespace
 
-CheckpointInfo read_checkpoint_info(const std::string& dir) {
+CheckpointInfo read_checkpoint_info(const std::string& path) {
   CheckpointInfo info;
+  ResolvedCheckpoint where = resolve_checkpoint(path);  // a run directory's latest; a restore
+  const std::string& dir = info.dir = where.path;
+  info.notes = std::move(where.notes);
   info.manifest = read_manifest(dir);
   auto paths = file_paths(dir, info.manifest);
   for (size_t f = 0; f < paths.size(); ++f) {
@@ -40,8 +45,11 @@ CheckpointInfo read_checkpoint_info(const std::string& dir) {
   return info;
 }
 
-VerifyReport verify_checkpoint(const std::string& dir) {
+VerifyReport verify_checkpoint(const std::string& path) {
   VerifyReport report;
+  ResolvedCheckpoint where = resolve_checkpoint(path);  // a run directory's latest; a restore
+  const std::string& dir = report.dir = where.path;
+  report.notes = std::move(where.notes);
   Manifest manifest = read_manifest(dir);
   auto paths = file_paths(dir, manifest);
   std::vector<ChunkRecord> index;
@@ -79,8 +87,9 @@ VerifyReport verify_checkpoint(const std::string& dir) {
   return report;
 }
 
-TensorList read_checkpoint(const std::string& dir) {
-  CheckpointInfo info = read_checkpoint_info(dir);
+TensorList read_checkpoint(const std::string& path) {
+  CheckpointInfo info = read_checkpoint_info(path);
+  const std::string& dir = info.dir;
   auto paths = file_paths(dir, info.manifest);
   std::vector<ShardReader> readers;
   for (const auto& p : paths) readers.emplace_back(p);
@@ -113,9 +122,9 @@ TensorList read_checkpoint(const std::string& dir) {
   return out;
 }
 
-void write_checkpoint(const std::string& dir, const TensorList& tensors, int num_shards,
-                      bool overwrite,
-                      const std::vector<std::pair<std::string, std::string>>& metadata) {
+std::vector<std::string> write_checkpoint(
+    const std::string& dir, const TensorList& tensors, int num_shards, bool overwrite,
+    const std::vector<std::pair<std::string, std::string>>& metadata) {
   if (num_shards < 1) throw UsageError("--shards must be at least 1");
   {
     std::set<std::string> seen;
@@ -137,8 +146,8 @@ void write_checkpoint(const std::string& dir, const TensorList& tensors, int num
     shard_of[s].push_back(i);
     load[s] += static_cast<int64_t>(tensors[i].tensor.nbytes());
   }
-  std::string staging = make_staging_dir(dir);
-  try {
+  CheckpointStaging staging(dir, overwrite);
+  {
     Manifest m;
     m.library_version = SHARDLOAD_VERSION_STRING;
     m.num_ranks = 1;
@@ -147,7 +156,7 @@ void write_checkpoint(const std::string& dir, const TensorList& tensors, int num
       auto& members = shard_of[static_cast<size_t>(s)];
       std::sort(members.begin(), members.end());
       std::string name = shard_file_name(s, num_shards);
-      ShardWriter writer(staging + "/" + name, s, num_shards);
+      ShardWriter writer(staging.dir() + "/" + name, s, num_shards);
       for (size_t i : members) {
         const auto& [key, tensor] = tensors[i];
         at::Tensor bytes = host_contiguous(tensor);
@@ -161,16 +170,16 @@ void write_checkpoint(const std::string& dir, const TensorList& tensors, int num
         writer.add(std::move(row), bytes.data_ptr());
       }
       writer.finish();
+      crash_point("shard-written", s);
       m.shard_files.push_back(name);
       m.shard_chunks.push_back(static_cast<int64_t>(members.size()));
     }
     m.created = utc_timestamp();
-    write_manifest(staging, m);
-    commit_staging_dir(staging, dir);
-  } catch (...) {
-    remove_tree_noexcept(staging);
-    throw;
+    write_manifest(staging.dir(), m);
+    crash_point("manifest-written");
+    staging.commit();
   }
+  return staging.notes();
 }
 
 }  // namespace shardload

@@ -15,6 +15,7 @@
 
 #include "io/manifest.h"
 #include "io/shard_file.h"
+#include "loader/checkpoint_path.h"
 #include "loader/collective.h"
 #include "loader/declarations.h"
 #include "loader/shard_files.h"
@@ -82,14 +83,18 @@ void accept_legacy_scalars(const std::vector<ChunkRecord>& index,
 
 }  // namespace
 
-LoadResult load(Partition& partition, const std::string& path, MPI_Comm mpi_comm,
+LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mpi_comm,
                 const LoadOptions& options) {
   const auto load_start = Clock::now();
   Communicator comm(mpi_comm, options.timeout_seconds);
+  // A run directory's `latest`; a checkpoint that a killed save left beside its path.
+  ResolvedCheckpoint resolved = resolve_checkpoint(checkpoint, comm);
+  const std::string& path = resolved.path;
   PhaseRunner phases(comm, "shardload::load(" + path + ")");
   const int rank = comm.rank();
   const int ranks = comm.size();
   LoadResult result;
+  result.notes = std::move(resolved.notes);
   auto t = Clock::now();
 
   // 1. Open: rank 0 reads the manifest and shares it; rank r opens shard files r, r+P, ... and

@@ -72,6 +72,9 @@ struct LoadResult {
   /// Whether every byte that reached a tensor was checked against a checksum first (false only
   /// when LoadOptions::verify_checksums was turned off).
   bool checksums_verified = true;
+  /// What the load did besides reading (identical on every rank): e.g. a checkpoint that a
+  /// killed save had left beside the path, put back (docs/GUARANTEES.md).
+  std::vector<std::string> notes;
 };
 
 /// Thrown on every rank when the verdict fails; carries the full result.
@@ -85,7 +88,8 @@ class LoadVerdictError : public VerdictError {
   LoadResult result_;
 };
 
-/// Loads the checkpoint at `path` into every rank's partition, in place.
+/// Loads the checkpoint at `path` into every rank's partition, in place. `path` may be a run
+/// directory: the checkpoint its `latest` names is loaded (SaveOptions::step).
 /// Collective: every rank of `comm` calls it with the same path and options. The verdict is
 /// decided before any tensor byte is read: when it fails, every rank throws LoadVerdictError
 /// with the same message and no tensor has changed. Any other failure on any rank (missing or

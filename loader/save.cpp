@@ -3,11 +3,15 @@
 #include <chrono>
 #include <ctime>
 #include <map>
+#include <memory>
 
+#include "core/crash_point.h"
 #include "core/error.h"
 #include "io/checkpoint_dir.h"
 #include "io/manifest.h"
+#include "io/run_dir.h"
 #include "io/shard_file.h"
+#include "loader/checkpoint_path.h"
 #include "loader/collective.h"
 #include "loader/declarations.h"
 #include "loader/tensor_bytes.h"
@@ -61,25 +65,32 @@ SaveResult save(const Partition& partition, const std::string& path, MPI_Comm mp
     for (const auto& d : layout) key_order.emplace(d.key, static_cast<int64_t>(key_order.size()));
   }
 
-  // Target and staging directory: rank 0 decides, everyone learns the name. From here on, a
-  // failure anywhere removes the staging directory; the target is only ever touched by the
-  // final rename.
-  std::string staging;
+  // Target and staging directory: rank 0 takes the path's save lock, puts back a checkpoint a
+  // killed save left beside it, removes dead saves' leftovers, checks the target and creates the
+  // staging directory; everyone learns its name. From here on, a failure anywhere removes the
+  // staging directory and releases the lock; the target is only ever touched by the commit.
+  ResolvedCheckpoint written;  // rank 0: the checkpoint directory and the notes
+  std::unique_ptr<CheckpointStaging> staging;
+  std::string staging_dir;
   auto cleanup_on_failure = [&](const std::string& phase, const std::function<void()>& body) {
     try {
       phases.run(phase, body);
     } catch (...) {
-      if (rank == 0 && !staging.empty()) remove_tree_noexcept(staging);
+      staging.reset();
       throw;
     }
   };
   cleanup_on_failure("prepare", [&] {
-    if (rank == 0) {
-      check_save_target(path, options.overwrite);
-      staging = make_staging_dir(path);
+    if (rank != 0) return;
+    if (options.keep_last < 0 || (options.keep_last > 0 && options.step < 0)) {
+      throw UsageError(path + ": keep_last needs a step and must not be negative");
     }
+    written.path = options.step >= 0 ? prepare_run_dir(path, options.step) : path;
+    staging = std::make_unique<CheckpointStaging>(written.path, options.overwrite);
+    staging_dir = staging->dir();
+    written.notes = staging->notes();
   });
-  comm.broadcast(staging, 0);
+  comm.broadcast(staging_dir, 0);
 
   SaveResult result;
   result.num_shards = ranks;
@@ -87,7 +98,7 @@ SaveResult save(const Partition& partition, const std::string& path, MPI_Comm mp
 
   // Each rank writes its own shard file.
   cleanup_on_failure("write", [&] {
-    ShardWriter writer(staging + "/" + shard_file_name(rank, ranks), rank, ranks);
+    ShardWriter writer(staging_dir + "/" + shard_file_name(rank, ranks), rank, ranks);
     const auto& entries = partition.entries();
     for (int32_t i : plan.writes[static_cast<size_t>(rank)]) {
       const PartitionEntry& e = entries[static_cast<size_t>(i)];
@@ -105,9 +116,11 @@ SaveResult save(const Partition& partition, const std::string& path, MPI_Comm mp
     }
     writer.finish();
     result.bytes_written = static_cast<int64_t>(writer.data_bytes());
+    crash_point("shard-written", rank);
   });
 
-  // The manifest, last, then the rename that makes the checkpoint visible.
+  // The manifest, last, then the commit that makes the checkpoint visible (the target is checked
+  // again there), then, in a run directory, `latest` and the rotation.
   auto chunk_counts = comm.allgather(chunks);
   cleanup_on_failure("commit", [&] {
     if (rank != 0) return;
@@ -118,9 +131,19 @@ SaveResult save(const Partition& partition, const std::string& path, MPI_Comm mp
     m.num_ranks = ranks;
     m.created = utc_timestamp();
     m.metadata = options.metadata;
-    write_manifest(staging, m);
-    commit_staging_dir(staging, path);
+    write_manifest(staging_dir, m);
+    crash_point("manifest-written", rank);
+    staging->commit();
+    staging.reset();  // releases the lock
+    if (options.step >= 0) {
+      for (auto& n : publish_step(path, options.step, options.keep_last)) {
+        written.notes.push_back(std::move(n));
+      }
+    }
   });
+  share_from_rank0(written, comm);
+  result.path = written.path;
+  result.notes = written.notes;
 
   result.chunks_written = chunks;
   result.bytes_written_total = comm.allreduce_sum(result.bytes_written);

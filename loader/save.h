@@ -23,6 +23,13 @@ struct SaveOptions {
   double timeout_seconds = 600;
   /// Progress reports on this rank (see Progress); empty: none.
   ProgressCallback progress;
+  /// >= 0: `path` is a run directory ROOT (created when missing) and the checkpoint is saved as
+  /// ROOT/step-N; ROOT/latest names it once it is complete (Megatron's and DeepSpeed's restart
+  /// convention; load(ROOT) reads what `latest` names). -1: `path` is the checkpoint itself.
+  int64_t step = -1;
+  /// With `step`: after the save, keep only the `keep_last` highest step-N checkpoints of ROOT
+  /// (never the one `latest` names). 0: keep all.
+  int keep_last = 0;
 };
 
 struct SaveResult {
@@ -31,15 +38,21 @@ struct SaveResult {
   int64_t bytes_written_total = 0;  ///< summed over ranks
   int64_t chunks_written = 0;       ///< chunks this rank wrote
   double seconds = 0;               ///< wall time of the save (max over ranks)
+  std::string path;                 ///< the checkpoint directory written (ROOT/step-N with step)
+  /// What the save did besides writing (identical on every rank): a checkpoint that a killed
+  /// save had left beside the path restored, dead saves' leftovers or old steps removed.
+  std::vector<std::string> notes;
 };
 
 /// Saves every rank's partition as one checkpoint directory at `path`: one shard file per rank,
 /// replicated tensors written once, split tensors one chunk per holder, the manifest last, all in
-/// a staging directory renamed into place when complete.
+/// a staging directory renamed into place when complete (docs/GUARANTEES.md: what survives a
+/// crash, the save lock, what `overwrite` may replace). Rank 0 holds the save lock of `path`
+/// from start to commit; a live save of the same path is a UsageError.
 /// Collective: every rank of `comm` calls it with the same path and options. Throws the same
 /// exception on every rank, before anything is written, when the declarations are inconsistent
-/// (UsageError naming key and ranks) or the path may not be written; on an I/O failure, throws
-/// on every rank and leaves any previous checkpoint at `path` untouched.
+/// (UsageError naming key and ranks) or the path may not be written (checked again at commit);
+/// on an I/O failure, throws on every rank and leaves any previous checkpoint at `path` untouched.
 SaveResult save(const Partition& partition, const std::string& path, MPI_Comm comm,
                 const SaveOptions& options = {});
 

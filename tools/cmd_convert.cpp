@@ -1,8 +1,9 @@
-// shardload convert SRC DST [--shards N] [--overwrite]
+// shardload convert SRC DST [--shards N] [--overwrite] [--step N [--keep-last K]]
 #include <iostream>
 
 #include "core/error.h"
 #include "io/checkpoint_dir.h"
+#include "io/run_dir.h"
 #include "io/tensor_file.h"
 #include "loader/checkpoint_info.h"
 #include "tools/commands.h"
@@ -17,6 +18,8 @@ struct ConvertArgs {
   int shards = 1;
   bool overwrite = false;
   bool quiet = false;
+  int64_t step = -1;
+  int keep_last = 0;
 };
 
 }  // namespace
@@ -33,10 +36,21 @@ Runner add_convert(CLI::App& app) {
       ->required();
   cmd->add_option("--shards", args->shards, "shard files of a checkpoint destination")
       ->check(CLI::PositiveNumber);
-  cmd->add_flag("--overwrite", args->overwrite, "replace an existing destination");
+  cmd->add_flag("--overwrite", args->overwrite,
+                "replace an existing destination (only a checkpoint or an empty directory)");
+  cmd->add_option("--step", args->step,
+                  "DST is a run directory: write DST/step-N, then DST/latest names it")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--keep-last", args->keep_last,
+                  "with --step: keep only the K highest steps of DST (never the latest)")
+      ->check(CLI::PositiveNumber);
   cmd->add_flag("--quiet", args->quiet, "no progress display on stderr");
   return [args]() -> int {
     if (world_rank() != 0) return 0;
+    if (args->keep_last > 0 && args->step < 0) throw UsageError("--keep-last needs --step");
+    if (args->step >= 0 && is_tensor_file(args->dst)) {
+      throw UsageError(args->dst + ": --step needs a run directory, not a file");
+    }
     // Reading, then writing: progress at each step, the summary over both.
     ProgressDisplay progress = ProgressDisplay::for_stderr("convert");
     auto report = [&](const char* phase, int64_t done, int64_t total) {
@@ -49,7 +63,9 @@ Runner add_convert(CLI::App& app) {
     if (is_tensor_file(args->src)) {
       tensors = read_tensor_file(args->src);
     } else {
-      tensors = read_checkpoint(args->src);
+      ResolvedCheckpoint src = resolve_checkpoint(args->src);  // a run directory: its latest
+      print_notes(src.notes);
+      tensors = read_checkpoint(src.path);
     }
     int64_t bytes = 0;
     for (const auto& t : tensors) bytes += static_cast<int64_t>(t.tensor.nbytes());
@@ -60,7 +76,9 @@ Runner add_convert(CLI::App& app) {
       }
       write_tensor_file(args->dst, tensors);
     } else {
-      write_checkpoint(args->dst, tensors, args->shards, args->overwrite);
+      std::string dst = args->step >= 0 ? prepare_run_dir(args->dst, args->step) : args->dst;
+      print_notes(write_checkpoint(dst, tensors, args->shards, args->overwrite));
+      if (args->step >= 0) print_notes(publish_step(args->dst, args->step, args->keep_last));
     }
     if (!args->quiet) progress.finish(bytes);
     std::cout << "converted " << tensors.size() << " tensors (" << bytes << " bytes) from "

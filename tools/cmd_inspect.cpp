@@ -36,11 +36,13 @@ Runner add_inspect(CLI::App& app) {
   auto args = std::make_shared<InspectArgs>();
   CLI::App* cmd = app.add_subcommand(
       "inspect", "List a checkpoint's tensors: keys, dtypes, shapes, chunks, files, bytes.");
-  cmd->add_option("CKPT", args->dir, "checkpoint directory")->required();
+  cmd->add_option("CKPT", args->dir, "checkpoint directory, or a run directory (its latest)")
+      ->required();
   cmd->add_flag("--json", args->json, "print one JSON object");
   return [args]() -> int {
     if (world_rank() != 0) return 0;
-    CheckpointInfo info = read_checkpoint_info(args->dir);
+    CheckpointInfo info = read_checkpoint_info(args->dir);  // a run directory: its latest
+    print_notes(info.notes);
     const auto& m = info.manifest;
     // Tensors in order of first appearance, with their chunks.
     std::vector<std::string> order;
@@ -54,6 +56,7 @@ Runner add_inspect(CLI::App& app) {
     if (args->json) {
       nlohmann::json j;
       j["path"] = args->dir;
+      j["checkpoint"] = info.dir;
       j["format_version"] = m.format_version;
       j["library_version"] = m.library_version;
       j["num_ranks"] = m.num_ranks;
@@ -86,7 +89,7 @@ Runner add_inspect(CLI::App& app) {
       std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
       return 0;
     }
-    std::cout << args->dir << ": shardload checkpoint, format v" << m.format_version << ", "
+    std::cout << info.dir << ": shardload checkpoint, format v" << m.format_version << ", "
               << m.shard_files.size() << " shard file(s), saved by " << m.num_ranks
               << " rank(s) at " << m.created << " (shardload " << m.library_version << ")\n";
     for (const auto& [k, v] : m.metadata) std::cout << "  metadata " << k << " = " << v << "\n";
@@ -111,16 +114,19 @@ Runner add_verify(CLI::App& app) {
   auto dir = std::make_shared<std::string>();
   CLI::App* cmd = app.add_subcommand(
       "verify", "Check that every file is present, the index consistent and every checksum right.");
-  cmd->add_option("CKPT", *dir, "checkpoint directory")->required();
+  cmd->add_option("CKPT", *dir, "checkpoint directory, or a run directory (its latest)")
+      ->required();
   return [dir]() -> int {
     if (world_rank() != 0) return 0;
-    VerifyReport report = verify_checkpoint(*dir);
+    VerifyReport report = verify_checkpoint(*dir);  // a run directory: its latest
+    print_notes(report.notes);
     if (report.problems.empty()) {
-      std::cout << *dir << ": OK, " << report.chunks << " chunks, " << human_bytes(report.bytes)
-                << " verified\n";
+      std::cout << report.dir << ": OK, " << report.chunks << " chunks, "
+                << human_bytes(report.bytes) << " verified\n";
       return 0;
     }
-    std::cerr << "shardload verify: " << *dir << ": " << report.problems.size() << " problem(s):\n";
+    std::cerr << "shardload verify: " << report.dir << ": " << report.problems.size()
+              << " problem(s):\n";
     for (const auto& p : report.problems) std::cerr << "  " << p << "\n";
     return 3;
   };

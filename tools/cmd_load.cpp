@@ -1,4 +1,5 @@
-// shardload load CKPT --into REF [--no-strict] [--split REGEX=DIM]... [--out OUT] [--json]
+// shardload load CKPT --into REF [--no-strict] [--split REGEX=DIM]... [--out OUT [--overwrite]
+//   [--step N [--keep-last K]]] [--json]
 #include <ATen/ATen.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <mpi.h>
@@ -31,6 +32,8 @@ struct LoadArgs {
   std::string device = "cpu";
   bool overwrite = false;
   bool quiet = false;
+  int64_t step = -1;
+  int keep_last = 0;
   std::string strip_prefix;
   std::string add_prefix;
   std::string filter;
@@ -112,18 +115,26 @@ nlohmann::json result_json(const LoadResult* r, bool strict, const std::string& 
 }
 
 /// Writes the loaded partition to OUT: a checkpoint directory saved collectively in the current
-/// layout, or a single file assembled by rank 0 (through a temporary checkpoint, in REF's order).
-void write_out(const Partition& partition, const TensorList& ref, const std::string& out,
-               bool overwrite, const Communicator& comm) {
+/// layout (into a run directory as OUT/step-N with `step`), or a single file assembled by rank 0
+/// (through a temporary checkpoint, in REF's order). Returns the save's notes.
+std::vector<std::string> write_out(const Partition& partition, const TensorList& ref,
+                                   const std::string& out, const LoadArgs& a,
+                                   const Communicator& comm) {
   const int rank = comm.rank();
+  const bool overwrite = a.overwrite;
   if (!is_tensor_file(out)) {
-    save(partition, out, MPI_COMM_WORLD, SaveOptions{.overwrite = overwrite});
-    return;
+    return save(partition, out, MPI_COMM_WORLD,
+                SaveOptions{.overwrite = overwrite,
+                            .timeout_seconds = a.timeout,
+                            .step = a.step,
+                            .keep_last = a.keep_last})
+        .notes;
   }
   std::string tmp = out + ".shardload-tmp-ckpt";
   // Rank 0 decides (a leftover from an interrupted run is replaced); the others learn it.
   int64_t exists = comm.allreduce_max(rank == 0 && path_exists(tmp) ? int64_t{1} : int64_t{0});
-  save(partition, tmp, MPI_COMM_WORLD, SaveOptions{.overwrite = exists != 0});
+  save(partition, tmp, MPI_COMM_WORLD,
+       SaveOptions{.overwrite = exists != 0, .timeout_seconds = a.timeout});
   int64_t rc = 0;
   std::string error;
   if (rank == 0) {
@@ -147,6 +158,7 @@ void write_out(const Partition& partition, const TensorList& ref, const std::str
   if (rc != 0)
     throw_error(rc == 2 ? ErrorKind::kUsage : ErrorKind::kFormat,
                 rank == 0 ? error : "writing " + out + " failed on rank 0");
+  return {};
 }
 
 }  // namespace
@@ -177,7 +189,15 @@ Runner add_load(CLI::App& app) {
   cmd->add_option("--add-prefix", a->add_prefix, "put this prefix in front of checkpoint keys");
   cmd->add_option("--filter", a->filter, "only keys matching this regex take part");
   cmd->add_option("--name", a->name, "model name in error messages");
-  cmd->add_flag("--overwrite", a->overwrite, "replace an existing --out");
+  cmd->add_flag("--overwrite", a->overwrite,
+                "replace an existing --out (a checkpoint or an empty directory; never anything "
+                "else)");
+  cmd->add_option("--step", a->step,
+                  "--out is a run directory: save OUT/step-N, then OUT/latest names it")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--keep-last", a->keep_last,
+                  "with --step: keep only the K highest steps of OUT (never the latest)")
+      ->check(CLI::PositiveNumber);
   cmd->add_flag("--no-verify", a->no_verify,
                 "skip the checksum checks (the result says so); only for measuring their cost");
   cmd->add_option("--device", a->device,
@@ -215,6 +235,7 @@ Runner add_load(CLI::App& app) {
     std::string error;
     int rc = 0;
     double secs = 0;
+    std::vector<std::string> notes;  // what load and save did on their own
     try {
       // Every rank reads REF and builds its partition; all must succeed before the collective
       // load starts, or none enters it.
@@ -223,6 +244,10 @@ Runner add_load(CLI::App& app) {
       std::string local_error;
       int local_rc = 0;
       try {
+        if (a->keep_last > 0 && a->step < 0) throw UsageError("--keep-last needs --step");
+        if (a->step >= 0 && (a->out.empty() || is_tensor_file(a->out))) {
+          throw UsageError("--step needs --out naming a run directory");
+        }
         auto rules = parse_splits(a->splits);
         ref = is_tensor_file(a->ref) ? read_tensor_file(a->ref) : read_checkpoint(a->ref);
         partition = Partition::from_global(ref, rules, rank, ranks);
@@ -241,13 +266,18 @@ Runner add_load(CLI::App& app) {
         verdict = &result;
         secs = result.wall_seconds;
         if (progress) progress->finish(result.bytes_read_total);
+        notes = result.notes;
       } catch (const LoadVerdictError& e) {
         result = e.result();
+        notes = result.notes;
         verdict = &result;
         secs = result.wall_seconds;
         throw;
       }
-      if (!a->out.empty()) write_out(partition, ref, a->out, a->overwrite, comm);
+      if (!a->out.empty()) {
+        auto saved = write_out(partition, ref, a->out, *a, comm);
+        notes.insert(notes.end(), saved.begin(), saved.end());
+      }
     } catch (const TimeoutError& e) {
       if (a->json && e.reporter()) {
         std::cout << result_json(nullptr, options.strict, e.what(), 0, 0).dump() << std::endl;
@@ -258,6 +288,7 @@ Runner add_load(CLI::App& app) {
       rc = e.exit_code();
     }
     if (rank == 0) {
+      print_notes(notes);
       if (a->json) {
         std::cout << result_json(verdict, options.strict, error, secs, result.bytes_read_total)
                          .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)

@@ -3,7 +3,9 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <iostream>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 
@@ -25,5 +27,11 @@ int world_rank();
 /// Prints a timeout (once per job where possible) and ends the job with MPI_Abort: after a
 /// timeout a rank may be stuck in a collective, so the processes cannot finalize normally.
 [[noreturn]] void end_job_after_timeout(const TimeoutError& e, const std::string& command);
+
+/// Tells the user what shardload did on its own (a checkpoint restored, leftovers of dead saves
+/// removed): one "shardload: note: ..." line on stderr each (docs/GUARANTEES.md).
+inline void print_notes(const std::vector<std::string>& notes) {
+  for (const auto& n : notes) std::cerr << "shardload: note: " << n << "\n";
+}
 
 }  // namespace shardload::tools
