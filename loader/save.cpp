@@ -100,10 +100,12 @@ SaveResult save(const Partition& partition, const std::string& path, MPI_Comm mp
   cleanup_on_failure("write", [&] {
     ShardWriter writer(staging_dir + "/" + shard_file_name(rank, ranks), rank, ranks);
     const auto& entries = partition.entries();
+    HostBytes host;  // one bounce buffer for non-contiguous and CUDA tensors
+    const int64_t to_write = plan.bytes_per_rank[static_cast<size_t>(rank)];
+    auto last_report = std::chrono::steady_clock::now();
     for (int32_t i : plan.writes[static_cast<size_t>(rank)]) {
       const PartitionEntry& e = entries[static_cast<size_t>(i)];
       const Holding& h = holdings.of_rank(rank)[static_cast<size_t>(i)];
-      at::Tensor bytes = host_contiguous(e.tensor);
       ChunkRecord row;
       row.key = e.key;
       row.order = key_order.at(e.key);
@@ -111,8 +113,15 @@ SaveResult save(const Partition& partition, const std::string& path, MPI_Comm mp
       row.global_shape = h.global_shape;
       row.offset = h.region.offset;
       row.shape = h.region.shape;
-      writer.add(std::move(row), bytes.data_ptr());
+      writer.add(std::move(row), host.of(e.tensor));
       ++chunks;
+      if (options.progress &&
+          std::chrono::steady_clock::now() - last_report > std::chrono::milliseconds(200)) {
+        last_report = std::chrono::steady_clock::now();
+        options.progress(Progress{
+            "save", "write", static_cast<int64_t>(writer.data_bytes()), to_write,
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()});
+      }
     }
     writer.finish();
     result.bytes_written = static_cast<int64_t>(writer.data_bytes());

@@ -72,8 +72,8 @@ void move_to_local_gpu(Partition& partition) {
   }
   const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
   const int64_t count = static_cast<int64_t>(at::detail::getCUDAHooks().deviceCount());
-  const auto device = at::Device(at::kCUDA, static_cast<int8_t>((local ? std::atoi(local) : 0) %
-                                                                std::max<int64_t>(count, 1)));
+  const auto device = at::Device(
+      at::kCUDA, static_cast<int8_t>((local ? std::atoi(local) : 0) % std::max<int64_t>(count, 1)));
   for (auto& e : partition.entries()) e.tensor = e.tensor.to(device);
 }
 

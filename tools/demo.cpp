@@ -118,7 +118,19 @@ bool same_bits(const Partition& a, const Partition& b, std::string& first_bad) {
 struct DemoArgs {
   std::string dir;
   bool quiet = false;
+  std::string device = "cpu";
 };
+
+/// The device of this rank's models: the CPU, or the GPU of its local rank.
+torch::Device demo_device(const std::string& name) {
+  if (name == "cpu") return torch::kCPU;
+  if (!torch::cuda::is_available()) {
+    throw UsageError("--device cuda: no CUDA device is visible (or LibTorch has no CUDA)");
+  }
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+  const int count = static_cast<int>(torch::cuda::device_count());
+  return torch::Device(torch::kCUDA, static_cast<int8_t>((local ? std::atoi(local) : 0) % count));
+}
 
 int run_demo(const DemoArgs& args) {
   Communicator comm(MPI_COMM_WORLD);
@@ -127,6 +139,7 @@ int run_demo(const DemoArgs& args) {
   auto say = [&](const std::string& s) {
     if (rank == 0) std::cout << s << std::endl;
   };
+  const torch::Device device = demo_device(args.device);
   int failures = 0;
   auto check = [&](bool ok, const std::string& what) {
     int64_t any = comm.allreduce_max(ok ? int64_t{0} : int64_t{1});
@@ -161,6 +174,7 @@ int run_demo(const DemoArgs& args) {
   std::ostringstream l;
   l << "1. trained 5 steps of a " << kLayers << "-layer transformer (loss " << loss_value << ")";
   say(l.str());
+  model->to(device);
 
   // Progress of the main save and load on rank 0's stderr (none with --quiet).
   std::optional<ProgressDisplay> shown;
@@ -187,6 +201,7 @@ int run_demo(const DemoArgs& args) {
   // 3. Restart: a fresh model with another seed, strict load, bit-exact check on every rank.
   torch::manual_seed(999);
   TinyGpt fresh;
+  fresh->to(device);
   Partition restored = partition_of(fresh, rank, ranks);
   std::string bad;
   check(!same_bits(trained, restored, bad), "a fresh model differs before loading");
@@ -195,8 +210,10 @@ int run_demo(const DemoArgs& args) {
                       LoadOptions{.name = "TinyGpt", .progress = progress("load")});
   if (shown) shown->finish(r.bytes_read_total);
   std::ostringstream s3;
-  s3 << "3. strict load into a fresh model: " << r.bytes_read_total << " bytes read (each byte "
-     << "once: needed " << r.bytes_needed_total << "), " << r.wall_seconds << " s";
+  s3 << "3. strict load into a fresh model on " << (device.is_cuda() ? "the GPUs" : "the CPUs")
+     << ": " << r.bytes_read_total << " bytes read (each byte once: needed " << r.bytes_needed_total
+     << "), " << r.wall_seconds << " s, moved by " << r.transport
+     << (r.transport_reason.empty() ? "" : " (" + r.transport_reason + ")");
   say(s3.str());
   check(same_bits(trained, restored, bad),
         "every rank's tensors equal the trained ones bit for bit" +
@@ -205,6 +222,7 @@ int run_demo(const DemoArgs& args) {
   // 4. A model with an extra layer: strict fails and changes nothing; non-strict reports it.
   torch::manual_seed(7);
   TinyGpt bigger(/*extra_layer=*/true);
+  bigger->to(device);
   Partition bigger_part = partition_of(bigger, rank, ranks);
   at::Tensor adapter_before = bigger->adapter->weight.clone();
   at::Tensor embed_before = bigger->embed->weight.clone();
@@ -232,6 +250,7 @@ int run_demo(const DemoArgs& args) {
   save(ddp, ddp_ckpt, MPI_COMM_WORLD, SaveOptions{.overwrite = true});
   torch::manual_seed(5);
   TinyGpt plain;
+  plain->to(device);
   Partition plain_part = partition_of(plain, rank, ranks);
   say("5. loading a checkpoint saved with DDP's 'module.' prefix:");
   try {
@@ -264,6 +283,10 @@ Runner add_demo(CLI::App& app) {
       "strict/non-strict verdicts and the DDP prefix hint.");
   cmd->add_option("--dir", args->dir, "where to write the demo checkpoints (default: a temp dir)");
   cmd->add_flag("--quiet", args->quiet, "no progress display on stderr");
+  cmd->add_option("--device", args->device,
+                  "cpu, or cuda: the models live on each rank's GPU (its local rank's), loaded "
+                  "over NCCL where every rank has a GPU of its own")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   return [args]() { return run_demo(*args); };
 }
 
