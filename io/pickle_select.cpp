@@ -64,6 +64,11 @@ std::optional<std::string> key_segment(const PickleValue& key) {
   }
 }
 
+/// Text that metadata can hold: valid UTF-8 without NUL.
+bool is_clean_text(std::string_view text) {
+  return text.find('\0') == std::string_view::npos && is_valid_utf8(text);
+}
+
 std::string join(const std::string& path, const std::string& segment) {
   return path.empty() ? segment : path + "." + segment;
 }
@@ -205,7 +210,12 @@ PickleSelection walk(const PickleValuePtr& root, const PickleValue* target) {
       continue;
     }
     if (v.kind == Kind::kString || is_number(v)) {
-      out.scalars.emplace_back(f.path, scalar_text(v));
+      std::string text = scalar_text(v);
+      if (is_clean_text(f.path) && is_clean_text(text)) {
+        out.scalars.emplace_back(f.path, std::move(text));
+      } else {
+        out.skipped.emplace_back(f.path, v.describe() + " that is not valid UTF-8 or holds NUL");
+      }
       continue;
     }
     if (!is_container(v)) {
