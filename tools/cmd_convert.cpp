@@ -1,5 +1,6 @@
-// shardload convert SRC DST [--shards N] [--overwrite]
+// shardload convert SRC DST [--shards N] [--overwrite] [--select KEY]
 #include <iostream>
+#include <set>
 
 #include "core/error.h"
 #include "io/checkpoint_dir.h"
@@ -15,7 +16,40 @@ struct ConvertArgs {
   std::string dst;
   int shards = 1;
   bool overwrite = false;
+  std::string select;
 };
+
+/// Reads a nested .pt checkpoint's sub-dictionary `select`, says what was taken and what not,
+/// and returns the metadata to write (scalar leaves, as strings HDF5 and JSON can hold).
+TensorList read_selected(const ConvertArgs& args,
+                         std::vector<std::pair<std::string, std::string>>& metadata) {
+  if (!is_tensor_file(args.src)) {
+    throw UsageError("--select picks a sub-dictionary of a .pt checkpoint; " + args.src +
+                     " is a checkpoint directory");
+  }
+  TensorFileContents c = read_tensor_file(args.src, TensorFileOptions{.select = args.select});
+  std::set<std::string> seen;
+  for (auto& [key, value] : c.metadata) {
+    if (seen.insert(key).second) metadata.emplace_back(std::move(key), std::move(value));
+  }
+  constexpr size_t kShown = 20;
+  std::cout << "selected '" << args.select << "': " << c.tensors.size() << " tensors, "
+            << metadata.size() << " scalar leaves as metadata"
+            << (is_tensor_file(args.dst) && !args.dst.ends_with(".safetensors")
+                    ? " (not written: a .pt file has no metadata)"
+                    : "")
+            << "\n";
+  for (size_t i = 0; i < c.skipped.size() && i < kShown; ++i) {
+    std::cout << "  skipped " << c.skipped[i].first << ": " << c.skipped[i].second << "\n";
+  }
+  if (c.skipped.size() > kShown) std::cout << "  ... " << c.skipped.size() - kShown << " more\n";
+  for (size_t i = 0; i < c.other_tensors.size() && i < kShown; ++i) {
+    const auto& [path, n] = c.other_tensors[i];
+    std::cout << "  not selected: " << n << " tensor(s) in '" << (path.empty() ? "." : path)
+              << "'\n";
+  }
+  return std::move(c.tensors);
+}
 
 }  // namespace
 
@@ -32,10 +66,17 @@ Runner add_convert(CLI::App& app) {
   cmd->add_option("--shards", args->shards, "shard files of a checkpoint destination")
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--overwrite", args->overwrite, "replace an existing destination");
+  cmd->add_option("--select", args->select,
+                  "take the tensors of this sub-dictionary of a nested .pt checkpoint: keys "
+                  "joined by '.' (model, state_dict, optimizer.state; '.' for the top level); "
+                  "scalar leaves (epoch, lr, ...) go to the destination's metadata");
   return [args]() -> int {
     if (world_rank() != 0) return 0;
     TensorList tensors;
-    if (is_tensor_file(args->src)) {
+    std::vector<std::pair<std::string, std::string>> metadata;
+    if (!args->select.empty()) {
+      tensors = read_selected(*args, metadata);
+    } else if (is_tensor_file(args->src)) {
       tensors = read_tensor_file(args->src);
     } else {
       tensors = read_checkpoint(args->src);
@@ -44,9 +85,9 @@ Runner add_convert(CLI::App& app) {
       if (path_exists(args->dst) && !args->overwrite) {
         throw UsageError(args->dst + ": already exists (pass --overwrite to replace it)");
       }
-      write_tensor_file(args->dst, tensors);
+      write_tensor_file(args->dst, tensors, metadata);
     } else {
-      write_checkpoint(args->dst, tensors, args->shards, args->overwrite);
+      write_checkpoint(args->dst, tensors, args->shards, args->overwrite, metadata);
     }
     int64_t bytes = 0;
     for (const auto& t : tensors) bytes += static_cast<int64_t>(t.tensor.nbytes());
