@@ -45,15 +45,21 @@ SafetensorsEntry parse_entry(const std::string& key, const Json& v, uint64_t dat
       throw FormatError("shape of " + std::to_string(shape.size()) + " dimensions (at most " +
                         std::to_string(kMaxTensorDims) + ")");
     }
-    uint64_t numel = 1;
+    // The product of the nonzero dimensions must fit too: LibTorch computes strides from it,
+    // for zero-size tensors as well.
+    uint64_t nonzero = 1;
+    bool empty = false;
     for (const auto& d : shape) {
       const uint64_t n = as_u64(d, "shape entry");
-      if (n > static_cast<uint64_t>(INT64_MAX) || __builtin_mul_overflow(numel, n, &numel) ||
-          numel > static_cast<uint64_t>(INT64_MAX)) {
+      if (n == 0) {
+        empty = true;
+      } else if (__builtin_mul_overflow(nonzero, n, &nonzero) ||
+                 nonzero > static_cast<uint64_t>(INT64_MAX)) {
         throw FormatError("shape overflows");
       }
       e.shape.push_back(static_cast<int64_t>(n));
     }
+    const uint64_t numel = empty ? 0 : nonzero;
     e.begin = as_u64(v["data_offsets"][0], "data offset");
     e.end = as_u64(v["data_offsets"][1], "data offset");
     if (e.begin > e.end || e.end > data_size) {
@@ -61,12 +67,12 @@ SafetensorsEntry parse_entry(const std::string& key, const Json& v, uint64_t dat
                         "] outside the " + std::to_string(data_size) + " data bytes");
     }
     uint64_t nbytes = 0;
-    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(dtype_size(e.dtype)), &nbytes) ||
-        nbytes != e.end - e.begin) {
-      throw FormatError(
-          "data_offsets span " + std::to_string(e.end - e.begin) +
-          " bytes, but shape and dtype need " +
-          (nbytes == 0 && numel != 0 ? std::string("more than 2^64") : std::to_string(nbytes)));
+    const bool overflow =
+        __builtin_mul_overflow(numel, static_cast<uint64_t>(dtype_size(e.dtype)), &nbytes);
+    if (overflow || nbytes != e.end - e.begin) {
+      throw FormatError("data_offsets span " + std::to_string(e.end - e.begin) +
+                        " bytes, but shape and dtype need " +
+                        (overflow ? std::string("more than 2^64") : std::to_string(nbytes)));
     }
     return e;
   } catch (...) {

@@ -79,6 +79,9 @@ TEST(SafetensorsHeader, ChecksShapesWithCheckedArithmetic) {
   EXPECT_CONTAINS(
       error_of(R"({"w":{"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,4]}})"),
       "need more than 2^64");
+  EXPECT_CONTAINS(error_of(R"({"w":{"dtype":"F32","shape":[0,4611686018427387904,)"
+                           R"(4611686018427387904],"data_offsets":[0,0]}})"),
+                  "shape overflows");
   std::string dims = "1";
   for (int i = 0; i < 64; ++i) dims += ",1";
   EXPECT_CONTAINS(
