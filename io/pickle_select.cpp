@@ -176,6 +176,10 @@ const PickleValue* resolve(const PickleValuePtr& root, std::string_view select) 
   return current;
 }
 
+/// The bytes of key paths one walk may build: memoized long keys reused at every level of a
+/// deep, wide tree would otherwise make paths of quadratic size from a small file.
+constexpr size_t kMaxPathBytes = size_t{256} << 20;
+
 /// One walk over the whole value DAG, each container expanded once; `target` (may be null)
 /// is the selected container, whose tensors are collected with paths relative to it.
 PickleSelection walk(const PickleValuePtr& root, const PickleValue* target) {
@@ -190,6 +194,7 @@ PickleSelection walk(const PickleValuePtr& root, const PickleValue* target) {
   std::unordered_map<std::string, size_t> group_index;
   std::unordered_set<const PickleValue*> expanded;
   std::vector<Frame> stack;
+  size_t path_bytes = 0;  // every path built: in frames and in the results
   stack.push_back({root, "", "", false, ""});
   while (!stack.empty()) {
     Frame f = std::move(stack.back());
@@ -232,12 +237,19 @@ PickleSelection walk(const PickleValuePtr& root, const PickleValue* target) {
     }
     auto kids = children(v);
     for (auto it = kids.rbegin(); it != kids.rend(); ++it) {
+      const std::string segment = it->first ? *it->first : "<key of type " + v.describe() + ">";
+      // A path lives in its frame (path, parent, relative) and in at most one result.
+      path_bytes += 4 * (f.path.size() + segment.size() + 1);
+      if (path_bytes > kMaxPathBytes) {
+        throw FormatError("the key paths of this file take more than " +
+                          std::to_string(kMaxPathBytes) + " bytes (keys " +
+                          std::to_string(f.path.size() + segment.size()) + " bytes long at " +
+                          quote_text(f.path, 60) + ")");
+      }
       if (!it->first) {
-        out.skipped.emplace_back(join(f.path, "<key of type " + v.describe() + ">"),
-                                 it->second->describe());
+        out.skipped.emplace_back(join(f.path, segment), it->second->describe());
         continue;
       }
-      const std::string& segment = *it->first;
       stack.push_back({it->second, join(f.path, segment), f.path, f.inside,
                        f.inside ? join(f.relative, segment) : std::string()});
     }

@@ -409,5 +409,21 @@ TEST(PickleSelect, WalksSharedContainersOnce) {
   EXPECT_LT(s.skipped.size(), 200u);  // each shared tuple is reported once more, not 3^60 times
 }
 
+TEST(PickleSelect, BoundsTheBytesOfKeyPaths) {
+  // One 64 KiB key, memoized, used 5000 times one level down: 80 KB of pickle asking for
+  // paths of 128 KiB each, 640 MB in all.
+  const std::string key = "X" + le32(1 << 16) + std::string(1 << 16, 'k');
+  std::string body = "}(" + key + raw("q\x00") + "}(";
+  for (int i = 0; i < 5000; ++i) body += raw("h\x00N");
+  body += "uu";
+  const PickleValuePtr root = unpickle(pickle_of(body), no_hooks());
+  try {
+    select_tensors(root, ".");
+    FAIL() << "no exception";
+  } catch (const FormatError& e) {
+    EXPECT_CONTAINS(e.what(), "key paths of this file take more than");
+  }
+}
+
 }  // namespace
 }  // namespace shardload
