@@ -251,11 +251,13 @@ class Unpickler {
           auto object = top();
           if (!hooks_.build) fail("unexpected BUILD of a " + object->describe());
           check_mutable(*object);
+          const size_t items = object->items.size();
+          const size_t entries = object->entries.size();
           guarded([&] {
             hooks_.build(*object, state);
             return 0;
           });
-          adopt(object);
+          adopt(object, items, entries);
           break;
         }
         default:
@@ -312,16 +314,33 @@ class Unpickler {
     }
   }
 
-  // Values a hook made: counted, their depth computed from their items.
-  PickleValuePtr adopt(PickleValuePtr v) {
+  // Values a hook made or changed (from item `items` and entry `entries` on): their items and
+  // text count against the limits (a hook may copy a memoized list or string many times), their
+  // depth is computed from their items.
+  PickleValuePtr adopt(PickleValuePtr v, size_t items = 0, size_t entries = 0) {
     if (!v) fail("internal: a hook returned no value");
     check_items(*v, 0);
-    for (const auto& item : v->items) attach(*v, *item);
-    for (const auto& [key, value] : v->entries) {
-      attach(*v, *key);
-      attach(*v, *value);
+    for (size_t i = items; i < v->items.size(); ++i) {
+      count_value();
+      attach(*v, *v->items[i]);
     }
+    for (size_t i = entries; i < v->entries.size(); ++i) {
+      count_value();
+      count_value();
+      attach(*v, *v->entries[i].first);
+      attach(*v, *v->entries[i].second);
+    }
+    count_text(v->text.size());
     return v;
+  }
+
+  // Every byte of text made counts against the limit: from the input at most once, from hooks
+  // (which may copy one memoized string many times) each time.
+  void count_text(size_t n) {
+    text_bytes_ += n;
+    if (text_bytes_ > limits_.max_text_bytes) {
+      fail("more than " + std::to_string(limits_.max_text_bytes) + " bytes of strings");
+    }
   }
 
   uint8_t read_u8() {
@@ -397,6 +416,7 @@ class Unpickler {
       fail("a string of " + std::to_string(n) + " bytes, but only " +
            std::to_string(data_.size() - pos_) + " remain");
     }
+    count_text(n);
     auto v = make_value(kind);
     v->text.assign(data_.substr(pos_, n));
     pos_ += n;
@@ -461,6 +481,7 @@ class Unpickler {
   const PickleHooks& hooks_;
   const PickleLimits& limits_;
   size_t values_ = 0;
+  size_t text_bytes_ = 0;
   size_t pos_ = 0;
   size_t op_pos_ = 0;
   std::vector<PickleValuePtr> stack_;

@@ -79,6 +79,8 @@ struct PickleLimits {
   size_t max_memo = size_t{1} << 24;
   /// Items of one tuple, list or dict.
   size_t max_items = size_t{1} << 24;
+  /// Bytes of all strings and bytes values made (input text, and what hooks make from it).
+  size_t max_text_bytes = size_t{1} << 30;
 };
 
 /// What a restricted unpickling may do; every hook may throw FormatError to reject its input.

@@ -50,18 +50,42 @@ std::string scalar_text(const PickleValue& v) {
   }
 }
 
-/// The path segment a dict key gives; nullopt for keys without a name (tuples, floats, ...).
-std::optional<std::string> key_segment(const PickleValue& key) {
+/// The path segment a dict key gives, without copying a str key: a view of the key's text, or
+/// of `scratch` for an int or bool key. False for keys without a name (tuples, floats, ...).
+bool key_segment(const PickleValue& key, std::string& scratch, std::string_view* segment) {
   switch (key.kind) {
     case Kind::kString:
-      return key.text;
+      *segment = key.text;
+      return true;
     case Kind::kInt:
-      return std::to_string(key.integer);
+      scratch = std::to_string(key.integer);
+      break;
     case Kind::kBool:
-      return key.boolean ? "True" : "False";
+      scratch = key.boolean ? "True" : "False";
+      break;
     default:
-      return std::nullopt;
+      return false;
   }
+  *segment = scratch;
+  return true;
+}
+
+/// Number of children of a container.
+size_t child_count(const PickleValue& v) {
+  return v.kind == Kind::kDict ? v.entries.size() : v.items.size();
+}
+
+/// Child `i` of a container and its path segment (false: a key without a name).
+bool child_at(const PickleValue& v, size_t i, std::string& scratch, std::string_view* segment,
+              const PickleValuePtr** child) {
+  if (v.kind == Kind::kDict) {
+    *child = &v.entries[i].second;
+    return key_segment(*v.entries[i].first, scratch, segment);
+  }
+  *child = &v.items[i];
+  scratch = std::to_string(i);
+  *segment = scratch;
+  return true;
 }
 
 /// Text that metadata can hold: valid UTF-8 without NUL.
@@ -92,24 +116,13 @@ std::optional<std::string> number_list_text(const PickleValue& v) {
   return out;
 }
 
-/// The children of a container with their path segments (nullopt: a key without a name).
-std::vector<std::pair<std::optional<std::string>, PickleValuePtr>> children(const PickleValue& v) {
-  std::vector<std::pair<std::optional<std::string>, PickleValuePtr>> out;
-  if (v.kind == Kind::kDict) {
-    out.reserve(v.entries.size());
-    for (const auto& [key, value] : v.entries) out.emplace_back(key_segment(*key), value);
-  } else {
-    out.reserve(v.items.size());
-    for (size_t i = 0; i < v.items.size(); ++i) out.emplace_back(std::to_string(i), v.items[i]);
-  }
-  return out;
-}
-
 /// The child of container `v` named `segment`, or null.
 PickleValuePtr child_named(const PickleValue& v, const std::string& segment) {
   if (v.kind == Kind::kDict) {
+    std::string scratch;
+    std::string_view name;
     for (const auto& [key, value] : v.entries) {
-      if (key_segment(*key) == segment) return value;
+      if (key_segment(*key, scratch, &name) && name == segment) return value;
     }
     return nullptr;
   }
@@ -123,11 +136,14 @@ PickleValuePtr child_named(const PickleValue& v, const std::string& segment) {
 
 std::string some_keys(const PickleValue& v) {
   std::string out;
+  std::string scratch;
+  std::string_view segment;
+  const PickleValuePtr* child = nullptr;
   size_t n = 0;
-  for (const auto& [segment, child] : children(v)) {
-    if (!segment) continue;
+  for (size_t i = 0; i < child_count(v); ++i) {
+    if (!child_at(v, i, scratch, &segment, &child)) continue;
     if (n == 10) return out + ", ...";
-    out += (n++ ? ", " : "") + quote_text(*segment, 60);
+    out += (n++ ? ", " : "") + quote_text(segment, 60);
   }
   return n ? out : "none";
 }
@@ -176,8 +192,8 @@ const PickleValue* resolve(const PickleValuePtr& root, std::string_view select) 
   return current;
 }
 
-/// The bytes of key paths one walk may build: memoized long keys reused at every level of a
-/// deep, wide tree would otherwise make paths of quadratic size from a small file.
+/// The bytes of key paths (and str leaves) one walk may copy: a memoized long key reused
+/// across a wide tree would otherwise make results of quadratic size from a small file.
 constexpr size_t kMaxPathBytes = size_t{256} << 20;
 
 /// One walk over the whole value DAG, each container expanded once; `target` (may be null)
@@ -215,6 +231,11 @@ PickleSelection walk(const PickleValuePtr& root, const PickleValue* target) {
       continue;
     }
     if (v.kind == Kind::kString || is_number(v)) {
+      path_bytes += v.text.size();  // a memoized long str met many times is copied each time
+      if (path_bytes > kMaxPathBytes) {
+        throw FormatError("the keys and strings of this file take more than " +
+                          std::to_string(kMaxPathBytes) + " bytes");
+      }
       std::string text = scalar_text(v);
       if (is_clean_text(f.path) && is_clean_text(text)) {
         out.scalars.emplace_back(f.path, std::move(text));
@@ -235,22 +256,27 @@ PickleSelection walk(const PickleValuePtr& root, const PickleValue* target) {
       out.scalars.emplace_back(f.path, *text);
       continue;
     }
-    auto kids = children(v);
-    for (auto it = kids.rbegin(); it != kids.rend(); ++it) {
-      const std::string segment = it->first ? *it->first : "<key of type " + v.describe() + ">";
-      // A path lives in its frame (path, parent, relative) and in at most one result.
-      path_bytes += 4 * (f.path.size() + segment.size() + 1);
+    std::string scratch;
+    std::string_view name;
+    const PickleValuePtr* child = nullptr;
+    for (size_t i = child_count(v); i-- > 0;) {
+      const bool named = child_at(v, i, scratch, &name, &child);
+      // Checked before anything is copied: a path lives in its frame (path, parent,
+      // relative) and in at most one result.
+      path_bytes += 4 * (f.path.size() + name.size() + 1);
       if (path_bytes > kMaxPathBytes) {
         throw FormatError("the key paths of this file take more than " +
                           std::to_string(kMaxPathBytes) + " bytes (keys " +
-                          std::to_string(f.path.size() + segment.size()) + " bytes long at " +
+                          std::to_string(f.path.size() + name.size()) + " bytes long at " +
                           quote_text(f.path, 60) + ")");
       }
-      if (!it->first) {
-        out.skipped.emplace_back(join(f.path, segment), it->second->describe());
+      if (!named) {
+        out.skipped.emplace_back(join(f.path, "<key of type " + v.describe() + ">"),
+                                 (*child)->describe());
         continue;
       }
-      stack.push_back({it->second, join(f.path, segment), f.path, f.inside,
+      const std::string segment(name);
+      stack.push_back({*child, join(f.path, segment), f.path, f.inside,
                        f.inside ? join(f.relative, segment) : std::string()});
     }
   }
@@ -300,7 +326,13 @@ std::vector<std::pair<std::string, PickleValuePtr>> flat_state_dict(const Pickle
   std::vector<std::pair<std::string, PickleValuePtr>> out;
   out.reserve(root->entries.size());
   std::unordered_set<std::string_view> seen;
+  size_t key_bytes = 0;
   for (const auto& [key, value] : root->entries) {
+    key_bytes += key->text.size();  // the same memoized long key may come back many times
+    if (key_bytes > kMaxPathBytes) {
+      throw FormatError("the keys of this state dict take more than " +
+                        std::to_string(kMaxPathBytes) + " bytes");
+    }
     if (key->kind != Kind::kString) {
       throw FormatError("state dict has a key of type " + key->describe() + ", expected str" +
                         nested_hint(root));

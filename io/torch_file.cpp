@@ -50,6 +50,8 @@ constexpr std::string_view kRebuildParameter = "torch._utils._rebuild_parameter"
 constexpr std::string_view kRebuildParameterWithState =
     "torch._utils._rebuild_parameter_with_state";
 
+/// The longest storage key accepted (torch.save writes "0", "1", ...).
+constexpr size_t kMaxStorageKeyBytes = 256;
 /// The largest data.pkl read (a state dict of a million tensors needs about 100 MB).
 constexpr uint64_t kMaxPickleBytes = uint64_t{1} << 30;
 /// Views are materialized contiguous; the bytes that takes, beyond the storages themselves,
@@ -267,6 +269,11 @@ class TorchFileReader {
     const auto& key = pid->items[2];
     if (cls->kind != Kind::kGlobal || key->kind != Kind::kString) {
       throw FormatError("malformed storage persistent id");
+    }
+    // torch.save names storages "0", "1", ...; a long (memoized) name would make every lookup
+    // of it cost its length.
+    if (key->text.size() > kMaxStorageKeyBytes) {
+      throw FormatError("storage key of " + std::to_string(key->text.size()) + " bytes");
     }
     const std::string_view cls_name(cls->text);
     const auto dtype =

@@ -239,6 +239,31 @@ TEST(PickleData, RefusesBigEndianScalarsAndBadArguments) {
   EXPECT_CONTAINS(error_of(pickle_of("cnumpy\nload\n"), data_hooks()), "not allowed");
 }
 
+TEST(PickleData, CopiesByConstructorsCountAgainstTheLimits) {
+  // A memoized list of 100 pairs made into an OrderedDict 20 times: 4000 entries from 500
+  // bytes of pickle.
+  std::string od =
+      raw("ccollections\nOrderedDict\nq\x01"
+          "0]q\x00(");
+  for (int i = 0; i < 100; ++i) od += "NN\x86";
+  od += "e0";
+  for (int i = 0; i < 20; ++i) od += raw("h\x01h\x00\x85R0");
+  PickleLimits limits;
+  limits.max_values = 1000;
+  EXPECT_CONTAINS(error_of(pickle_of(od + "N"), data_hooks(), limits), "more than 1000 values");
+  EXPECT_NO_THROW(unpickle(pickle_of(od + "N"), data_hooks()));
+  // A memoized 1000-byte str encoded to bytes 20 times.
+  std::string enc = raw("c_codecs\nencode\nq\x01X") + le32(1000) + std::string(1000, 'a') +
+                    raw("q\x00X") + le32(6) +
+                    raw("latin1q\x02"
+                        "000");
+  for (int i = 0; i < 20; ++i) enc += raw("h\x01h\x00h\x02\x86R0");
+  limits = {};
+  limits.max_text_bytes = 5000;
+  EXPECT_CONTAINS(error_of(pickle_of(enc + "N"), data_hooks(), limits),
+                  "more than 5000 bytes of strings");
+}
+
 // ----- selection in nested checkpoints
 
 /// {key: value} pairs written by `body` into a fresh OrderedDict.
