@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <caffe2/serialize/inline_container.h>
+#include <caffe2/serialize/read_adapter_interface.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -131,49 +132,62 @@ std::string fold_case(std::string s) {
   return s;
 }
 
-/// Owns a file descriptor (closed on destruction).
-class UniqueFd {
+/// LibTorch's zip reader over a file descriptor that this adapter owns: the reader then sees
+/// exactly the file (the same inode, of the same size) that the directory check saw.
+class FdReadAdapter final : public caffe2::serialize::ReadAdapterInterface {
  public:
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  ~UniqueFd() {
-    if (fd_ >= 0) ::close(fd_);
+  explicit FdReadAdapter(const std::string& path)
+      : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+    if (fd_ < 0) throw FormatError(std::string("cannot open file: ") + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) {
+      const int err = errno;
+      ::close(fd_);
+      throw FormatError(std::string("cannot stat file: ") + std::strerror(err));
+    }
+    size_ = static_cast<size_t>(st.st_size);
   }
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  int get() const { return fd_; }
+  ~FdReadAdapter() override { ::close(fd_); }
+  FdReadAdapter(const FdReadAdapter&) = delete;
+  FdReadAdapter& operator=(const FdReadAdapter&) = delete;
+
+  size_t size() const override { return size_; }
+
+  /// Reads up to `n` bytes at `pos`; fewer only at the end of the file or on an error.
+  size_t read(uint64_t pos, void* buf, size_t n, const char* /*what*/ = "") const override {
+    size_t done = 0;
+    while (done < n) {
+      const ssize_t r =
+          ::pread(fd_, static_cast<char*>(buf) + done, n - done, static_cast<off_t>(pos + done));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) break;
+      done += static_cast<size_t>(r);
+    }
+    return done;
+  }
+
+  /// Reads exactly `n` bytes at `offset`; FormatError otherwise.
+  void read_exactly(uint64_t offset, char* buf, size_t n) const {
+    if (read(offset, buf, n) != n) {
+      throw FormatError("cannot read " + std::to_string(n) + " bytes at offset " +
+                        std::to_string(offset) + " (file truncated?)");
+    }
+  }
 
  private:
   int fd_;
+  size_t size_ = 0;
 };
-
-/// Reads exactly `n` bytes at `offset` of `fd`.
-void pread_fully(int fd, uint64_t offset, char* buf, size_t n) {
-  while (n > 0) {
-    const ssize_t done = ::pread(fd, buf, n, static_cast<off_t>(offset));
-    if (done < 0 && errno == EINTR) continue;
-    if (done < 0) throw FormatError(std::string("cannot read: ") + std::strerror(errno));
-    if (done == 0) throw FormatError("file truncated");
-    buf += done;
-    offset += static_cast<uint64_t>(done);
-    n -= static_cast<size_t>(done);
-  }
-}
 
 /// A torch.save zip archive: its central directory checked (zip_directory.h) before LibTorch's
 /// reader opens it, and every record size that reader reports matched against that directory.
 class TorchArchive {
  public:
-  explicit TorchArchive(const std::string& path) {
-    const UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (fd.get() < 0) throw FormatError(std::string("cannot open file: ") + std::strerror(errno));
-    struct stat st {};
-    if (::fstat(fd.get(), &st) != 0) {
-      throw FormatError(std::string("cannot stat file: ") + std::strerror(errno));
-    }
-    file_size_ = static_cast<uint64_t>(st.st_size);
+  explicit TorchArchive(const std::string& path)
+      : file_(std::make_shared<FdReadAdapter>(path)), file_size_(file_->size()) {
     if (file_size_ < 4) throw FormatError("file too short to be a torch.save file");
     char magic[4] = {};
-    pread_fully(fd.get(), 0, magic, 4);
+    file_->read_exactly(0, magic, 4);
     if (std::memcmp(magic, "PK\x03\x04", 4) != 0) {
       if (static_cast<uint8_t>(magic[0]) == 0x80) {
         throw FormatError(
@@ -183,10 +197,10 @@ class TorchArchive {
       }
       throw FormatError("not a torch.save file (no zip signature)");
     }
-    const int raw_fd = fd.get();
+    const FdReadAdapter& file = *file_;
     const auto members = scan_zip_directory(
         file_size_,
-        [raw_fd](uint64_t offset, char* buf, size_t n) { pread_fully(raw_fd, offset, buf, n); });
+        [&file](uint64_t offset, char* buf, size_t n) { file.read_exactly(offset, buf, n); });
     for (const auto& m : members) sizes_.emplace(fold_case(m.name), m.size);
     // LibTorch's reader takes the folder of the first member as the archive's name.
     const size_t slash = members.front().name.find('/');
@@ -195,7 +209,7 @@ class TorchArchive {
                         " is not in a folder, as torch.save writes");
     }
     prefix_ = fold_case(members.front().name.substr(0, slash + 1));
-    zip_ = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
+    zip_ = std::make_unique<caffe2::serialize::PyTorchStreamReader>(file_);
   }
 
   uint64_t file_size() const { return file_size_; }
@@ -230,6 +244,7 @@ class TorchArchive {
   }
 
  private:
+  std::shared_ptr<FdReadAdapter> file_;
   uint64_t file_size_ = 0;
   std::unordered_map<std::string, uint64_t> sizes_;  // case-folded full name -> size
   std::string prefix_;
