@@ -15,6 +15,7 @@
 #include "core/crash_point.h"
 #include "core/error.h"
 #include "io/commit_journal.h"
+#include "io/atomic_file.h"
 #include "io/manifest.h"
 #include "io/save_lock.h"
 
@@ -295,34 +296,9 @@ std::optional<std::string> read_small_file(const std::string& path, size_t max_b
 }
 
 void write_small_file_atomically(const std::string& path, const std::string& text) {
-  const std::string parent = parent_dir_of(path);
-  std::string base = base_name_of(path);
-  if (base.empty() || base[0] != '.') base = "." + base;
-  std::string tmpl = parent + "/" + base + ".part-XXXXXX";
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  int fd = ::mkstemp(buf.data());
-  if (fd < 0) throw FormatError(path + ": cannot create a temporary file: " + errno_text(errno));
-  std::string tmp(buf.data());
-  size_t done = 0;
-  int err = 0;
-  while (done < text.size()) {
-    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      err = n < 0 ? errno : EIO;
-      break;
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (err == 0 && ::fsync(fd) != 0) err = errno;
-  if (::close(fd) != 0 && err == 0) err = errno;
-  if (err == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
-  if (err != 0) {
-    ::unlink(tmp.c_str());
-    throw FormatError(path + ": cannot write: " + errno_text(err));
-  }
-  fsync_dir(parent);
+  AtomicFile file(path);
+  file.write(text.data(), text.size());
+  file.commit();
 }
 
 std::string utc_timestamp() {

@@ -1,5 +1,6 @@
 #include "io/pickle.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -65,7 +66,8 @@ std::string hex_byte(uint8_t b) {
 
 class Unpickler {
  public:
-  Unpickler(std::string_view data, const PickleHooks& hooks) : data_(data), hooks_(hooks) {}
+  Unpickler(std::string_view data, const PickleHooks& hooks, const PickleLimits& limits)
+      : data_(data), hooks_(hooks), limits_(limits) {}
 
   PickleValuePtr run() {
     while (true) {
@@ -84,6 +86,7 @@ class Unpickler {
           if (stack_.size() != 1 || !marks_.empty()) fail("unbalanced stack at STOP");
           return stack_.back();
         case kMark:
+          count_value();
           marks_.push_back(stack_.size());
           break;
         case kPop:
@@ -96,11 +99,11 @@ class Unpickler {
           push(top());
           break;
         case kNone:
-          push(make_pickle_value(PickleValue::Kind::kNone));
+          push(make_value(PickleValue::Kind::kNone));
           break;
         case kNewTrue:
         case kNewFalse: {
-          auto v = make_pickle_value(PickleValue::Kind::kBool);
+          auto v = make_value(PickleValue::Kind::kBool);
           v->boolean = code == kNewTrue;
           push(v);
           break;
@@ -124,7 +127,7 @@ class Unpickler {
           // Big-endian IEEE double.
           uint64_t bits = 0;
           for (int i = 0; i < 8; ++i) bits = (bits << 8) | read_u8();
-          auto v = make_pickle_value(PickleValue::Kind::kFloat);
+          auto v = make_value(PickleValue::Kind::kFloat);
           std::memcpy(&v->floating, &bits, sizeof bits);
           push(v);
           break;
@@ -150,13 +153,13 @@ class Unpickler {
           push_text(PickleValue::Kind::kBytes, read_uint(8));
           break;
         case kEmptyTuple:
-          push(make_pickle_value(PickleValue::Kind::kTuple));
+          push(make_value(PickleValue::Kind::kTuple));
           break;
         case kEmptyList:
-          push(make_pickle_value(PickleValue::Kind::kList));
+          push(make_value(PickleValue::Kind::kList));
           break;
         case kEmptyDict:
-          push(make_pickle_value(PickleValue::Kind::kDict));
+          push(make_value(PickleValue::Kind::kDict));
           break;
         case kTuple:
           push_tuple(pop_mark());
@@ -226,7 +229,7 @@ class Unpickler {
         case kBinPersId: {
           auto pid = pop();
           if (!hooks_.persistent_load) fail("unexpected persistent id");
-          push(hooks_.persistent_load(pid));
+          push(adopt(guarded([&] { return hooks_.persistent_load(pid); })));
           break;
         }
         case kReduce:
@@ -240,14 +243,21 @@ class Unpickler {
             fail("arguments of " + callable->text + " are a " + args->describe() + ", not a tuple");
           }
           if (!hooks_.call) fail("unexpected call of " + callable->text);
-          push(hooks_.call(*callable, args->items));
+          push(adopt(guarded([&] { return hooks_.call(*callable, args->items); })));
           break;
         }
         case kBuild: {
           auto state = pop();
           auto object = top();
           if (!hooks_.build) fail("unexpected BUILD of a " + object->describe());
-          hooks_.build(*object, state);
+          check_mutable(*object);
+          const size_t items = object->items.size();
+          const size_t entries = object->entries.size();
+          guarded([&] {
+            hooks_.build(*object, state);
+            return 0;
+          });
+          adopt(object, items, entries);
           break;
         }
         default:
@@ -259,6 +269,78 @@ class Unpickler {
  private:
   [[noreturn]] void fail(const std::string& what) const {
     throw FormatError("pickle: " + what + " (at byte " + std::to_string(op_pos_) + ")");
+  }
+
+  // Runs a hook; its FormatError gets the pickle prefix and the byte offset.
+  template <typename F>
+  auto guarded(F&& f) -> decltype(f()) {
+    try {
+      return f();
+    } catch (const FormatError& e) {
+      fail(e.what());
+    }
+  }
+
+  // Every push and MARK counts against the limit, so memory grows at most linearly with it.
+  void count_value() {
+    if (++values_ > limits_.max_values) {
+      fail("more than " + std::to_string(limits_.max_values) + " values");
+    }
+  }
+
+  static PickleValuePtr make_value(PickleValue::Kind kind) { return make_pickle_value(kind); }
+
+  // A container inside another is frozen: changing it would make the recorded depths stale,
+  // and is the only way a pickle can build a cycle.
+  void check_mutable(const PickleValue& v) const {
+    if (v.nested) fail("a " + v.describe() + " is changed after it was put into another value");
+  }
+
+  // Makes `child` an item of `parent` (a container being built or filled).
+  void attach(PickleValue& parent, PickleValue& child) {
+    if (&parent == &child) fail("a " + parent.describe() + " contains itself");
+    const uint32_t depth = child.depth + 1;
+    if (depth > limits_.max_depth) {
+      fail("values nested deeper than " + std::to_string(limits_.max_depth) + " levels");
+    }
+    parent.depth = std::max(parent.depth, depth);
+    child.nested = true;
+  }
+
+  void check_items(const PickleValue& v, size_t more) const {
+    const size_t n = v.items.size() + v.entries.size() + more;
+    if (n > limits_.max_items) {
+      fail("a " + v.describe() + " of more than " + std::to_string(limits_.max_items) + " items");
+    }
+  }
+
+  // Values a hook made or changed (from item `items` and entry `entries` on): their items and
+  // text count against the limits (a hook may copy a memoized list or string many times), their
+  // depth is computed from their items.
+  PickleValuePtr adopt(PickleValuePtr v, size_t items = 0, size_t entries = 0) {
+    if (!v) fail("internal: a hook returned no value");
+    check_items(*v, 0);
+    for (size_t i = items; i < v->items.size(); ++i) {
+      count_value();
+      attach(*v, *v->items[i]);
+    }
+    for (size_t i = entries; i < v->entries.size(); ++i) {
+      count_value();
+      count_value();
+      attach(*v, *v->entries[i].first);
+      attach(*v, *v->entries[i].second);
+    }
+    count_text(v->text.size());
+    return v;
+  }
+
+  // Every byte of text made counts against the limit: from the input at most once, from hooks
+  // (which may copy one memoized string many times) each time.
+  void count_text(size_t n) {
+    text_bytes_ += n;
+    if (text_bytes_ > limits_.max_text_bytes) {
+      fail("more than " + std::to_string(limits_.max_text_bytes) + " bytes of strings");
+    }
   }
 
   uint8_t read_u8() {
@@ -296,6 +378,7 @@ class Unpickler {
 
   void push(PickleValuePtr v) {
     if (!v) fail("internal: null value");
+    count_value();
     stack_.push_back(std::move(v));
   }
 
@@ -322,21 +405,28 @@ class Unpickler {
   }
 
   void push_int(int64_t value) {
-    auto v = make_pickle_value(PickleValue::Kind::kInt);
+    auto v = make_value(PickleValue::Kind::kInt);
     v->integer = value;
     push(v);
   }
 
   void push_text(PickleValue::Kind kind, uint64_t n) {
-    if (data_.size() - pos_ < n) fail("truncated data");
-    auto v = make_pickle_value(kind);
+    // Checked against the input before anything is allocated.
+    if (data_.size() - pos_ < n) {
+      fail("a string of " + std::to_string(n) + " bytes, but only " +
+           std::to_string(data_.size() - pos_) + " remain");
+    }
+    count_text(n);
+    auto v = make_value(kind);
     v->text.assign(data_.substr(pos_, n));
     pos_ += n;
     push(v);
   }
 
   void push_tuple(std::vector<PickleValuePtr> items) {
-    auto v = make_pickle_value(PickleValue::Kind::kTuple);
+    auto v = make_value(PickleValue::Kind::kTuple);
+    check_items(*v, items.size());
+    for (const auto& item : items) attach(*v, *item);
     v->items = std::move(items);
     push(v);
   }
@@ -345,25 +435,40 @@ class Unpickler {
     if (!hooks_.allow_global || !hooks_.allow_global(module, name)) {
       fail("global '" + module + "." + name + "' is not allowed");
     }
-    auto v = make_pickle_value(PickleValue::Kind::kGlobal);
+    auto v = make_value(PickleValue::Kind::kGlobal);
     v->text = module + "." + name;
     push(v);
   }
 
   void append(const PickleValuePtr& list, const std::vector<PickleValuePtr>& values) {
     if (list->kind != PickleValue::Kind::kList) fail("cannot append to a " + list->describe());
+    check_mutable(*list);
+    check_items(*list, values.size());
+    for (const auto& v : values) attach(*list, *v);
     list->items.insert(list->items.end(), values.begin(), values.end());
   }
 
   void set_items(const PickleValuePtr& dict, const std::vector<PickleValuePtr>& items) {
     if (dict->kind != PickleValue::Kind::kDict) fail("cannot set items of a " + dict->describe());
     if (items.size() % 2 != 0) fail("odd number of items for SETITEMS");
+    check_mutable(*dict);
+    check_items(*dict, items.size() / 2);
+    for (const auto& v : items) attach(*dict, *v);
     for (size_t i = 0; i < items.size(); i += 2) dict->entries.emplace_back(items[i], items[i + 1]);
   }
 
   void memo_put(uint64_t index) {
     if (index > std::numeric_limits<uint32_t>::max()) fail("memo index out of range");
-    memo_[static_cast<uint32_t>(index)] = top();
+    const auto& value = top();
+    auto it = memo_.find(static_cast<uint32_t>(index));
+    if (it != memo_.end()) {
+      it->second = value;
+      return;
+    }
+    if (memo_.size() >= limits_.max_memo) {
+      fail("more than " + std::to_string(limits_.max_memo) + " memo entries");
+    }
+    memo_.emplace(static_cast<uint32_t>(index), value);
   }
 
   void memo_get(uint64_t index) {
@@ -374,6 +479,9 @@ class Unpickler {
 
   std::string_view data_;
   const PickleHooks& hooks_;
+  const PickleLimits& limits_;
+  size_t values_ = 0;
+  size_t text_bytes_ = 0;
   size_t pos_ = 0;
   size_t op_pos_ = 0;
   std::vector<PickleValuePtr> stack_;
@@ -417,8 +525,9 @@ PickleValuePtr make_pickle_value(PickleValue::Kind kind) {
   return v;
 }
 
-PickleValuePtr unpickle(std::string_view data, const PickleHooks& hooks) {
-  return Unpickler(data, hooks).run();
+PickleValuePtr unpickle(std::string_view data, const PickleHooks& hooks,
+                        const PickleLimits& limits) {
+  return Unpickler(data, hooks, limits).run();
 }
 
 PickleWriter::PickleWriter() {

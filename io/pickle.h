@@ -3,6 +3,11 @@
 // The reader never imports or calls anything by itself: every GLOBAL is checked against a
 // caller-given allow list, and what a call (REDUCE, NEWOBJ), a persistent id or a BUILD means is
 // decided by the caller's hooks. No LibTorch here; torch_file.cpp gives the torch meaning.
+//
+// The reader is bounded: it runs in one loop (no recursion), and the nesting depth of the values
+// it builds, their number, the memo and every length are checked against PickleLimits and the
+// remaining input before anything is allocated. The values form a DAG (a container cannot be
+// changed once it is inside another, so no cycle can be built) whose depth is known.
 #pragma once
 
 #include <any>
@@ -51,6 +56,10 @@ struct PickleValue {
   std::any object;
   /// kObject: a short description for error messages ("tensor", "storage").
   std::string type_name;
+  /// Nesting depth: 0 for a value without children, 1 + the deepest child's for containers.
+  uint32_t depth = 0;
+  /// True once the value is an item of a tuple, list or dict; such a container is frozen.
+  bool nested = false;
 
   /// "None", "int", "str", "dict", ..., the global's name, or the object's type_name.
   std::string describe() const;
@@ -58,6 +67,21 @@ struct PickleValue {
 
 /// Makes a value of a scalar kind.
 PickleValuePtr make_pickle_value(PickleValue::Kind kind);
+
+/// Bounds of one unpickling; exceeding any is a FormatError naming the byte offset.
+struct PickleLimits {
+  /// Deepest nesting of tuples, lists and dicts (a state dict needs 3, a training checkpoint
+  /// about 6; Python's own recursion limit is 1000).
+  uint32_t max_depth = 200;
+  /// Values and MARKs created in all; a value costs about 200 bytes.
+  size_t max_values = size_t{1} << 24;
+  /// Memo entries.
+  size_t max_memo = size_t{1} << 24;
+  /// Items of one tuple, list or dict.
+  size_t max_items = size_t{1} << 24;
+  /// Bytes of all strings and bytes values made (input text, and what hooks make from it).
+  size_t max_text_bytes = size_t{1} << 30;
+};
 
 /// What a restricted unpickling may do; every hook may throw FormatError to reject its input.
 struct PickleHooks {
@@ -75,8 +99,11 @@ struct PickleHooks {
 
 /// Unpickles `data` (protocols 2 to 5, the opcodes torch.save state dicts use) and returns the
 /// top-level object. Throws FormatError on unknown opcodes, disallowed globals, truncated or
-/// malformed data; messages start with "pickle: " and give the byte offset.
-PickleValuePtr unpickle(std::string_view data, const PickleHooks& hooks);
+/// malformed data, a container changed after it was nested (which is how cycles are built),
+/// and anything beyond `limits`; messages start with "pickle: " and give the byte offset (hook
+/// errors too). Values that hooks return are adopted: their depth is computed from their items.
+PickleValuePtr unpickle(std::string_view data, const PickleHooks& hooks,
+                        const PickleLimits& limits = {});
 
 /// Writes a protocol 2 pickle opcode by opcode; the caller keeps the stack balanced.
 class PickleWriter {

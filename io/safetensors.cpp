@@ -3,8 +3,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
-#include <algorithm>
-#include <array>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -13,8 +11,12 @@
 #include <optional>
 #include <string_view>
 #include <unordered_set>
+#include <utility>
 
 #include "core/error.h"
+#include "io/atomic_file.h"
+#include "io/key_text.h"
+#include "io/safetensors_header.h"
 #include "io/torch_dtype.h"
 
 namespace shardload {
@@ -22,76 +24,21 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::optional<at::ScalarType> dtype_of(std::string_view code) {
-  auto dtype = dtype_from_safetensors(code);
-  return dtype ? std::optional(scalar_type_of(*dtype)) : std::nullopt;
-}
-
 std::optional<std::string_view> name_of(at::ScalarType type) {
   auto dtype = dtype_from_scalar_type(type);
   return dtype ? std::optional(safetensors_code(*dtype)) : std::nullopt;
 }
 
-/// One validated header entry.
-struct Entry {
-  std::string key;
-  at::ScalarType dtype;
-  std::vector<int64_t> shape;
-  uint64_t begin;
-  uint64_t end;
-};
-
-uint64_t as_u64(const nlohmann::ordered_json& v, const char* what) {
-  if (!v.is_number_unsigned()) {
-    throw FormatError(std::string(what) + " is not a non-negative integer: " + v.dump());
-  }
-  return v.get<uint64_t>();
-}
-
-Entry parse_entry(const std::string& key, const nlohmann::ordered_json& v, uint64_t data_size) {
-  try {
-    if (!v.is_object()) throw FormatError("entry is not a JSON object");
-    if (!v.contains("dtype") || !v["dtype"].is_string()) throw FormatError("no dtype string");
-    if (!v.contains("shape") || !v["shape"].is_array()) throw FormatError("no shape array");
-    if (!v.contains("data_offsets") || !v["data_offsets"].is_array() ||
-        v["data_offsets"].size() != 2) {
-      throw FormatError("no data_offsets [begin, end]");
-    }
-    Entry e;
-    e.key = key;
-    const std::string dtype = v["dtype"].get<std::string>();
-    const auto scalar = dtype_of(dtype);
-    if (!scalar) throw FormatError("unsupported dtype '" + dtype + "'");
-    e.dtype = *scalar;
-    uint64_t numel = 1;
-    for (const auto& d : v["shape"]) {
-      const uint64_t n = as_u64(d, "shape entry");
-      if (n > static_cast<uint64_t>(INT64_MAX) || __builtin_mul_overflow(numel, n, &numel)) {
-        throw FormatError("shape overflows");
-      }
-      e.shape.push_back(static_cast<int64_t>(n));
-    }
-    e.begin = as_u64(v["data_offsets"][0], "data offset");
-    e.end = as_u64(v["data_offsets"][1], "data offset");
-    if (e.begin > e.end || e.end > data_size) {
-      throw FormatError("data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
-                        "] outside the " + std::to_string(data_size) + " data bytes");
-    }
-    uint64_t nbytes = 0;
-    if (__builtin_mul_overflow(numel, c10::elementSize(e.dtype), &nbytes) ||
-        nbytes != e.end - e.begin) {
-      throw FormatError("data_offsets span " + std::to_string(e.end - e.begin) +
-                        " bytes, but shape and dtype need " + std::to_string(nbytes));
-    }
-    return e;
-  } catch (...) {
-    rethrow_with_context("key '" + key + "': ");
-  }
+/// Reads exactly `n` bytes at `offset`.
+void read_at(std::ifstream& in, uint64_t offset, char* buf, uint64_t n, const std::string& what) {
+  in.seekg(static_cast<std::streamoff>(offset));
+  in.read(buf, static_cast<std::streamsize>(n));
+  if (!in) throw FormatError("cannot read " + what);
 }
 
 }  // namespace
 
-TensorList read_safetensors_file(const std::string& path) {
+TensorFileContents read_safetensors_contents(const std::string& path) {
   try {
     std::ifstream in(path, std::ios::binary);
     if (!in) throw FormatError(std::string("cannot open file: ") + std::strerror(errno));
@@ -100,60 +47,26 @@ TensorList read_safetensors_file(const std::string& path) {
     if (ec) throw FormatError("cannot stat file: " + ec.message());
     if (file_size < 8) throw FormatError("file too short for a safetensors header");
 
-    unsigned char len_bytes[8];
-    in.read(reinterpret_cast<char*>(len_bytes), 8);
-    uint64_t header_size = 0;
-    for (int i = 0; i < 8; ++i) header_size |= uint64_t{len_bytes[i]} << (8 * i);
-    if (header_size > file_size - 8) {
-      throw FormatError("header length " + std::to_string(header_size) + " exceeds the file size " +
-                        std::to_string(file_size));
-    }
-    std::string header(header_size, '\0');
-    in.read(header.data(), static_cast<std::streamsize>(header_size));
-    if (!in) throw FormatError("cannot read the header");
+    unsigned char prefix[8];
+    read_at(in, 0, reinterpret_cast<char*>(prefix), 8, "the header length");
+    const uint64_t header_size = safetensors_header_length(prefix, file_size);
+    std::string json(header_size, '\0');
+    read_at(in, 8, json.data(), header_size, "the header");
     const uint64_t data_start = 8 + header_size;
-    const uint64_t data_size = file_size - data_start;
+    const SafetensorsHeader header = parse_safetensors_header(json, file_size - data_start);
 
-    // ordered_json keeps the header's order, which breaks ties between zero-size tensors.
-    nlohmann::ordered_json json;
-    try {
-      json = nlohmann::ordered_json::parse(header);
-    } catch (const nlohmann::json::exception& e) {
-      throw FormatError(std::string("header is not valid JSON: ") + e.what());
-    }
-    if (!json.is_object()) throw FormatError("header is not a JSON object");
-
-    std::vector<Entry> entries;
-    entries.reserve(json.size());
-    for (const auto& [key, value] : json.items()) {
-      if (key == "__metadata__") {
-        if (!value.is_object()) throw FormatError("__metadata__ is not a JSON object");
-        continue;
-      }
-      entries.push_back(parse_entry(key, value, data_size));
-    }
-    // File order is data order; ties (zero-size tensors) keep the header's key order.
-    std::stable_sort(entries.begin(), entries.end(),
-                     [](const Entry& a, const Entry& b) { return a.begin < b.begin; });
-    const Entry* previous = nullptr;  // the last tensor with data
-    for (const Entry& e : entries) {
-      if (e.begin == e.end) continue;
-      if (previous && e.begin < previous->end) {
-        throw FormatError("key '" + e.key + "': data overlaps that of key '" + previous->key + "'");
-      }
-      previous = &e;
-    }
-
-    TensorList out;
-    out.reserve(entries.size());
-    for (const Entry& e : entries) {
-      at::Tensor t = at::empty(e.shape, at::TensorOptions().dtype(e.dtype));
+    TensorFileContents out;
+    out.metadata = header.metadata;
+    out.tensors.reserve(header.entries.size());
+    for (const SafetensorsEntry& e : header.entries) {
+      // Inside the file and not overlapping: the tensors together hold at most the file's size.
+      at::Tensor t = at::empty(e.shape, at::TensorOptions().dtype(scalar_type_of(e.dtype)));
       if (e.end > e.begin) {
-        in.seekg(static_cast<std::streamoff>(data_start + e.begin));
-        in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(e.end - e.begin));
-        if (!in) throw FormatError("key '" + e.key + "': cannot read its data");
+        read_at(in, data_start + e.begin, static_cast<char*>(t.data_ptr()), e.end - e.begin,
+                "the data of key " + quote_text(e.key));
       }
-      out.push_back({e.key, std::move(t)});
+      check_bool_values(e.key, t);
+      out.tensors.push_back({e.key, std::move(t)});
     }
     return out;
   } catch (const c10::Error& e) {
@@ -163,17 +76,28 @@ TensorList read_safetensors_file(const std::string& path) {
   }
 }
 
-void write_safetensors_file(const std::string& path, const TensorList& tensors) {
+TensorList read_safetensors_file(const std::string& path) {
+  return read_safetensors_contents(path).tensors;
+}
+
+void write_safetensors_file(const std::string& path, const TensorList& tensors,
+                            const std::vector<std::pair<std::string, std::string>>& metadata) {
   std::vector<at::Tensor> data;
   data.reserve(tensors.size());
   nlohmann::ordered_json header;
   header["__metadata__"] = {{"format", "pt"}};
+  for (const auto& [name, value] : metadata) {
+    if (name != "format") header["__metadata__"][name] = value;
+  }
   std::unordered_set<std::string_view> seen;
   uint64_t offset = 0;
   for (const auto& [key, tensor] : tensors) {
     const std::string where = "In " + path + ": key '" + key + "': ";
     if (key == "__metadata__") throw UsageError(where + "reserved key");
     if (!seen.insert(key).second) throw UsageError(where + "duplicate key");
+    if (key.find('\0') != std::string::npos || !is_valid_utf8(key)) {
+      throw UsageError(where + "key is not valid UTF-8 or contains NUL");
+    }
     if (!tensor.defined()) throw UsageError(where + "undefined tensor");
     const auto dtype = name_of(tensor.scalar_type());
     if (!dtype) {
@@ -191,32 +115,22 @@ void write_safetensors_file(const std::string& path, const TensorList& tensors) 
   try {
     text = header.dump();
   } catch (const nlohmann::json::exception& e) {
-    throw UsageError("In " + path + ": a key is not valid UTF-8: " + e.what());
+    throw UsageError("In " + path + ": a metadata entry is not valid UTF-8: " + e.what());
   }
   // Pad with spaces so that the data starts 8-byte aligned, as the safetensors writers do.
   text.append((8 - text.size() % 8) % 8, ' ');
 
-  const std::string tmp = path + ".tmp";
   try {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw FormatError(std::string("cannot create file: ") + std::strerror(errno));
+    AtomicFile out(path);
     unsigned char len_bytes[8];
     for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<unsigned char>(text.size() >> (8 * i));
-    out.write(reinterpret_cast<const char*>(len_bytes), 8);
-    out.write(text.data(), static_cast<std::streamsize>(text.size()));
+    out.write(len_bytes, 8);
+    out.write(text.data(), text.size());
     for (const at::Tensor& t : data) {
-      if (t.nbytes() > 0) {
-        out.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.nbytes()));
-      }
+      if (t.nbytes() > 0) out.write(t.data_ptr(), t.nbytes());
     }
-    out.close();
-    if (!out) throw FormatError(std::string("cannot write file: ") + std::strerror(errno));
-    std::error_code ec;
-    fs::rename(tmp, path, ec);
-    if (ec) throw FormatError("cannot rename " + tmp + " into place: " + ec.message());
+    out.commit();
   } catch (...) {
-    std::error_code ignored;
-    fs::remove(tmp, ignored);
     rethrow_with_context("In " + path + ": ");
   }
 }

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdint>
 #include <filesystem>
 
 #include "core/error.h"
+#include "io/key_text.h"
 #include "io/safetensors.h"
 #include "io/torch_file.h"
 
@@ -43,16 +45,49 @@ TensorList read_tensor_file(const std::string& path) {
   unknown_kind(path);
 }
 
-void write_tensor_file(const std::string& path, const TensorList& tensors) {
+TensorFileContents read_tensor_file(const std::string& path, const TensorFileOptions& options) {
   switch (file_kind(path)) {
     case FileKind::kTorch:
-      return write_torch_file(path, tensors);
+      return read_torch_contents(path, options.select);
     case FileKind::kSafetensors:
-      return write_safetensors_file(path, tensors);
+      if (!options.select.empty() && options.select != ".") {
+        throw UsageError("In " + path + ": --select " + quote_text(options.select) +
+                         ": a .safetensors file is flat; only .pt checkpoints have "
+                         "sub-dictionaries to select");
+      }
+      return read_safetensors_contents(path);
     case FileKind::kUnknown:
       break;
   }
   unknown_kind(path);
+}
+
+void write_tensor_file(const std::string& path, const TensorList& tensors,
+                       const std::vector<std::pair<std::string, std::string>>& metadata) {
+  switch (file_kind(path)) {
+    case FileKind::kTorch:
+      return write_torch_file(path, tensors);
+    case FileKind::kSafetensors:
+      return write_safetensors_file(path, tensors, metadata);
+    case FileKind::kUnknown:
+      break;
+  }
+  unknown_kind(path);
+}
+
+void check_bool_values(const std::string& key, const at::Tensor& tensor) {
+  if (tensor.scalar_type() != at::kBool || tensor.numel() == 0) return;
+  const at::Tensor t = tensor.contiguous();
+  const auto* bytes = static_cast<const uint8_t*>(t.data_ptr());
+  const auto n = static_cast<size_t>(t.numel());
+  uint8_t any_high = 0;
+  for (size_t i = 0; i < n; ++i) any_high |= bytes[i] & 0xFE;  // branch-free: vectorizes
+  if (any_high == 0) return;
+  const size_t at =
+      static_cast<size_t>(std::find_if(bytes, bytes + n, [](uint8_t b) { return b > 1; }) - bytes);
+  throw FormatError("key " + quote_text(key) + ": bool tensor holds byte " +
+                    std::to_string(bytes[at]) + " at element " + std::to_string(at) +
+                    " (only 0 and 1 are bools)");
 }
 
 }  // namespace shardload

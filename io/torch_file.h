@@ -1,4 +1,5 @@
-// PyTorch's torch.save files (the zip format, default since torch 1.6) holding a state dict.
+// PyTorch's torch.save files (the zip format, default since torch 1.6): state dicts and nested
+// training checkpoints.
 #pragma once
 
 #include <string>
@@ -7,18 +8,27 @@
 
 namespace shardload {
 
-/// Reads the state dict of a torch.save zip file: a dict or OrderedDict of str -> tensor (or
-/// nn.Parameter), as written by any torch since 1.6. The pickle is read by a restricted
-/// unpickler that loads only the globals a state dict needs and never runs code from the file.
-/// Tensors that share a storage (views) are supported; each comes back contiguous, on the CPU.
-/// Throws FormatError "In <path>: ..." (with the key where one is involved).
+/// Reads a torch.save zip file. The zip's central directory is checked first (member count,
+/// sizes against the file, zip_directory.h), then the pickle is read by a bounded, restricted
+/// unpickler that loads only tensor rebuilders, typed storages and plain data constructors
+/// (pickle_data.h) and never runs code from the file. Storages referenced but missing, views
+/// reaching outside their storage, shapes whose products overflow, and views whose
+/// materialization would take more than max(1 GiB, the file's size) beyond the storages
+/// (stride-0 expansions) are refused before allocation. Views come back contiguous, on the CPU.
+/// With `select` empty the file must be a flat state dict (dict or OrderedDict of str -> tensor
+/// or nn.Parameter); otherwise `select` picks a sub-dictionary (TensorFileOptions::select,
+/// pickle_select.h). Throws FormatError "In <path>: ..." (with the key where one is involved),
+/// UsageError when `select` names nothing in the file.
+TensorFileContents read_torch_contents(const std::string& path, const std::string& select);
+
+/// The tensors of a flat state dict: read_torch_contents(path, "").tensors.
 TensorList read_torch_file(const std::string& path);
 
 /// Writes `tensors` as a torch.save zip file (pickle protocol 2, one storage per tensor) that
 /// Python's torch.load reads, with weights_only=True or False, as an OrderedDict with the same
-/// keys, dtypes, shapes and values. The file appears complete or not at all (written under a
-/// temporary name, then renamed). Throws UsageError for duplicate keys, keys that are not UTF-8
-/// and unsupported dtypes, FormatError when the file cannot be written.
+/// keys, dtypes, shapes and values. The file appears complete or not at all (AtomicFile: unique
+/// temporary, fsync, rename, directory fsync). Throws UsageError for duplicate keys, keys that
+/// are not UTF-8 or hold NUL and unsupported dtypes, FormatError when the file cannot be written.
 void write_torch_file(const std::string& path, const TensorList& tensors);
 
 }  // namespace shardload

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: set up, build, run every test (unit, 1/2/4-rank MPI, TCP, Python oracle,
-# `import shardload`, the CMake consumer of an installed tree). Afterwards `import shardload` works
+# `import shardload`, the CMake consumer of an installed tree), and each fuzz target briefly
+# (SHARDLOAD_FUZZ_SECONDS each, default 15; 0 skips them). Afterwards `import shardload` works
 # in this Python: a .pth file in its site-packages names the build's package folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,9 @@ if [ -d "${BUILD_DIR:-build}/python/shardload" ]; then
   site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   (cd "${BUILD_DIR:-build}/python" && pwd) >"$site/shardload.pth"
   echo "test: import shardload -> $(cat "$site/shardload.pth") (via $site/shardload.pth)"
+fi
+if [ "${SHARDLOAD_FUZZ_SECONDS:-15}" != 0 ]; then
+  bash scripts/fuzz.sh "${SHARDLOAD_FUZZ_SECONDS:-15}"
 fi
 cd "${BUILD_DIR:-build}"
 ctest --output-on-failure -j 2 --timeout 900 "$@"

@@ -11,14 +11,21 @@ Environment: SHARDLOAD_BIN, the `shardload` binary. Prints "N passed, M failed" 
 non-zero on any failure.
 """
 import collections
+import json
 import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
+import zipfile
 
+import numpy
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 BIN = os.environ.get("SHARDLOAD_BIN", "shardload")
@@ -277,6 +284,144 @@ def test_rejects_corrupt_files():
             f.write(content)
         proc = run("convert", bad, path(name + ".ckpt"), expect=3)
         assert bad in proc.stderr, proc.stderr
+
+
+# ----- nested training checkpoints (--select)
+
+
+def trained_model_and_adam():
+    torch.manual_seed(0)
+    net = Net()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(2):
+        opt.zero_grad()
+        net.fc(net.bn(net.conv(torch.randn(4, 2, 5))).mean(-1)).sum().backward()
+        opt.step()
+    return net, opt
+
+
+def flatten(tree, prefix=""):
+    """Tensors of nested dicts/lists keyed by their dotted path, as --select flattens them."""
+    out = {}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    for k, v in items:
+        path = f"{prefix}{k}"
+        if isinstance(v, torch.Tensor):
+            out[path] = v
+        elif isinstance(v, (dict, list, tuple)):
+            out.update(flatten(v, path + "."))
+    return out
+
+
+def test_nested_checkpoint_select():
+    net, opt = trained_model_and_adam()
+    src = path("train.pt")
+    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": 3,
+                "best_loss": numpy.float64(0.25), "run": "exp-1", "scaler": None}, src)
+    proc = run("convert", src, path("train-flat.ckpt"), expect=3)
+    assert src in proc.stderr and "--select" in proc.stderr and "'model'" in proc.stderr, \
+        proc.stderr
+
+    out = path("model.pt")
+    proc = run("convert", src, out, "--select", "model")
+    assert "skipped scaler: None" in proc.stdout, proc.stdout
+    assert_same(net.state_dict(), load_pt(out))
+
+    ckpt = path("optim.ckpt")
+    run("convert", src, ckpt, "--select", "optimizer")
+    meta = json.loads(run("inspect", ckpt, "--json").stdout)["metadata"]
+    assert meta["epoch"] == "3" and meta["best_loss"] == "0.25" and meta["run"] == "exp-1", meta
+    assert meta["optimizer.param_groups.0.lr"] == "0.001", meta
+    assert meta["optimizer.param_groups.0.betas"] == "(0.9, 0.999)", meta
+    back = path("optim.pt")
+    run("convert", ckpt, back)
+    expected = flatten(opt.state_dict())
+    assert any(k.endswith(".exp_avg_sq") for k in expected), expected.keys()
+    assert_same(expected, load_pt(back))
+
+    proc = run("convert", src, path("nope.pt"), "--select", "optimiser", expect=2)
+    assert "no key 'optimiser'" in proc.stderr and "'optimizer'" in proc.stderr, proc.stderr
+
+
+def test_lightning_like_checkpoint():
+    net, opt = trained_model_and_adam()
+    sd = {f"model.{k}": v for k, v in net.state_dict().items()}
+    src = path("lightning.pt")
+    torch.save({"epoch": 7, "global_step": 140, "pytorch-lightning_version": "2.4.0",
+                "state_dict": sd, "optimizer_states": [opt.state_dict()], "lr_schedulers": [],
+                "loops": {"fit_loop": {"epoch_progress": {"total": {"ready": 7}}}},
+                "hyper_parameters": {"lr": 0.001, "layers": [2, 3, 2], "name": "net"}}, src)
+    out = path("lightning.safetensors")
+    run("convert", src, out, "--select", "state_dict")
+    assert_same(sd, load_file(out), ordered=False)
+    with safe_open(out, "pt") as f:
+        meta = f.metadata()
+    assert meta["epoch"] == "7" and meta["global_step"] == "140", meta
+    assert meta["hyper_parameters.layers"] == "[2, 3, 2]", meta
+    assert meta["loops.fit_loop.epoch_progress.total.ready"] == "7", meta
+    # Several levels down, by a dotted path; an int key in decimal.
+    run("convert", src, path("state0.pt"), "--select", "optimizer_states.0.state.0")
+    assert_same(opt.state_dict()["state"][0], load_pt(path("state0.pt")), ordered=False)
+
+
+def test_select_never_runs_code():
+    marker = path("pwned-nested")
+    src = path("evil-nested.pt")
+    torch.save({"model": {"w": torch.ones(2)}, "extra": Evil(marker)}, src)
+    proc = run("convert", src, path("evil-nested-out.pt"), "--select", "model", expect=3)
+    assert src in proc.stderr and "not allowed" in proc.stderr, proc.stderr
+    assert not os.path.exists(marker), "the pickled call was executed"
+
+
+def test_deflated_archive():
+    """A torch.save file re-zipped with compression still loads (torch.load reads it too)."""
+    sd = every_dtype()
+    src = path("plain.pt")
+    torch.save(sd, src)
+    deflated = path("deflated.pt")
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as b:
+        for info in a.infolist():
+            b.writestr(info.filename, a.read(info))
+    expected = torch.load(deflated, weights_only=True)
+    run("convert", deflated, path("deflated-out.pt"))
+    assert_same(expected, load_pt(path("deflated-out.pt")))
+
+
+def test_kill_during_overwrite_leaves_old_or_new():
+    """SIGKILL of `convert --overwrite` at random moments: the target always loads, old or new."""
+    rng = random.Random(7)
+    big = {f"w{i}": torch.full((1 << 22,), float(i)) for i in range(6)}  # 96 MiB
+    src = path("big.safetensors")
+    save_file(big, src)
+    for ext, loader in ((".pt", lambda p: torch.load(p, weights_only=True)), (".safetensors",
+                                                                              load_file)):
+        target = path("target" + ext)
+        old = {"old": torch.arange(5.0)}
+        torch.save(old, target) if ext == ".pt" else save_file(old, target)
+        t0 = time.monotonic()
+        run("convert", src, path("timing" + ext), "--overwrite")
+        full = time.monotonic() - t0
+        outcomes = []
+        # Spread over the run, more of them near its end where the file is renamed into place.
+        for frac in (0.2, 0.5, 0.8, 0.9, 0.95, 1.0, 1.05):
+            proc = subprocess.Popen([BIN, "convert", src, target, "--overwrite"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(full * frac * rng.uniform(0.95, 1.05))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            got = loader(target)
+            if list(got) == ["old"]:
+                assert torch.equal(got["old"], old["old"])
+                outcomes.append("old")
+            else:
+                assert sorted(got) == sorted(big), sorted(got)
+                assert all(torch.equal(got[k], v) for k, v in big.items())
+                outcomes.append("new")
+            for f in os.listdir(TMP):  # orphaned temporaries of killed runs
+                if f.startswith(".target" + ext + ".tmp-"):
+                    os.remove(os.path.join(TMP, f))
+            assert not os.path.exists(target + ".tmp"), "a fixed-name temporary"
+        print(f"  {ext}: full run {full:.2f} s, after kills: {' '.join(outcomes)}")
 
 
 def main():

@@ -218,6 +218,13 @@ std::string small_pickle(const std::function<void(PickleWriter&)>& body) {
   return w.finish();
 }
 
+void write_safetensors_raw(const std::string& path, const std::string& header,
+                           const std::string& data) {
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(uint64_t{header.size()} >> (8 * i));
+  std::ofstream(path, std::ios::binary) << out << header << data;
+}
+
 std::string read_error(const std::string& path) {
   try {
     read_tensor_file(path);
@@ -419,13 +426,6 @@ TEST(Pickle, RejectsUnknownOpcodesAndTruncation) {
 
 // ----- .safetensors specifics
 
-void write_safetensors_raw(const std::string& path, const std::string& header,
-                           const std::string& data) {
-  std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(uint64_t{header.size()} >> (8 * i));
-  std::ofstream(path, std::ios::binary) << out << header << data;
-}
-
 TEST(Safetensors, ReadsInDataOrderAndIgnoresMetadata) {
   TempDir dir;
   const std::string path = dir.file("m.safetensors");
@@ -472,6 +472,280 @@ TEST(Safetensors, BadHeadersNameFileAndKey) {
     EXPECT_NE(what.find("In " + path + ": "), std::string::npos) << what;
     EXPECT_NE(what.find(cases[i].expect), std::string::npos) << what;
   }
+}
+
+// ----- hostile .pt and .safetensors files, nested checkpoints
+
+/// Writes `torch._utils._rebuild_tensor_v2(storage key, offset, size, stride, False, {})`.
+void rebuilt_tensor(PickleWriter& w, const std::string& storage_class, const std::string& key,
+                    int64_t numel, int64_t offset, const std::vector<int64_t>& size,
+                    const std::vector<int64_t>& stride) {
+  w.global("torch._utils", "_rebuild_tensor_v2");
+  w.mark();
+  w.mark();
+  w.string("storage");
+  w.global("torch", storage_class);
+  w.string(key);
+  w.string("cpu");
+  w.integer(numel);
+  w.tuple_from_mark();
+  w.persistent_id();
+  w.integer(offset);
+  w.int_tuple(size);
+  w.int_tuple(stride);
+  w.boolean(false);
+  w.global("collections", "OrderedDict");
+  w.empty_tuple();
+  w.reduce();
+  w.tuple_from_mark();
+  w.reduce();
+}
+
+/// A pickle of OrderedDict{key: tensor written by `value`}.
+std::string one_tensor_pickle(const std::string& key,
+                              const std::function<void(PickleWriter&)>& value) {
+  return small_pickle([&](PickleWriter& w) {
+    w.global("collections", "OrderedDict");
+    w.empty_tuple();
+    w.reduce();
+    w.mark();
+    w.string(key);
+    value(w);
+    w.set_items();
+  });
+}
+
+TEST(TorchFileBounds, MaterializesModestExpansionsAndRefusesHugeOnes) {
+  TempDir dir;
+  const std::string ok = dir.file("expand.pt");
+  const std::string three_floats(12, '\0');
+  write_pt(ok,
+           one_tensor_pickle("e",
+                             [](PickleWriter& w) {
+                               rebuilt_tensor(w, "FloatStorage", "0", 3, 0, {4, 3}, {0, 1});
+                             }),
+           {{"data/0", three_floats}});
+  const TensorList sd = read_tensor_file(ok);
+  ASSERT_EQ(sd.size(), 1u);
+  EXPECT_EQ(sd[0].tensor.sizes(), (std::vector<int64_t>{4, 3}));
+
+  // 2^20 x 2^20 x 4 bytes = 4 TiB from a 4-byte storage.
+  const std::string huge = dir.file("huge.pt");
+  write_pt(
+      huge,
+      one_tensor_pickle("e",
+                        [](PickleWriter& w) {
+                          rebuilt_tensor(w, "FloatStorage", "0", 1, 0, {1 << 20, 1 << 20}, {0, 0});
+                        }),
+      {{"data/0", std::string(4, '\0')}});
+  const std::string what = read_error(huge);
+  EXPECT_NE(what.find("In " + huge + ": "), std::string::npos) << what;
+  EXPECT_NE(what.find("stride-0 expansion"), std::string::npos) << what;
+}
+
+TEST(TorchFileBounds, RefusesOverflowingShapesAndViewsOutsideTheirStorage) {
+  TempDir dir;
+  const std::string overflow = dir.file("overflow.pt");
+  write_pt(overflow,
+           one_tensor_pickle("w",
+                             [](PickleWriter& w) {
+                               rebuilt_tensor(w, "FloatStorage", "0", 1, 0,
+                                              {1LL << 32, 1LL << 32, 1LL << 32}, {0, 0, 0});
+                             }),
+           {{"data/0", std::string(4, '\0')}});
+  EXPECT_NE(read_error(overflow).find("overflows 64 bits"), std::string::npos)
+      << read_error(overflow);
+  const std::string empty_overflow = dir.file("empty_overflow.pt");
+  write_pt(empty_overflow,
+           one_tensor_pickle(
+               "w",
+               [](PickleWriter& w) {
+                 rebuilt_tensor(w, "FloatStorage", "0", 1, 0, {0, 1LL << 40, 1LL << 40}, {1, 1, 1});
+               }),
+           {{"data/0", std::string(4, '\0')}});
+  EXPECT_NE(read_error(empty_overflow).find("overflows"), std::string::npos)
+      << read_error(empty_overflow);
+  const std::string outside = dir.file("outside.pt");
+  write_pt(outside,
+           one_tensor_pickle("w",
+                             [](PickleWriter& w) {
+                               rebuilt_tensor(w, "FloatStorage", "0", 4, 2, {2, 2}, {2, 1});
+                             }),
+           {{"data/0", std::string(16, '\0')}});
+  EXPECT_NE(read_error(outside).find("reaches element 5"), std::string::npos)
+      << read_error(outside);
+  const std::string missing = dir.file("missing.pt");
+  write_pt(missing, one_tensor_pickle("w", [](PickleWriter& w) {
+             rebuilt_tensor(w, "FloatStorage", "7", 1, 0, {1}, {1});
+           }));
+  EXPECT_NE(read_error(missing).find("record 'data/7' is missing"), std::string::npos)
+      << read_error(missing);
+}
+
+TEST(TorchFileBounds, RefusesZipMembersThatLieAboutTheirSize) {
+  TempDir dir;
+  const std::string path = dir.file("lie.pt");
+  write_tensor_file(path, {{"w", at::ones({4})}});
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  // data.pkl's central directory entry declares 2^31 bytes (compressed and not).
+  const size_t entry = bytes.find(std::string("PK\x01\x02", 4));
+  ASSERT_NE(entry, std::string::npos);
+  for (size_t field : {20, 24}) {
+    const uint32_t lie = 1u << 31;
+    std::memcpy(bytes.data() + entry + field, &lie, 4);
+  }
+  std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), bytes.size());
+  const std::string what = read_error(path);
+  EXPECT_NE(what.find("In " + path + ": zip: member"), std::string::npos) << what;
+  EXPECT_NE(what.find("data.pkl"), std::string::npos) << what;
+}
+
+TEST(TorchFileBounds, RefusesBoolBytesOtherThanZeroAndOne) {
+  TempDir dir;
+  const std::string pt = dir.file("bool.pt");
+  write_pt(
+      pt,
+      one_tensor_pickle(
+          "mask", [](PickleWriter& w) { rebuilt_tensor(w, "BoolStorage", "0", 3, 0, {3}, {1}); }),
+      {{"data/0", std::string("\x01\x02\x00", 3)}});
+  std::string what = read_error(pt);
+  EXPECT_NE(what.find("key 'mask': bool tensor holds byte 2 at element 1"), std::string::npos)
+      << what;
+  const std::string st = dir.file("bool.safetensors");
+  write_safetensors_raw(st, R"({"mask":{"dtype":"BOOL","shape":[2],"data_offsets":[0,2]}})",
+                        std::string("\x00\xff", 2));
+  what = read_error(st);
+  EXPECT_NE(what.find("key 'mask': bool tensor holds byte 255"), std::string::npos) << what;
+}
+
+TEST(TorchFileBounds, RefusesKeysWithNulOrBrokenUtf8) {
+  TempDir dir;
+  const std::string nul = dir.file("nul.pt");
+  write_pt(nul,
+           one_tensor_pickle(
+               std::string("a\0b", 3),
+               [](PickleWriter& w) { rebuilt_tensor(w, "FloatStorage", "0", 1, 0, {1}, {1}); }),
+           {{"data/0", std::string(4, '\0')}});
+  EXPECT_NE(read_error(nul).find("key 'a\\x00b': contains a NUL character"), std::string::npos)
+      << read_error(nul);
+  const std::string latin = dir.file("latin.pt");
+  write_pt(latin,
+           one_tensor_pickle(
+               "caf\xe9",
+               [](PickleWriter& w) { rebuilt_tensor(w, "FloatStorage", "0", 1, 0, {1}, {1}); }),
+           {{"data/0", std::string(4, '\0')}});
+  EXPECT_NE(read_error(latin).find("key 'caf\\xe9': is not valid UTF-8"), std::string::npos)
+      << read_error(latin);
+  EXPECT_THROW(write_tensor_file(dir.file("w.pt"), {{std::string("a\0b", 3), at::ones({1})}}),
+               UsageError);
+  EXPECT_THROW(
+      write_tensor_file(dir.file("w.safetensors"), {{std::string("a\0b", 3), at::ones({1})}}),
+      UsageError);
+}
+
+/// {"model": {"w": T0, "sub": {"b": T1}}, "optimizer": {"state": {0: {"m": T2}}, "lr": 1},
+///  "epoch": 3}
+void write_nested_checkpoint(const std::string& path) {
+  auto dict = [](PickleWriter& w, const std::function<void()>& body) {
+    w.global("collections", "OrderedDict");
+    w.empty_tuple();
+    w.reduce();
+    w.mark();
+    body();
+    w.set_items();
+  };
+  const std::string pickle = small_pickle([&](PickleWriter& w) {
+    dict(w, [&] {
+      w.string("model");
+      dict(w, [&] {
+        w.string("w");
+        rebuilt_tensor(w, "FloatStorage", "0", 2, 0, {2}, {1});
+        w.string("sub");
+        dict(w, [&] {
+          w.string("b");
+          rebuilt_tensor(w, "LongStorage", "1", 1, 0, {}, {});
+        });
+      });
+      w.string("optimizer");
+      dict(w, [&] {
+        w.string("state");
+        dict(w, [&] {
+          w.integer(0);
+          dict(w, [&] {
+            w.string("m");
+            rebuilt_tensor(w, "FloatStorage", "2", 2, 0, {2}, {1});
+          });
+        });
+        w.string("lr");
+        w.integer(1);
+      });
+      w.string("epoch");
+      w.integer(3);
+    });
+  });
+  const float w2[] = {1.5f, -2.0f};
+  const int64_t b = 9;
+  write_pt(path, pickle,
+           {{"data/0", std::string(reinterpret_cast<const char*>(w2), 8)},
+            {"data/1", std::string(reinterpret_cast<const char*>(&b), 8)},
+            {"data/2", std::string(8, '\0')}});
+}
+
+TEST(TensorFile, SelectsASubDictionaryOfANestedCheckpoint) {
+  TempDir dir;
+  const std::string path = dir.file("ckpt.pt");
+  write_nested_checkpoint(path);
+  const std::string flat = read_error(path);
+  EXPECT_NE(flat.find("In " + path + ": key 'model': expected a tensor, found a dict"),
+            std::string::npos)
+      << flat;
+  EXPECT_NE(flat.find("'model' (1 tensor), 'model.sub' (1 tensor), 'optimizer.state.0'"),
+            std::string::npos)
+      << flat;
+  EXPECT_NE(flat.find("--select model"), std::string::npos) << flat;
+
+  const TensorFileContents model = read_tensor_file(path, TensorFileOptions{.select = "model"});
+  expect_same({{"w", at::tensor({1.5f, -2.0f})}, {"sub.b", at::scalar_tensor(9, at::kLong)}},
+              model.tensors);
+  const std::vector<std::pair<std::string, std::string>> metadata = {{"optimizer.lr", "1"},
+                                                                     {"epoch", "3"}};
+  EXPECT_EQ(model.metadata, metadata);
+  ASSERT_EQ(model.other_tensors.size(), 1u);
+  EXPECT_EQ(model.other_tensors[0].first, "optimizer.state.0");
+
+  const TensorFileContents state =
+      read_tensor_file(path, TensorFileOptions{.select = "optimizer.state"});
+  ASSERT_EQ(state.tensors.size(), 1u);
+  EXPECT_EQ(state.tensors[0].key, "0.m");
+  EXPECT_THROW(read_tensor_file(path, TensorFileOptions{.select = "epoch"}), UsageError);
+}
+
+TEST(TensorFile, SelectIsForPtFilesOnly) {
+  TempDir dir;
+  const std::string path = dir.file("m.safetensors");
+  write_tensor_file(path, {{"w", at::ones({2})}}, {{"epoch", "3"}});
+  const TensorFileContents all = read_tensor_file(path, TensorFileOptions{.select = "."});
+  ASSERT_EQ(all.tensors.size(), 1u);
+  EXPECT_EQ(all.metadata,
+            (std::vector<std::pair<std::string, std::string>>{{"format", "pt"}, {"epoch", "3"}}));
+  EXPECT_THROW(read_tensor_file(path, TensorFileOptions{.select = "model"}), UsageError);
+}
+
+TEST_P(TensorFileTest, ReplacesFilesAtomicallyLeavingNoTemporary) {
+  const std::string path = file("model");
+  write_tensor_file(path, {{"old", at::zeros({3})}});
+  write_tensor_file(path, {{"new", at::ones({2})}});
+  expect_same({{"new", at::ones({2})}}, read_tensor_file(path));
+  size_t files = 0;
+  for (const auto& e : fs::directory_iterator(fs::path(path).parent_path())) {
+    EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
+    ++files;
+  }
+  EXPECT_EQ(files, 1u);
 }
 
 TEST(TensorFile, DispatchesByExtension) {

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets of tests/fuzz/ with clang (AddressSanitizer + UBSan) into
+# ${FUZZ_BUILD_DIR:-build-fuzz}/ and runs each for SECONDS (default 20) on its seed corpus
+# tests/fuzz/corpus/<target>/ (new inputs go to build-fuzz/corpus/<target>/, the seeds stay as
+# committed). A crash, sanitizer report, timeout or out-of-memory fails the script and leaves
+# the input as build-fuzz/crash-<target>-*; add it to the corpus once fixed.
+# Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_EACH=${1:-20}
+shift || true
+BUILD=${FUZZ_BUILD_DIR:-build-fuzz}
+if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+  cmake -S tests/fuzz -B "$BUILD" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+fi
+cmake --build "$BUILD" -j 2 >/dev/null
+targets=("$@")
+((${#targets[@]})) || mapfile -t targets < "$BUILD/fuzz_targets.txt"
+for t in "${targets[@]}"; do
+  [ -n "$t" ] || continue
+  seeds=tests/fuzz/corpus/$t
+  found=$BUILD/corpus/$t
+  mkdir -p "$seeds" "$found"
+  args=(-max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+        -artifact_prefix="$BUILD/crash-$t-")
+  [ -f "tests/fuzz/$t.dict" ] && args+=(-dict="tests/fuzz/$t.dict")
+  log=$BUILD/$t.log
+  if ! "$BUILD/$t" "${args[@]}" "$found" "$seeds" >"$log" 2>&1; then
+    tail -40 "$log" >&2
+    echo "fuzz: $t FAILED (log $log)" >&2
+    exit 1
+  fi
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+  corpus=$(grep -o 'corp: [0-9]*/[0-9]*[a-zA-Z]*' "$log" | tail -1 | cut -d' ' -f2)
+  echo "fuzz: $t ok: ${SECONDS_EACH} s, $execs runs, corpus $corpus (inputs/bytes)"
+done
