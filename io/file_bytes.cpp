@@ -38,7 +38,8 @@ FileBytes::~FileBytes() {
 FileBytes::FileBytes(FileBytes&& other) noexcept
     : fd_(std::exchange(other.fd_, -1)),
       image_(std::move(other.image_)),
-      size_(std::exchange(other.size_, 0)) {}
+      size_(std::exchange(other.size_, 0)),
+      read_calls_(other.read_calls_.load()) {}
 
 FileBytes& FileBytes::operator=(FileBytes&& other) noexcept {
   if (this != &other) {
@@ -46,6 +47,7 @@ FileBytes& FileBytes::operator=(FileBytes&& other) noexcept {
     fd_ = std::exchange(other.fd_, -1);
     image_ = std::move(other.image_);
     size_ = std::exchange(other.size_, 0);
+    read_calls_ = other.read_calls_.load();
   }
   return *this;
 }
@@ -56,6 +58,7 @@ void FileBytes::read_at(uint64_t pos, size_t n, void* dst) const {
     throw FormatError(std::to_string(n) + " bytes at offset " + std::to_string(pos) +
                       " lie beyond the end of the file (" + std::to_string(size_) + " bytes)");
   }
+  read_calls_.fetch_add(1, std::memory_order_relaxed);
   if (fd_ < 0) {
     std::memcpy(dst, image_.data() + pos, n);
     return;

@@ -2,6 +2,7 @@
 // image. Reads are bounds-checked against the real size and safe to run from several threads.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -26,11 +27,14 @@ class FileBytes {
   /// Copies bytes [pos, pos + n) into dst. Throws FormatError when the range does not lie inside
   /// the file or the read fails or comes up short. Thread-safe (pread does not move an offset).
   void read_at(uint64_t pos, size_t n, void* dst) const;
+  /// Reads made so far (one per read_at call that moved bytes), for tests and benchmarks.
+  uint64_t read_calls() const { return read_calls_.load(std::memory_order_relaxed); }
 
  private:
   int fd_ = -1;
   std::string image_;
   uint64_t size_ = 0;
+  mutable std::atomic<uint64_t> read_calls_{0};
 };
 
 }  // namespace shardload

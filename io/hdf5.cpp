@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <mutex>
@@ -88,7 +89,11 @@ Handle open_image(const std::string& image) {
   Handle fapl = plist_handle(H5Pcreate(H5P_FILE_ACCESS));
   SHARDLOAD_H5(H5Pset_fapl_core(fapl.get(), 1 << 16, /*backing_store=*/0));
   SHARDLOAD_H5(H5Pset_file_image(fapl.get(), const_cast<char*>(image.data()), image.size()));
-  return file_handle(H5Fopen("in-memory image", H5F_ACC_RDONLY, fapl.get()));
+  // The core driver tells open files apart by name: a name used twice would hand back the file
+  // opened first.
+  static std::atomic<uint64_t> images{0};
+  const std::string name = "in-memory image #" + std::to_string(images.fetch_add(1));
+  return file_handle(H5Fopen(name.c_str(), H5F_ACC_RDONLY, fapl.get()));
 }
 
 int dup_descriptor(hid_t file) {

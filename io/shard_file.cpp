@@ -423,6 +423,7 @@ ShardReader::ShardReader(ShardReader&&) noexcept = default;
 ShardReader& ShardReader::operator=(ShardReader&&) noexcept = default;
 
 int64_t ShardReader::format_version() const { return impl_->version; }
+uint64_t ShardReader::read_calls() const { return impl_->bytes.read_calls(); }
 
 std::vector<ChunkRecord> ShardReader::read_index(int32_t file_number) const {
   std::lock_guard lock(h5::library_mutex());

@@ -102,6 +102,8 @@ class ShardReader {
   void verify_chunk(const ChunkRecord& row) const;
 
   const std::string& path() const { return path_; }
+  /// Reads of tensor bytes made so far (pread calls), for tests and benchmarks.
+  uint64_t read_calls() const;
 
  private:
   struct Impl;
