@@ -17,7 +17,7 @@ Box chunk_box(const ChunkRecord& c) { return Box{c.offset, c.shape}; }
 
 /// Pairs of boxes compared by the general overlap check (chunks varying along three or more
 /// dimensions) before it gives up: far more than any real layout needs.
-constexpr int64_t kOverlapWorkBudget = int64_t{1} << 26;
+constexpr int64_t kOverlapWorkBudget = int64_t{1} << 24;
 
 /// Finds two overlapping chunks of one key and throws naming them; `chunks` index into `index`.
 class OverlapCheck {
