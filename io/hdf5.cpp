@@ -5,12 +5,18 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
+#include <thread>
 
 #include "core/error.h"
 #include "core/shape.h"
 #include "io/format.h"
+#include "io/vlen_check.h"
 
 namespace shardload::h5 {
 namespace {
@@ -38,6 +44,77 @@ std::string error_stack() {
 void silence_errors() {
   static std::once_flag once;
   std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });
+}
+
+namespace {
+
+/// The scopes under watch and the thread watching them. Never destroyed (the thread may outlive
+/// static destruction at exit).
+class DeadlineMonitor {
+ public:
+  static DeadlineMonitor& get() {
+    static DeadlineMonitor* monitor = new DeadlineMonitor();
+    return *monitor;
+  }
+  bool enabled() const { return seconds_ > 0; }
+  uint64_t add(const std::string& file) {
+    std::lock_guard lock(mutex_);
+    if (!started_) {
+      std::thread([this] { watch(); }).detach();
+      started_ = true;
+    }
+    const uint64_t id = ++next_;
+    open_.emplace(id, Scope{std::chrono::steady_clock::now(), file});
+    return id;
+  }
+  void remove(uint64_t id) {
+    std::lock_guard lock(mutex_);
+    open_.erase(id);
+  }
+
+ private:
+  struct Scope {
+    std::chrono::steady_clock::time_point start;
+    std::string file;
+  };
+  DeadlineMonitor() {
+    const char* env = std::getenv("SHARDLOAD_HDF5_DEADLINE");
+    seconds_ = env ? std::atof(env) : 15.0;
+  }
+  void watch() {
+    while (true) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      std::lock_guard lock(mutex_);
+      const auto now = std::chrono::steady_clock::now();
+      for (const auto& [id, scope] : open_) {
+        const double held = std::chrono::duration<double>(now - scope.start).count();
+        if (held < seconds_) continue;
+        std::fprintf(stderr,
+                     "shardload: In %s: HDF5 has not returned for %.0f s while reading the "
+                     "file's structure: the file is malformed (HDF5 loops forever on some "
+                     "corrupt files); giving up (exit code 3)\n",
+                     scope.file.c_str(), held);
+        std::fflush(stderr);
+        std::_Exit(3);
+      }
+    }
+  }
+  std::mutex mutex_;
+  std::map<uint64_t, Scope> open_;
+  uint64_t next_ = 0;
+  bool started_ = false;
+  double seconds_ = 15.0;
+};
+
+}  // namespace
+
+Deadline::Deadline(const std::string& file) {
+  DeadlineMonitor& monitor = DeadlineMonitor::get();
+  if (monitor.enabled()) id_ = monitor.add(file);
+}
+
+Deadline::~Deadline() {
+  if (id_) DeadlineMonitor::get().remove(id_);
 }
 
 std::recursive_mutex& library_mutex() {
@@ -355,7 +432,8 @@ void write_strings(hid_t loc, const char* name, const std::vector<std::string>& 
   }
 }
 
-std::vector<std::string> read_strings(hid_t loc, const char* name, const ColumnLimits& limits) {
+std::vector<std::string> read_strings(hid_t loc, const char* name, const ColumnLimits& limits,
+                                      VlenCheck& vlen) {
   Column c = open_column(loc, name, H5T_STRING, limits);
   const size_t n = static_cast<size_t>(c.rows);
   std::vector<std::string> out;
@@ -363,10 +441,16 @@ std::vector<std::string> read_strings(hid_t loc, const char* name, const ColumnL
   if (n == 0) return out;
   std::string what = std::string("dataset '") + name + "'";
   if (SHARDLOAD_H5(H5Tis_variable_str(c.type.get())) > 0) {
+    vlen.check_dataset(c.ds.get(), c.rows, what);
     Handle type = vlen_string_type();
     Handle space = space_handle(H5Dget_space(c.ds.get()));
     std::vector<char*> ptrs(n, nullptr);
-    SHARDLOAD_H5(H5Dread(c.ds.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()));
+    if (H5Dread(c.ds.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) < 0) {
+      // A conversion that failed part way leaves the strings it made; free them.
+      const std::string stack = error_stack();
+      for (char* p : ptrs) H5free_memory(p);
+      throw FormatError(what + ": H5Dread failed: " + stack);
+    }
     size_t too_long = 0;
     for (char* p : ptrs) {
       size_t len = p ? std::strlen(p) : 0;
@@ -451,13 +535,18 @@ std::pair<Handle, Handle> open_scalar_attr(hid_t obj, const char* name, H5T_clas
 
 }  // namespace
 
-std::string read_attr_string(hid_t obj, const char* name) {
+std::string read_attr_string(hid_t obj, const char* name, VlenCheck& vlen) {
   auto [attr, file_type] = open_scalar_attr(obj, name, H5T_STRING, "string");
   const std::string what = std::string("attribute '") + name + "'";
   if (SHARDLOAD_H5(H5Tis_variable_str(file_type.get())) > 0) {
+    vlen.check_attribute(obj, name);
     Handle type = vlen_string_type();
     char* p = nullptr;
-    SHARDLOAD_H5(H5Aread(attr.get(), type.get(), &p));
+    if (H5Aread(attr.get(), type.get(), &p) < 0) {
+      const std::string stack = error_stack();
+      H5free_memory(p);
+      throw FormatError(what + ": H5Aread failed: " + stack);
+    }
     size_t len = p ? std::strlen(p) : 0;
     std::string s = len <= static_cast<size_t>(kMaxStringBytes) ? std::string(p ? p : "", len) : "";
     H5free_memory(p);

@@ -13,6 +13,8 @@
 
 namespace shardload::h5 {
 
+class VlenCheck;
+
 /// Owns one HDF5 identifier and closes it with the matching H5*close. A move leaves the source
 /// invalid. The destructor never throws.
 class Handle {
@@ -61,6 +63,24 @@ void silence_errors();
 std::recursive_mutex& library_mutex();
 
 #define SHARDLOAD_H5(call) ::shardload::h5::check((call), #call)
+
+/// Bounds the time HDF5 may spend on an untrusted file's structure. HDF5 1.10 loops forever on
+/// some corrupt files (a global heap collection holding a free-space object of size 0, met by
+/// any variable-length string read), and a call into HDF5 cannot be interrupted. While a Deadline
+/// lives, a monitor thread watches it; when it has lived longer than SHARDLOAD_HDF5_DEADLINE
+/// seconds (default 15; 0 turns the watch off), the monitor prints "shardload: In <file>: ..." to
+/// stderr and ends the process with exit code 3, a corrupt file's code (under mpirun, mpirun
+/// ends the job with it). Scopes are short: one open, one column, one dataset lookup.
+class Deadline {
+ public:
+  explicit Deadline(const std::string& file);
+  ~Deadline();
+  Deadline(const Deadline&) = delete;
+  Deadline& operator=(const Deadline&) = delete;
+
+ private:
+  uint64_t id_ = 0;
+};
 
 Handle file_handle(hid_t id);
 Handle group_handle(hid_t id);
@@ -141,8 +161,9 @@ int64_t column_rows(hid_t loc, const char* name, H5T_class_t cls, const ColumnLi
 /// Writes a 1-D dataset of variable-length UTF-8 strings.
 void write_strings(hid_t loc, const char* name, const std::vector<std::string>& values);
 /// Reads a checked 1-D column of strings (variable- or fixed-length, as h5py writes either);
-/// each string at most kMaxStringBytes.
-std::vector<std::string> read_strings(hid_t loc, const char* name, const ColumnLimits& limits);
+/// each string at most kMaxStringBytes. Variable-length strings pass `vlen` first.
+std::vector<std::string> read_strings(hid_t loc, const char* name, const ColumnLimits& limits,
+                                      VlenCheck& vlen);
 /// Writes a 1-D dataset of int64 / uint64.
 void write_i64(hid_t loc, const char* name, const std::vector<int64_t>& values);
 void write_u64(hid_t loc, const char* name, const std::vector<uint64_t>& values);
@@ -156,9 +177,9 @@ std::vector<uint64_t> read_u64(hid_t loc, const char* name, const ColumnLimits& 
 void write_attr(hid_t obj, const char* name, const std::string& value);
 void write_attr(hid_t obj, const char* name, int64_t value);
 bool has_attr(hid_t obj, const char* name);
-/// Reads a scalar string attribute (at most kMaxStringBytes). Throws FormatError naming the
-/// attribute when it is not a scalar of class string.
-std::string read_attr_string(hid_t obj, const char* name);
+/// Reads a scalar string attribute (at most kMaxStringBytes); a variable-length one passes `vlen`
+/// first. Throws FormatError naming the attribute when it is not a scalar of class string.
+std::string read_attr_string(hid_t obj, const char* name, VlenCheck& vlen);
 /// Reads a scalar integer attribute. Throws FormatError naming the attribute when it is not a
 /// scalar of class integer.
 int64_t read_attr_i64(hid_t obj, const char* name);

@@ -12,6 +12,7 @@
 #include "io/file_bytes.h"
 #include "io/format.h"
 #include "io/hdf5.h"
+#include "io/vlen_check.h"
 
 namespace shardload {
 
@@ -49,8 +50,10 @@ void write_manifest(const std::string& dir, const Manifest& m) {
 namespace {
 
 /// Reads and checks an open manifest of `file_size` bytes.
-Manifest parse_manifest(hid_t f, uint64_t file_size) {
-  if (!h5::has_attr(f, "format") || h5::read_attr_string(f, "format") != kFormatName) {
+Manifest parse_manifest(hid_t f, const FileBytes& bytes) {
+  const uint64_t file_size = bytes.size();
+  h5::VlenCheck vlen(f, bytes);
+  if (!h5::has_attr(f, "format") || h5::read_attr_string(f, "format", vlen) != kFormatName) {
     throw FormatError("not a shardload manifest (no format attribute 'shardload')");
   }
   if (!h5::has_attr(f, "format_version")) throw FormatError("no attribute 'format_version'");
@@ -63,7 +66,7 @@ Manifest parse_manifest(hid_t f, uint64_t file_size) {
                       std::to_string(kFormatVersion) + ")");
   }
   if (h5::has_attr(f, "library_version")) {
-    m.library_version = h5::read_attr_string(f, "library_version");
+    m.library_version = h5::read_attr_string(f, "library_version", vlen);
   }
   if (h5::has_attr(f, "num_ranks")) {
     m.num_ranks = h5::read_attr_i64(f, "num_ranks");
@@ -71,9 +74,9 @@ Manifest parse_manifest(hid_t f, uint64_t file_size) {
       throw FormatError("attribute 'num_ranks' is " + std::to_string(m.num_ranks));
     }
   }
-  if (h5::has_attr(f, "created")) m.created = h5::read_attr_string(f, "created");
+  if (h5::has_attr(f, "created")) m.created = h5::read_attr_string(f, "created", vlen);
   const h5::ColumnLimits shard_limits{kMaxShardFiles, file_size};
-  m.shard_files = h5::read_strings(f, "shards", shard_limits);
+  m.shard_files = h5::read_strings(f, "shards", shard_limits, vlen);
   if (h5::link_exists(f, "shard_chunks")) {
     if (h5::column_rows(f, "shard_chunks", H5T_INTEGER, shard_limits) !=
         static_cast<int64_t>(m.shard_files.size())) {
@@ -105,8 +108,8 @@ Manifest parse_manifest(hid_t f, uint64_t file_size) {
         h5::column_rows(meta.get(), "values", H5T_STRING, meta_limits)) {
       throw FormatError("metadata keys and values have different lengths");
     }
-    auto keys = h5::read_strings(meta.get(), "keys", meta_limits);
-    auto values = h5::read_strings(meta.get(), "values", meta_limits);
+    auto keys = h5::read_strings(meta.get(), "keys", meta_limits, vlen);
+    auto values = h5::read_strings(meta.get(), "values", meta_limits, vlen);
     for (size_t i = 0; i < keys.size(); ++i) m.metadata.emplace_back(keys[i], values[i]);
   }
   return m;
@@ -126,11 +129,13 @@ Manifest read_manifest(const std::string& dir) {
                       "; an interrupted save never leaves one)");
   }
   h5::silence_errors();
+  std::lock_guard lock(h5::library_mutex());
+  h5::Deadline deadline(path);
   try {
     if (SHARDLOAD_H5(H5Fis_hdf5(path.c_str())) <= 0) throw FormatError("not an HDF5 file");
     h5::Handle f = h5::open_file(path);
     FileBytes bytes = FileBytes::from_descriptor(h5::dup_descriptor(f.get()), path);
-    return parse_manifest(f.get(), bytes.size());
+    return parse_manifest(f.get(), bytes);
   } catch (...) {
     rethrow_with_context("In " + path + ": ");
   }
@@ -138,9 +143,11 @@ Manifest read_manifest(const std::string& dir) {
 
 Manifest read_manifest_image(const std::string& name, const std::string& image) {
   h5::silence_errors();
+  std::lock_guard lock(h5::library_mutex());
+  h5::Deadline deadline(name);
   try {
     h5::Handle f = h5::open_image(image);
-    return parse_manifest(f.get(), image.size());
+    return parse_manifest(f.get(), FileBytes::from_image(image));
   } catch (...) {
     rethrow_with_context("In " + name + ": ");
   }

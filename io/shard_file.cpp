@@ -14,6 +14,7 @@
 #include "io/file_bytes.h"
 #include "io/hdf5.h"
 #include "io/shard_index.h"
+#include "io/vlen_check.h"
 
 namespace shardload {
 namespace {
@@ -270,8 +271,10 @@ struct Location {
 }  // namespace
 
 struct ShardReader::Impl {
+  std::string name;  ///< the file's path, for the HDF5 deadline
   Handle file;
   FileBytes bytes;
+  std::unique_ptr<h5::VlenCheck> vlen;  ///< strings are checked against `bytes` before reading
   int64_t version = 0;
   /// Datasets looked up so far, by path. Reads of prepared rows only look here (shared lock).
   mutable std::unordered_map<std::string, DatasetInfo> datasets;
@@ -284,7 +287,8 @@ struct ShardReader::Impl {
 
   void check_format(const std::string& name) {
     const hid_t f = file.get();
-    if (!h5::has_attr(f, "format") || h5::read_attr_string(f, "format") != kFormatName) {
+    vlen = std::make_unique<h5::VlenCheck>(f, bytes);
+    if (!h5::has_attr(f, "format") || h5::read_attr_string(f, "format", *vlen) != kFormatName) {
       throw FormatError("not a shardload shard file (no format attribute 'shardload')");
     }
     if (!h5::has_attr(f, "format_version")) throw FormatError("no attribute 'format_version'");
@@ -308,6 +312,7 @@ struct ShardReader::Impl {
     std::lock_guard h5_lock(h5::library_mutex());
     std::unique_lock lock(datasets_mutex);
     if (auto it = datasets.find(path); it != datasets.end()) return it->second;
+    h5::Deadline deadline(name);
     Handle ds = h5::open_dataset(file.get(), path);
     DatasetInfo info;
     info.storage = h5::storage_of(ds.get());
@@ -394,6 +399,8 @@ struct ShardReader::Impl {
 ShardReader::ShardReader(const std::string& path) : impl_(std::make_unique<Impl>()), path_(path) {
   h5::silence_errors();
   std::lock_guard lock(h5::library_mutex());
+  impl_->name = path;
+  h5::Deadline deadline(path);
   try {
     if (::access(path.c_str(), R_OK) != 0) throw FormatError("file is missing or unreadable");
     if (SHARDLOAD_H5(H5Fis_hdf5(path.c_str())) <= 0) throw FormatError("not an HDF5 file");
@@ -409,6 +416,8 @@ ShardReader::ShardReader(const std::string& name, std::string image)
     : impl_(std::make_unique<Impl>()), path_(name) {
   h5::silence_errors();
   std::lock_guard lock(h5::library_mutex());
+  impl_->name = name;
+  h5::Deadline deadline(name);
   try {
     impl_->file = h5::open_image(image);
     impl_->bytes = FileBytes::from_image(std::move(image));
@@ -427,8 +436,10 @@ uint64_t ShardReader::read_calls() const { return impl_->bytes.read_calls(); }
 
 std::vector<ChunkRecord> ShardReader::read_index(int32_t file_number) const {
   std::lock_guard lock(h5::library_mutex());
+  h5::Deadline deadline(path_);
   try {
-    return read_index_table(impl_->file.get(), impl_->version, impl_->bytes.size(), file_number);
+    return read_index_table(impl_->file.get(), impl_->version, impl_->bytes.size(), file_number,
+                            *impl_->vlen);
   } catch (...) {
     rethrow_with_context("In " + path_ + ": reading the index: ");
   }

@@ -62,7 +62,7 @@ void write_index_table(hid_t file, const std::vector<ChunkRecord>& rows, uint64_
 }
 
 std::vector<ChunkRecord> read_index_table(hid_t file, int64_t version, uint64_t file_size,
-                                          int32_t file_number) {
+                                          int32_t file_number, h5::VlenCheck& vlen) {
   h5::Handle index = h5::open_group(file, "index");
   const hid_t g = index.get();
   const h5::ColumnLimits row_limits{kMaxIndexRows, file_size};
@@ -124,9 +124,9 @@ std::vector<ChunkRecord> read_index_table(hid_t file, int64_t version, uint64_t 
   }
 
   // 3. The columns themselves.
-  auto keys = h5::read_strings(g, "key", row_limits);
-  auto dtypes = h5::read_strings(g, "dtype", row_limits);
-  auto datasets = h5::read_strings(g, "dataset", row_limits);
+  auto keys = h5::read_strings(g, "key", row_limits, vlen);
+  auto dtypes = h5::read_strings(g, "dtype", row_limits, vlen);
+  auto datasets = h5::read_strings(g, "dataset", row_limits, vlen);
   const auto global_shape = h5::read_i64(g, "global_shape", dim_limits);
   const auto offset = h5::read_i64(g, "offset", dim_limits);
   const auto shape = h5::read_i64(g, "shape", dim_limits);

@@ -11,6 +11,9 @@
 #include "core/chunk_record.h"
 
 namespace shardload {
+namespace h5 {
+class VlenCheck;
+}
 
 /// Writes the index group `/index` of `file`: the columns of `rows` and, when `block_bytes` > 0,
 /// the attribute `block_bytes` and the `block_checksums` column (every row must then carry its
@@ -20,6 +23,6 @@ void write_index_table(hid_t file, const std::vector<ChunkRecord>& rows, uint64_
 /// Reads and checks the index of a shard file of format `version` and `file_size` bytes; each
 /// row gets `file = file_number`. Throws FormatError naming the column or the key.
 std::vector<ChunkRecord> read_index_table(hid_t file, int64_t version, uint64_t file_size,
-                                          int32_t file_number);
+                                          int32_t file_number, h5::VlenCheck& vlen);
 
 }  // namespace shardload

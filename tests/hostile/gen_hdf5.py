@@ -185,6 +185,24 @@ def cases(workdir, good):
     case("manifest_shard_chunks_wrong_length", ALL, "manifest.h5",
          manifest_hook=lambda m: put(m, "shard_chunks", np.array([3, 4, 5], np.int64)))
 
+    # HDF5 1.10 trusts its global heap (found by fuzz_shard_file): a collection whose first object
+    # is free space of size 0 makes it loop forever; a string whose heap object is larger than
+    # the string makes it copy out of bounds (SIGSEGV). Both must be refused before HDF5 reads.
+    def patch_heap(path, name, index, size):
+        with open(os.path.join(path, name), "r+b") as fh:
+            data = bytearray(fh.read())
+            at = data.find(b"GCOL")
+            data[at + 16:at + 18] = index.to_bytes(2, "little")
+            data[at + 24:at + 32] = size.to_bytes(8, "little")
+            fh.seek(0)
+            fh.write(data)
+    p = case("manifest_global_heap_loops_hdf5", ALL, "manifest.h5")
+    patch_heap(p, "manifest.h5", 0, 0)
+    p = case("manifest_heap_object_past_its_collection", ALL, "manifest.h5")
+    patch_heap(p, "manifest.h5", 1, 1 << 40)
+    p = case("shard_heap_object_longer_than_its_string", ALL, SHARD)
+    patch_heap(p, SHARD, 1, 4000)
+
     def huge_metadata(m):
         meta = m.create_group("metadata")
         meta.create_dataset("keys", shape=(10 ** 9,), dtype=h5py.string_dtype())
