@@ -53,6 +53,7 @@ namespace {
 Manifest parse_manifest(hid_t f, const FileBytes& bytes) {
   const uint64_t file_size = bytes.size();
   h5::VlenCheck vlen(f, bytes);
+  vlen.check_attribute_messages(f, "the root group");
   if (!h5::has_attr(f, "format") || h5::read_attr_string(f, "format", vlen) != kFormatName) {
     throw FormatError("not a shardload manifest (no format attribute 'shardload')");
   }

@@ -288,6 +288,7 @@ struct ShardReader::Impl {
   void check_format(const std::string& name) {
     const hid_t f = file.get();
     vlen = std::make_unique<h5::VlenCheck>(f, bytes);
+    vlen->check_attribute_messages(f, "the root group");
     if (!h5::has_attr(f, "format") || h5::read_attr_string(f, "format", *vlen) != kFormatName) {
       throw FormatError("not a shardload shard file (no format attribute 'shardload')");
     }

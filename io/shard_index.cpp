@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "io/format.h"
 #include "io/hdf5.h"
+#include "io/vlen_check.h"
 
 namespace shardload {
 namespace {
@@ -88,6 +89,7 @@ std::vector<ChunkRecord> read_index_table(hid_t file, int64_t version, uint64_t 
   const bool has_data_offset = version >= 2 && h5::link_exists(g, "data_offset");
   if (has_data_offset) expect_rows("data_offset", H5T_INTEGER);
   const bool has_blocks = h5::link_exists(g, "block_checksums");
+  vlen.check_attribute_messages(g, "group 'index'");
   if (has_blocks != h5::has_attr(g, "block_bytes")) {
     throw FormatError(
         "the index has one of column 'block_checksums' and attribute 'block_bytes' without the "

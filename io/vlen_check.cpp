@@ -1,6 +1,7 @@
 #include "io/vlen_check.h"
 
 #include <cstring>
+#include <optional>
 #include <set>
 
 #include "core/error.h"
@@ -127,21 +128,20 @@ void VlenCheck::check_dataset(hid_t dataset, int64_t rows, const std::string& wh
   }
 }
 
-void VlenCheck::check_attribute(hid_t object, const char* name) {
-  const std::string what = std::string("attribute '") + name + "'";
+bool VlenCheck::walk_header(hid_t object, const std::string& what, const Visit& visit) {
   H5O_info_t info;
   SHARDLOAD_H5(H5Oget_info2(object, &info, H5O_INFO_BASIC));
-  // Walk the object header's chunks (version 1 or 2) for the attribute message.
-  std::vector<std::pair<uint64_t, uint64_t>> chunks;  // (address, length), messages only
+  // The object header's chunks (version 1 or 2), each a run of messages.
+  std::vector<std::pair<uint64_t, uint64_t>> chunks;  // (address, length)
   std::set<uint64_t> seen;
   int version = 0;
   unsigned v2_flags = 0;
   {
     unsigned char head[32] = {};
-    const uint64_t pos = base_ + info.addr;
     if (info.addr > bytes_.size() || bytes_.size() - info.addr < base_ + 16) {
       throw FormatError(what + ": the object header lies outside the file");
     }
+    const uint64_t pos = base_ + info.addr;
     bytes_.read_at(pos, std::min<uint64_t>(32, bytes_.size() - pos), head);
     if (head[0] == 1) {
       version = 1;
@@ -198,28 +198,74 @@ void VlenCheck::check_attribute(hid_t object, const char* name) {
         chunks.emplace_back(decode(m, offset_size_), decode(m + offset_size_, length_size_));
       } else if (type == 0x15) {
         dense = true;  // attribute info: attributes may live in dense storage
-      } else if (type == 0x0C && !(mflags & 0x02) && size >= 8) {
-        const unsigned av = m[0];
-        const uint64_t name_size = decode(m + 2, 2), dt_size = decode(m + 4, 2),
-                       ds_size = decode(m + 6, 2);
-        uint64_t at = av == 3 ? 9 : 8;
-        const auto pad = [&](uint64_t x) { return av == 1 ? align8(x) : x; };
-        if (av >= 1 && av <= 3 && at + pad(name_size) <= size && name_size > 0 &&
-            name_size == std::strlen(name) + 1 && std::memcmp(m + at, name, name_size - 1) == 0) {
-          at += pad(name_size) + pad(dt_size) + pad(ds_size);
-          const uint64_t each = 8 + static_cast<uint64_t>(offset_size_);
-          if (at > size || size - at < each) {
-            throw FormatError(what + ": its value is shorter than one string");
-          }
-          check_descriptor(m + at, what);
-          return;
-        }
+      } else if (type == 0x0C && !(mflags & 0x02)) {
+        if (visit(m, size)) return dense;
       }
       p = data + size;
     }
   }
-  throw FormatError(what + (dense ? " is kept in dense attribute storage, which is not read"
-                                  : " was not found in its object header"));
+  return dense;
+}
+
+namespace {
+
+/// Where an attribute message's parts lie; nullopt when they do not fit in the message.
+struct AttributeParts {
+  uint64_t name = 0, name_size = 0, value = 0;
+};
+
+std::optional<AttributeParts> attribute_parts(const unsigned char* m, uint64_t size) {
+  if (size < 8) return std::nullopt;
+  const unsigned version = m[0];
+  if (version < 1 || version > 3) return std::nullopt;
+  auto u16 = [&](uint64_t at) { return static_cast<uint64_t>(m[at] | m[at + 1] << 8); };
+  const uint64_t name_size = u16(2), dt_size = u16(4), ds_size = u16(6);
+  const auto pad = [&](uint64_t x) { return version == 1 ? align8(x) : x; };
+  AttributeParts parts;
+  parts.name = version == 3 ? 9 : 8;
+  parts.name_size = name_size;
+  parts.value = parts.name + pad(name_size) + pad(dt_size) + pad(ds_size);
+  if (parts.value > size || name_size == 0) return std::nullopt;
+  // HDF5 copies the name up to its NUL: it must end exactly where its stored length says.
+  const auto* name = m + parts.name;
+  if (name[name_size - 1] != 0 || std::memchr(name, 0, name_size - 1) != nullptr) {
+    return std::nullopt;
+  }
+  return parts;
+}
+
+}  // namespace
+
+void VlenCheck::check_attribute_messages(hid_t object, const std::string& what) {
+  walk_header(object, what, [&](const unsigned char* m, uint64_t size) {
+    if (!attribute_parts(m, size)) {
+      throw FormatError(what + ": an attribute message of its object header is malformed");
+    }
+    return false;
+  });
+}
+
+void VlenCheck::check_attribute(hid_t object, const char* name) {
+  const std::string what = std::string("attribute '") + name + "'";
+  bool found = false;
+  const bool dense = walk_header(object, what, [&](const unsigned char* m, uint64_t size) {
+    const auto parts = attribute_parts(m, size);
+    if (!parts || parts->name_size != std::strlen(name) + 1 ||
+        std::memcmp(m + parts->name, name, parts->name_size - 1) != 0) {
+      return false;
+    }
+    const uint64_t each = 8 + static_cast<uint64_t>(offset_size_);
+    if (size - parts->value < each) {
+      throw FormatError(what + ": its value is shorter than one string");
+    }
+    check_descriptor(m + parts->value, what);
+    found = true;
+    return true;
+  });
+  if (!found) {
+    throw FormatError(what + (dense ? " is kept in dense attribute storage, which is not read"
+                                    : " was not found in its object header"));
+  }
 }
 
 }  // namespace shardload::h5

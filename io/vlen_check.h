@@ -1,4 +1,5 @@
-// Variable-length strings of an untrusted HDF5 file, checked before HDF5 reads them. HDF5 1.10
+// Variable-length strings and attribute messages of an untrusted HDF5 file, checked before HDF5
+// reads them. HDF5 1.10
 // trusts its global heap: a heap collection whose free-space object has size 0 makes it loop
 // forever, and a string whose heap object is missing, larger than the string or outside its
 // collection makes it copy out of bounds (SIGSEGV). Both were found by fuzz_shard_file. So
@@ -10,6 +11,7 @@
 #include <hdf5.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -29,8 +31,15 @@ class VlenCheck {
   /// Checks the scalar variable-length string attribute `name` of `object`, found in the
   /// object's header (attributes in dense storage are refused).
   void check_attribute(hid_t object, const char* name);
+  /// Checks every attribute message in `object`'s header before HDF5 looks up an attribute:
+  /// HDF5 copies an attribute's name up to its NUL, past the message when the NUL is missing.
+  void check_attribute_messages(hid_t object, const std::string& what);
 
  private:
+  /// Calls visit(message, size) for each attribute message of the object's header until it
+  /// returns true; returns whether the header points to dense attribute storage.
+  using Visit = std::function<bool(const unsigned char*, uint64_t)>;
+  bool walk_header(hid_t object, const std::string& what, const Visit& visit);
   struct Object {
     uint64_t begin = 0;  ///< offset of the object's header inside the collection
     uint64_t size = 0;
