@@ -326,6 +326,20 @@ ElementType element_type(hid_t type) {
   return t;
 }
 
+namespace {
+
+/// HDF5 converts integers by their bit fields; a type whose fields do not fit its bytes makes
+/// the conversion read out of bounds (found by fuzzing). Checked before any integer is converted.
+void check_integer_type(hid_t type, const std::string& what) {
+  const ElementType t = element_type(type);
+  const bool ok = t.cls == H5T_INTEGER && t.size >= 1 && t.size <= 8 && t.precision >= 1 &&
+                  t.bit_offset < t.size * 8 && t.precision <= t.size * 8 - t.bit_offset &&
+                  (t.order == H5T_ORDER_LE || t.order == H5T_ORDER_BE);
+  if (!ok) throw FormatError(what + " holds integers of a malformed type (" + t.describe() + ")");
+}
+
+}  // namespace
+
 // ---- Columns ---------------------------------------------------------------------------------
 
 namespace {
@@ -354,6 +368,7 @@ Column open_column(hid_t loc, const char* name, H5T_class_t cls, const ColumnLim
     if (cls == H5T_INTEGER && (elem == 0 || elem > 8)) {
       throw FormatError("holds " + std::to_string(elem) + "-byte integers (at most 8)");
     }
+    if (cls == H5T_INTEGER) check_integer_type(c.type.get(), "it");
     if (cls == H5T_STRING && !vlen && (elem == 0 || elem > static_cast<size_t>(kMaxStringBytes))) {
       throw FormatError("holds fixed-length strings of " + std::to_string(elem) +
                         " bytes (at most " + std::to_string(kMaxStringBytes) + ")");
@@ -566,9 +581,7 @@ std::string read_attr_string(hid_t obj, const char* name, VlenCheck& vlen) {
 
 int64_t read_attr_i64(hid_t obj, const char* name) {
   auto [attr, file_type] = open_scalar_attr(obj, name, H5T_INTEGER, "integer");
-  if (H5Tget_size(file_type.get()) > 8) {
-    throw FormatError(std::string("attribute '") + name + "' holds an integer wider than 64 bits");
-  }
+  check_integer_type(file_type.get(), std::string("attribute '") + name + "'");
   int64_t v = 0;
   SHARDLOAD_H5(H5Aread(attr.get(), H5T_NATIVE_INT64, &v));
   return v;

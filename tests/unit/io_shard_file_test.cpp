@@ -550,6 +550,35 @@ TEST(ShardFile, AnInMemoryImageReadsLikeTheFile) {
             m.shard_files);
 }
 
+TEST(ShardFile, FuzzCorpusFilesAreReadOrRefusedWithoutCrashing) {
+  // The seeds and the findings of tests/fuzz/fuzz_shard_file (HDF5 loops and out-of-bounds
+  // copies on crafted heaps and headers), replayed in every build, not only the clang one.
+  const fs::path corpus =
+      fs::path(SHARDLOAD_FIXTURES_DIR) / ".." / "fuzz" / "corpus" / "fuzz_shard_file";
+  int files = 0, refused = 0;
+  for (const auto& entry : fs::directory_iterator(corpus)) {
+    const std::string image = read_file(entry.path().string());
+    ++files;
+    try {
+      read_manifest_image(entry.path().filename().string(), image);
+    } catch (const FormatError&) {
+      ++refused;
+    }
+    try {
+      ShardReader reader(entry.path().filename().string(), image);
+      for (const auto& row : reader.read_index(0)) {
+        std::vector<char> buf(row.nbytes);
+        reader.read_chunk(row, buf.data(), true);
+      }
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find(entry.path().filename().string()), std::string::npos)
+          << e.what();
+    }
+  }
+  EXPECT_GE(files, 8);
+  EXPECT_GE(refused, 4);  // the findings are refused as manifests
+}
+
 TEST(ShardFile, MissingOrForeignFilesAreFormatErrorsNamingThePath) {
   TempDir dir;
   std::string missing = dir.path() + "/nope.h5";
