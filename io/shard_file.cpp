@@ -196,6 +196,8 @@ const ChunkRecord& ShardWriter::add(ChunkRecord record, const void* data) {
     }
     if (record.nbytes < o.pack_threshold) {
       if (impl_->pack_open && impl_->pack.size() + record.nbytes > o.pack_bytes) flush_pack();
+      // One allocation per pack: growing it by copies cost more than packing saved.
+      if (!impl_->pack_open) impl_->pack.reserve(o.pack_bytes);
       record.dataset = "/packed/" + std::to_string(impl_->packs);
       record.data_offset = impl_->pack.size();
       impl_->pack.append(static_cast<const char*>(data), record.nbytes);
