@@ -16,12 +16,14 @@ import xxhash
 from run_hostile import Case
 
 SHARD = "shard-00000-of-00001.h5"
-# What meets the crafted part: the manifest or an index is read by every command (inspect and a
-# load at 1 and 2 ranks here); a chunk's bytes only by reads (verify, load). A few cases also go
-# through `load --into CKPT` (read_checkpoint, as `convert` reads). Every run costs a process
-# start, so each case runs what reaches its crafted part, not every command.
-ALL = ("inspect", "load")
-DATA = ("verify", "load")
+# What meets the crafted part: the manifest or an index is read by every command (inspect here);
+# a chunk's bytes only by reads (verify). A representative set also goes through a load at 1 and
+# 2 ranks (LOAD: the error on every rank, nothing hanging) and `load --into CKPT` (INTO:
+# read_checkpoint, as `convert` reads). Every run costs a process start (about 2 s with mpirun),
+# so each case runs what reaches its crafted part, not every command.
+ALL = ("inspect",)
+DATA = ("verify",)
+LOAD = ("load",)
 INTO = ("load_into",)
 
 
@@ -153,9 +155,9 @@ def cases(workdir, good):
         return path
 
     # ---- manifest.h5: attributes and lists ---------------------------------------------------
-    case("manifest_format_array", ALL, "manifest.h5", manifest_hook=lambda m: set_attr(
+    case("manifest_format_array", ALL + LOAD, "manifest.h5", manifest_hook=lambda m: set_attr(
         m, "format", np.array(["shardload"] * 50, dtype=h5py.string_dtype())))
-    case("manifest_version_many_values", ALL + INTO, "manifest.h5",
+    case("manifest_version_many_values", ALL + INTO + LOAD, "manifest.h5",
          manifest_hook=lambda m: set_attr(m, "format_version", np.arange(500, dtype=np.int64)))
     case("manifest_version_float", ALL, "manifest.h5",
          manifest_hook=lambda m: set_attr(m, "format_version", np.float64(2.0)))
@@ -163,7 +165,7 @@ def cases(workdir, good):
          manifest_hook=lambda m: set_attr(m, "format_version", np.int64(99)))
     case("manifest_format_huge_string", ALL, "manifest.h5",
          manifest_hook=lambda m: set_attr(m, "format", "shardload" + "x" * (1 << 20)))
-    case("manifest_shard_dotdot", ALL, "manifest.h5", manifest_hook=lambda m: put(
+    case("manifest_shard_dotdot", ALL + LOAD, "manifest.h5", manifest_hook=lambda m: put(
         m, "shards", strings(["../" + SHARD])))
     case("manifest_shard_twice", ALL, "manifest.h5", manifest_hook=lambda m: (
         put(m, "shards", strings([SHARD, SHARD])),
@@ -177,7 +179,7 @@ def cases(workdir, good):
     def unstored_shard_list(m):
         del m["shards"]
         m.create_dataset("shards", shape=(1_000_000,), dtype=h5py.string_dtype())
-    case("manifest_shards_not_stored", ALL, "manifest.h5", manifest_hook=unstored_shard_list)
+    case("manifest_shards_not_stored", ALL + LOAD, "manifest.h5", manifest_hook=unstored_shard_list)
     case("manifest_shards_are_ints", ALL, "manifest.h5",
          manifest_hook=lambda m: put(m, "shards", np.arange(3, dtype=np.int64)))
     case("manifest_shards_2d", ALL, "manifest.h5", manifest_hook=lambda m: put(
@@ -196,7 +198,7 @@ def cases(workdir, good):
             data[at + 24:at + 32] = size.to_bytes(8, "little")
             fh.seek(0)
             fh.write(data)
-    p = case("manifest_global_heap_loops_hdf5", ALL, "manifest.h5")
+    p = case("manifest_global_heap_loops_hdf5", ALL + LOAD, "manifest.h5")
     patch_heap(p, "manifest.h5", 0, 0)
     p = case("manifest_heap_object_past_its_collection", ALL, "manifest.h5")
     patch_heap(p, "manifest.h5", 1, 1 << 40)
@@ -210,7 +212,7 @@ def cases(workdir, good):
     case("manifest_metadata_declares_1e9_rows", ALL, "manifest.h5", manifest_hook=huge_metadata)
 
     # ---- shard file: attributes ---------------------------------------------------------------
-    case("shard_format_array", ALL + INTO, SHARD, shard_hook=lambda f: set_attr(
+    case("shard_format_array", ALL + INTO + LOAD, SHARD, shard_hook=lambda f: set_attr(
         f, "format", np.array(["shardload"] * 50, dtype=h5py.string_dtype())))
     case("shard_version_many_values", ALL, SHARD,
          shard_hook=lambda f: set_attr(f, "format_version", np.arange(500, dtype=np.int64)))
@@ -221,7 +223,7 @@ def cases(workdir, good):
     def unstored_keys(f, g):
         del g["key"]
         g.create_dataset("key", shape=(4_000_000,), dtype=h5py.string_dtype())
-    case("index_key_column_not_stored", ALL, SHARD, index_hook=unstored_keys)
+    case("index_key_column_not_stored", ALL + LOAD, SHARD, index_hook=unstored_keys)
 
     def huge_keys(f, g):
         del g["key"]
@@ -249,7 +251,7 @@ def cases(workdir, good):
         big = 1 << 40
         put(g, "global_shape", np.array([big, big, 8], np.int64))
         put(g, "shape", np.array([big, big, 8], np.int64))
-    case("index_shape_overflows_int64", ALL + INTO, SHARD, index_hook=overflowing_shape)
+    case("index_shape_overflows_int64", ALL + INTO + LOAD, SHARD, index_hook=overflowing_shape)
     case("index_nbytes_lies", ALL, SHARD,
          index_hook=lambda f, g: put(g, "nbytes", np.array([129, 32, 8], np.uint64)))
     case("index_offset_outside_tensor", ALL, SHARD,
@@ -281,12 +283,12 @@ def cases(workdir, good):
     # Overlaps: two chunks of layer.bias, then 10^5 chunks of one key with the last overlapping.
     rows = good_rows(good)
     bias = rows[1][3]
-    case("index_chunks_overlap", ALL + INTO, SHARD,
+    case("index_chunks_overlap", ALL + INTO + LOAD, SHARD,
          rows=rows + [("layer.bias", (8,), (4,), bias[4:])])
     n = 100_000
     many = [("layer.weight", (n,), (i,), np.array([float(i)], np.float32)) for i in range(n)]
     many.append(("layer.weight", (n,), (n - 2,), np.zeros(2, np.float32)))
-    case("index_1e5_chunks_of_one_key_overlap", ALL, SHARD, layout="packed", block_bytes=0,
+    case("index_1e5_chunks_of_one_key_overlap", ALL + LOAD, SHARD, layout="packed", block_bytes=0,
          rows=many + rows[1:])
 
     # ---- chunk data: where it lives and what it is ----------------------------------------------
@@ -297,7 +299,7 @@ def cases(workdir, good):
         with open(raw, "wb") as fh:
             fh.write(a.tobytes())
         f.create_dataset(name, shape=a.shape, dtype=a.dtype, external=[(raw, 0, a.nbytes)])
-    case("data_external_storage", DATA + INTO, SHARD, data_hook=external_storage)
+    case("data_external_storage", DATA + INTO + LOAD, SHARD, data_hook=external_storage)
 
     def external_link(f, name, a, i):
         if i != 0:
@@ -305,7 +307,7 @@ def cases(workdir, good):
         with h5py.File(os.path.join(os.path.dirname(f.filename), "other.h5"), "w") as o:
             o.create_dataset("w", data=a)
         f[name] = h5py.ExternalLink("other.h5", "/w")
-    case("data_external_link", DATA, SHARD, data_hook=external_link)
+    case("data_external_link", DATA + LOAD, SHARD, data_hook=external_link)
 
     def soft_link(f, name, a, i):
         if i != 0:
@@ -321,7 +323,7 @@ def cases(workdir, good):
         layout = h5py.VirtualLayout(shape=a.shape, dtype=a.dtype)
         layout[...] = h5py.VirtualSource(f["source/w"])
         f.create_virtual_dataset(name, layout)
-    case("data_virtual_dataset", DATA + INTO, SHARD, data_hook=virtual)
+    case("data_virtual_dataset", DATA + INTO + LOAD, SHARD, data_hook=virtual)
     case("data_compact_layout", DATA, SHARD, data_hook=lambda f, name, a, i: low_level_dataset(
         f, name, a, layout=h5py.h5d.COMPACT if i == 0 else None))
     case("data_chunked_gzip", DATA, SHARD, data_hook=lambda f, name, a, i: f.create_dataset(
@@ -346,7 +348,7 @@ def cases(workdir, good):
         if a.dtype != np.bool_:
             return f.create_dataset(name, data=a)
         f.create_dataset(name, data=np.array(2, np.uint8))
-    p = case("data_bool_byte_2", DATA + INTO, SHARD, rows=bools, block_bytes=0, data_hook=bool_two)
+    p = case("data_bool_byte_2", DATA + INTO + LOAD, SHARD, rows=bools, block_bytes=0, data_hook=bool_two)
     with h5py.File(os.path.join(p, SHARD), "r+") as f:  # the checksum of the bytes stored
         f["index"]["checksum"][2] = np.uint64(xxhash.xxh3_64_intdigest(b"\x02"))
     case("data_dataset_path_dotdot", DATA, SHARD, index_hook=lambda f, g: put(
@@ -361,11 +363,11 @@ def cases(workdir, good):
          index_hook=lambda f, g: put(g, "data_offset", np.array([0, 128, 160], np.uint64)))
 
     # ---- checksums that lie -------------------------------------------------------------------
-    p = case("data_block_checksum_lies", DATA + INTO, SHARD)
+    p = case("data_block_checksum_lies", DATA + INTO + LOAD, SHARD)
     flip_data_byte(p, 0, 70, good)
-    p = case("data_corrupt_chunk_without_blocks", DATA + INTO, SHARD, block_bytes=0)
+    p = case("data_corrupt_chunk_without_blocks", DATA + INTO + LOAD, SHARD, block_bytes=0)
     flip_data_byte(p, 0, 127, good)
-    p = case("data_corrupt_packed_chunk", DATA, SHARD, layout="packed")
+    p = case("data_corrupt_packed_chunk", DATA + LOAD, SHARD, layout="packed")
     flip_data_byte(p, 1, 3, good)
     case("index_block_checksum_differs_from_chunk_checksum", ALL, SHARD, index_hook=lambda f, g:
          put(g, "block_checksums", np.array(g["block_checksums"][()] ^ np.uint64(1), np.uint64)))
