@@ -19,6 +19,10 @@ class Writer {
     u64(s.size());
     for (int64_t d : s) i64(d);
   }
+  void u64s(const std::vector<uint64_t>& v) {
+    u64(v.size());
+    out_.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(uint64_t));
+  }
   std::string take() { return std::move(out_); }
 
  private:
@@ -44,6 +48,15 @@ class Reader {
     pos_ += n;
     return s;
   }
+  std::vector<uint64_t> u64s() {
+    uint64_t n = u64();
+    if (n > (in_.size() - pos_) / sizeof(uint64_t))
+      throw FormatError("serialized index is truncated");
+    std::vector<uint64_t> v(n);
+    if (n) std::memcpy(v.data(), in_.data() + pos_, n * sizeof(uint64_t));
+    pos_ += n * sizeof(uint64_t);
+    return v;
+  }
   Shape shape() {
     uint64_t n = u64();
     if (n > 64) throw FormatError("serialized index: more than 64 dimensions");
@@ -62,6 +75,11 @@ class Reader {
 
 }  // namespace
 
+uint64_t block_count(uint64_t nbytes, uint64_t block_bytes) {
+  if (nbytes == 0 || block_bytes == 0) return 0;
+  return (nbytes - 1) / block_bytes + 1;
+}
+
 std::string serialize_records(const std::vector<ChunkRecord>& records) {
   Writer w;
   for (const auto& r : records) {
@@ -75,6 +93,9 @@ std::string serialize_records(const std::vector<ChunkRecord>& records) {
     w.u64(r.nbytes);
     w.u64(r.checksum);
     w.i64(r.order);
+    w.u64(r.data_offset);
+    w.u64(r.block_bytes);
+    w.u64s(r.block_checksums);
   }
   return w.take();
 }
@@ -95,6 +116,9 @@ void deserialize_records(std::string_view bytes, std::vector<ChunkRecord>& out) 
     c.nbytes = r.u64();
     c.checksum = r.u64();
     c.order = r.i64();
+    c.data_offset = r.u64();
+    c.block_bytes = r.u64();
+    c.block_checksums = r.u64s();
     out.push_back(std::move(c));
   }
 }

@@ -25,9 +25,19 @@ struct ChunkRecord {
   uint64_t nbytes = 0;    ///< numel(shape) * dtype_size(dtype)
   uint64_t checksum = 0;  ///< XXH3-64 of the chunk's bytes (little-endian, C order)
   int64_t order = 0;      ///< the key's position in the saved state dict (chunks of a key share it)
+  /// Format v2: the chunk's byte offset inside `dataset` when that is a packed 1-D uint8 dataset
+  /// holding several chunks back to back; 0 for a chunk with a dataset of its own.
+  uint64_t data_offset = 0;
+  /// Block checksums: XXH3-64 of each `block_bytes` bytes of the chunk (the last block shorter),
+  /// ceil(nbytes / block_bytes) of them. block_bytes 0: the chunk has none (only `checksum`).
+  uint64_t block_bytes = 0;
+  std::vector<uint64_t> block_checksums;
 
   bool operator==(const ChunkRecord&) const = default;
 };
+
+/// Number of blocks of `block_bytes` that `nbytes` bytes make (0 for 0 bytes or no blocks).
+uint64_t block_count(uint64_t nbytes, uint64_t block_bytes);
 
 /// Compact binary form of index rows, for exchanging them between ranks.
 std::string serialize_records(const std::vector<ChunkRecord>& records);

@@ -5,11 +5,14 @@
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "core/error.h"
 #include "io/checkpoint_dir.h"
+#include "io/file_bytes.h"
+#include "io/format.h"
 #include "io/hdf5.h"
-#include "io/shard_file.h"
+#include "io/vlen_check.h"
 
 namespace shardload {
 
@@ -20,7 +23,7 @@ void write_manifest(const std::string& dir, const Manifest& m) {
     h5::Handle f =
         h5::file_handle(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
     h5::write_attr(f.get(), "format", std::string(kFormatName));
-    h5::write_attr(f.get(), "format_version", m.format_version);
+    h5::write_attr(f.get(), "format_version", kFormatVersion);
     h5::write_attr(f.get(), "library_version", m.library_version);
     h5::write_attr(f.get(), "num_ranks", m.num_ranks);
     h5::write_attr(f.get(), "created", m.created);
@@ -44,6 +47,77 @@ void write_manifest(const std::string& dir, const Manifest& m) {
   }
 }
 
+namespace {
+
+/// Reads and checks an open manifest of `file_size` bytes.
+Manifest parse_manifest(hid_t f, const FileBytes& bytes) {
+  const uint64_t file_size = bytes.size();
+  h5::VlenCheck vlen(f, bytes);
+  vlen.check_attribute_messages(f, "the root group");
+  if (!h5::has_attr(f, "format") || h5::read_attr_string(f, "format", vlen) != kFormatName) {
+    throw FormatError("not a shardload manifest (no format attribute 'shardload')");
+  }
+  if (!h5::has_attr(f, "format_version")) throw FormatError("no attribute 'format_version'");
+  Manifest m;
+  m.format_version = h5::read_attr_i64(f, "format_version");
+  if (m.format_version < kOldestFormatVersion || m.format_version > kFormatVersion) {
+    throw FormatError("format version " + std::to_string(m.format_version) +
+                      " is not readable by this shardload (reads versions " +
+                      std::to_string(kOldestFormatVersion) + " to " +
+                      std::to_string(kFormatVersion) + ")");
+  }
+  if (h5::has_attr(f, "library_version")) {
+    m.library_version = h5::read_attr_string(f, "library_version", vlen);
+  }
+  if (h5::has_attr(f, "num_ranks")) {
+    m.num_ranks = h5::read_attr_i64(f, "num_ranks");
+    if (m.num_ranks < 1) {
+      throw FormatError("attribute 'num_ranks' is " + std::to_string(m.num_ranks));
+    }
+  }
+  if (h5::has_attr(f, "created")) m.created = h5::read_attr_string(f, "created", vlen);
+  const h5::ColumnLimits shard_limits{kMaxShardFiles, file_size};
+  m.shard_files = h5::read_strings(f, "shards", shard_limits, vlen);
+  if (h5::link_exists(f, "shard_chunks")) {
+    if (h5::column_rows(f, "shard_chunks", H5T_INTEGER, shard_limits) !=
+        static_cast<int64_t>(m.shard_files.size())) {
+      throw FormatError("'shard_chunks' and 'shards' have different lengths");
+    }
+    m.shard_chunks = h5::read_i64(f, "shard_chunks", shard_limits);
+    for (int64_t c : m.shard_chunks) {
+      if (c < 0 || c > kMaxIndexRows) {
+        throw FormatError("'shard_chunks' holds " + std::to_string(c) + " (at most " +
+                          std::to_string(kMaxIndexRows) + " rows per shard)");
+      }
+    }
+  }
+  std::set<std::string> seen;
+  for (const auto& name : m.shard_files) {
+    if (name.empty() || name.size() > static_cast<size_t>(kMaxShardNameBytes) ||
+        name.find('/') != std::string::npos || name == "." || name == "..") {
+      throw FormatError("invalid shard file name '" + name.substr(0, 300) +
+                        "' (a plain file name in the checkpoint directory)");
+    }
+    if (!seen.insert(name).second) {
+      throw FormatError("shard file name '" + name + "' appears twice");
+    }
+  }
+  if (h5::link_exists(f, "metadata")) {
+    h5::Handle meta = h5::open_group(f, "metadata");
+    const h5::ColumnLimits meta_limits{kMaxMetadataEntries, file_size};
+    if (h5::column_rows(meta.get(), "keys", H5T_STRING, meta_limits) !=
+        h5::column_rows(meta.get(), "values", H5T_STRING, meta_limits)) {
+      throw FormatError("metadata keys and values have different lengths");
+    }
+    auto keys = h5::read_strings(meta.get(), "keys", meta_limits, vlen);
+    auto values = h5::read_strings(meta.get(), "values", meta_limits, vlen);
+    for (size_t i = 0; i < keys.size(); ++i) m.metadata.emplace_back(keys[i], values[i]);
+  }
+  return m;
+}
+
+}  // namespace
+
 Manifest read_manifest(const std::string& dir) {
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) throw FormatError(dir + ": no such checkpoint directory");
@@ -56,49 +130,27 @@ Manifest read_manifest(const std::string& dir) {
                       "; an interrupted save never leaves one)");
   }
   h5::silence_errors();
+  std::lock_guard lock(h5::library_mutex());
+  h5::Deadline deadline(path);
   try {
     if (SHARDLOAD_H5(H5Fis_hdf5(path.c_str())) <= 0) throw FormatError("not an HDF5 file");
-    h5::Handle f = h5::file_handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
-    if (!h5::has_attr(f.get(), "format") ||
-        h5::read_attr_string(f.get(), "format") != kFormatName) {
-      throw FormatError("not a shardload manifest (no format attribute 'shardload')");
-    }
-    Manifest m;
-    m.format_version = h5::read_attr_i64(f.get(), "format_version");
-    if (m.format_version != kFormatVersion) {
-      throw FormatError("format version " + std::to_string(m.format_version) +
-                        " is not readable by this shardload (reads version " +
-                        std::to_string(kFormatVersion) + ")");
-    }
-    if (h5::has_attr(f.get(), "library_version")) {
-      m.library_version = h5::read_attr_string(f.get(), "library_version");
-    }
-    if (h5::has_attr(f.get(), "num_ranks")) m.num_ranks = h5::read_attr_i64(f.get(), "num_ranks");
-    if (h5::has_attr(f.get(), "created")) m.created = h5::read_attr_string(f.get(), "created");
-    m.shard_files = h5::read_strings(f.get(), "shards");
-    if (SHARDLOAD_H5(H5Lexists(f.get(), "shard_chunks", H5P_DEFAULT)) > 0) {
-      m.shard_chunks = h5::read_i64(f.get(), "shard_chunks");
-      if (m.shard_chunks.size() != m.shard_files.size()) {
-        throw FormatError("'shard_chunks' and 'shards' have different lengths");
-      }
-    }
-    for (const auto& name : m.shard_files) {
-      if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
-        throw FormatError("invalid shard file name '" + name + "'");
-      }
-    }
-    if (SHARDLOAD_H5(H5Lexists(f.get(), "metadata", H5P_DEFAULT)) > 0) {
-      h5::Handle meta = h5::group_handle(H5Gopen2(f.get(), "metadata", H5P_DEFAULT));
-      auto keys = h5::read_strings(meta.get(), "keys");
-      auto values = h5::read_strings(meta.get(), "values");
-      if (keys.size() != values.size()) {
-        throw FormatError("metadata keys and values have different lengths");
-      }
-      for (size_t i = 0; i < keys.size(); ++i) m.metadata.emplace_back(keys[i], values[i]);
-    }
-    return m;
+    h5::Handle f = h5::open_file(path);
+    FileBytes bytes = FileBytes::from_descriptor(h5::dup_descriptor(f.get()), path);
+    return parse_manifest(f.get(), bytes);
   } catch (...) {
     rethrow_with_context("In " + path + ": ");
+  }
+}
+
+Manifest read_manifest_image(const std::string& name, const std::string& image) {
+  h5::silence_errors();
+  std::lock_guard lock(h5::library_mutex());
+  h5::Deadline deadline(name);
+  try {
+    h5::Handle f = h5::open_image(image);
+    return parse_manifest(f.get(), FileBytes::from_image(image));
+  } catch (...) {
+    rethrow_with_context("In " + name + ": ");
   }
 }
 

@@ -6,11 +6,13 @@
 #include <utility>
 #include <vector>
 
+#include "io/format.h"
+
 namespace shardload {
 
 /// Contents of `manifest.h5`.
 struct Manifest {
-  int64_t format_version = 1;
+  int64_t format_version = kFormatVersion;  ///< as read; write_manifest writes kFormatVersion
   std::string library_version;
   std::vector<std::string> shard_files;  ///< names relative to the checkpoint directory
   std::vector<int64_t> shard_chunks;     ///< number of index rows in each shard file
@@ -25,8 +27,13 @@ inline constexpr const char* kManifestName = "manifest.h5";
 /// Writes `dir/manifest.h5` and flushes it to stable storage.
 void write_manifest(const std::string& dir, const Manifest& manifest);
 /// Reads `dir/manifest.h5`. Throws FormatError naming the path when the directory is missing,
-/// has no manifest (not a checkpoint, or an interrupted save) or the manifest is invalid.
+/// has no manifest (not a checkpoint, or an interrupted save) or the manifest is invalid: every
+/// attribute a scalar of its class, strings and lists bounded (format.h), shard names plain file
+/// names (no '/', not '.' or '..'), each named once.
 Manifest read_manifest(const std::string& dir);
+/// read_manifest() of an HDF5 file image held in memory (fuzzing, tests); `name` names it in
+/// errors.
+Manifest read_manifest_image(const std::string& name, const std::string& image);
 
 /// Compact binary form, for broadcasting a manifest read by one rank.
 std::string serialize_manifest(const Manifest& manifest);

@@ -1,23 +1,29 @@
 #include "io/shard_file.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <mutex>
+#include <shared_mutex>
+#include <unordered_map>
 
 #include "core/error.h"
 #include "io/checkpoint_dir.h"
 #include "io/checksum.h"
+#include "io/chunk_bytes.h"
+#include "io/file_bytes.h"
 #include "io/hdf5.h"
+#include "io/shard_index.h"
+#include "io/vlen_check.h"
 
 namespace shardload {
 namespace {
 
 using h5::Handle;
 
-/// The HDF5 type of each dtype on disk and in memory (little-endian hosts). float16 is built
-/// the way h5py builds it; bfloat16 has no HDF5 type and is stored as its 16 bits (uint16);
-/// bool is h5py's enum of int8 {FALSE, TRUE}.
+/// The HDF5 type of each dtype on disk (little-endian). float16 is built the way h5py builds
+/// it; bfloat16 has no HDF5 type and is stored as its 16 bits (uint16); bool is h5py's enum of
+/// int8 {FALSE, TRUE}.
 Handle h5_type(DType dtype) {
   switch (dtype) {
     case DType::kFloat64:
@@ -55,32 +61,51 @@ Handle h5_type(DType dtype) {
   throw FormatError("unknown dtype");
 }
 
-/// Checks that a dataset's stored type can hold `dtype` without loss: same class, same size
-/// (h5py may write bool as enum or uint8, bfloat16 as uint16 or int16).
-void check_stored_type(hid_t file_type, DType dtype) {
-  H5T_class_t cls = H5Tget_class(file_type);
-  size_t size = H5Tget_size(file_type);
-  bool ok = static_cast<int64_t>(size) == dtype_size(dtype);
+/// Whether a stored element type holds `dtype` bit for bit: same class, size and sign, every bit
+/// significant (precision = 8 * size, no bit offset), IEEE fields for floats, either byte order.
+/// h5py may write bool as an enum of int8 or as (u)int8, bfloat16 as uint16 or int16.
+bool type_holds(const h5::ElementType& t, DType dtype) {
+  if (static_cast<int64_t>(t.size) != dtype_size(dtype)) return false;
+  if (t.precision != t.size * 8 || t.bit_offset != 0) return false;
+  if (t.order != H5T_ORDER_LE && t.order != H5T_ORDER_BE) return false;
+  auto ieee = [&](size_t spos, size_t epos, size_t esize, size_t msize, size_t ebias) {
+    return t.cls == H5T_FLOAT && t.spos == spos && t.epos == epos && t.esize == esize &&
+           t.mpos == 0 && t.msize == msize && t.ebias == ebias && t.norm == H5T_NORM_IMPLIED;
+  };
   switch (dtype) {
     case DType::kFloat64:
+      return ieee(63, 52, 11, 52, 1023);
     case DType::kFloat32:
+      return ieee(31, 23, 8, 23, 127);
     case DType::kFloat16:
-      ok = ok && cls == H5T_FLOAT;
-      break;
+      return ieee(15, 10, 5, 10, 15);
     case DType::kBool:
-      ok = ok && (cls == H5T_ENUM || cls == H5T_INTEGER);
-      break;
+      return t.cls == H5T_ENUM || t.cls == H5T_INTEGER;
+    case DType::kBFloat16:
+      return t.cls == H5T_INTEGER;
+    case DType::kUInt8:
+      return t.cls == H5T_INTEGER && !t.is_signed;
     default:
-      ok = ok && cls == H5T_INTEGER;
-      if (ok && dtype != DType::kBFloat16) {
-        bool is_signed = H5Tget_sign(file_type) == H5T_SGN_2;
-        ok = is_signed == (dtype != DType::kUInt8);
-      }
+      return t.cls == H5T_INTEGER && t.is_signed;
   }
-  if (!ok) {
-    throw FormatError("stored element type (HDF5 class " + std::to_string(cls) + ", " +
-                      std::to_string(size) + " bytes) does not hold dtype " +
-                      std::string(dtype_name(dtype)));
+}
+
+/// A packed dataset's element type: unsigned 8-bit integers.
+bool is_byte_type(const h5::ElementType& t) {
+  return t.cls == H5T_INTEGER && t.size == 1 && !t.is_signed && t.precision == 8 &&
+         t.bit_offset == 0;
+}
+
+const char* layout_name(H5D_layout_t layout) {
+  switch (layout) {
+    case H5D_COMPACT:
+      return "compact";
+    case H5D_CHUNKED:
+      return "chunked";
+    case H5D_VIRTUAL:
+      return "virtual (its data lives in other datasets or files)";
+    default:
+      return "of unknown layout";
   }
 }
 
@@ -97,6 +122,12 @@ Handle file_access_plist() {
   return fapl;
 }
 
+std::string chunk_name(const ChunkRecord& row) {
+  std::string s = "chunk " + row.dataset;
+  if (row.data_offset) s += " at data offset " + std::to_string(row.data_offset);
+  return s;
+}
+
 }  // namespace
 
 std::string shard_file_name(int shard, int num_shards) {
@@ -109,12 +140,27 @@ std::string shard_file_name(int shard, int num_shards) {
 struct ShardWriter::Impl {
   Handle file;
   Handle data_group;
+  Handle packed_group;
+  ShardWriterOptions options;
+  std::string pack;        ///< bytes of the pack being filled
+  bool pack_open = false;  ///< some row refers to the pack being filled (maybe with 0 bytes)
+  int packs = 0;           ///< packs written
+  int datasets = 0;        ///< chunk datasets of their own written
 };
 
-ShardWriter::ShardWriter(const std::string& path, int shard, int num_shards)
+ShardWriter::ShardWriter(const std::string& path, int shard, int num_shards,
+                         const ShardWriterOptions& options)
     : impl_(std::make_unique<Impl>()), path_(path) {
   h5::silence_errors();
   try {
+    if (options.block_bytes &&
+        (options.block_bytes < kMinBlockBytes || options.block_bytes > kMaxBlockBytes ||
+         options.block_bytes % 8 != 0)) {
+      throw UsageError("block_bytes " + std::to_string(options.block_bytes) +
+                       " is not a multiple of 8 between " + std::to_string(kMinBlockBytes) +
+                       " and " + std::to_string(kMaxBlockBytes));
+    }
+    impl_->options = options;
     Handle fapl = file_access_plist();
     impl_->file = h5::file_handle(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()));
     h5::write_attr(impl_->file.get(), "format", std::string(kFormatName));
@@ -132,15 +178,41 @@ ShardWriter::~ShardWriter() = default;
 
 const ChunkRecord& ShardWriter::add(ChunkRecord record, const void* data) {
   try {
-    record.nbytes = static_cast<uint64_t>(numel(record.shape) * dtype_size(record.dtype));
-    record.dataset = "/data/" + std::to_string(rows_.size());
+    const ShardWriterOptions& o = impl_->options;
+    record.nbytes = static_cast<uint64_t>(byte_size(record.shape, dtype_size(record.dtype)));
     record.checksum = checksum(data, record.nbytes);
-    Handle type = h5_type(record.dtype);
-    Handle space = data_space(record.shape);
-    Handle ds = h5::dataset_handle(H5Dcreate2(impl_->file.get(), record.dataset.c_str(), type.get(),
-                                              space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-    if (record.nbytes > 0) {
-      SHARDLOAD_H5(H5Dwrite(ds.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, data));
+    record.block_bytes = o.block_bytes;
+    record.block_checksums.clear();
+    if (const uint64_t blocks = block_count(record.nbytes, o.block_bytes); blocks == 1) {
+      record.block_checksums.push_back(record.checksum);
+    } else {
+      record.block_checksums.reserve(blocks);
+      const auto* p = static_cast<const char*>(data);
+      for (uint64_t b = 0; b < blocks; ++b) {
+        const uint64_t lo = b * o.block_bytes;
+        record.block_checksums.push_back(
+            checksum(p + lo, std::min(o.block_bytes, record.nbytes - lo)));
+      }
+    }
+    if (record.nbytes < o.pack_threshold) {
+      if (impl_->pack_open && impl_->pack.size() + record.nbytes > o.pack_bytes) flush_pack();
+      // One allocation per pack: growing it by copies cost more than packing saved.
+      if (!impl_->pack_open) impl_->pack.reserve(o.pack_bytes);
+      record.dataset = "/packed/" + std::to_string(impl_->packs);
+      record.data_offset = impl_->pack.size();
+      impl_->pack.append(static_cast<const char*>(data), record.nbytes);
+      impl_->pack_open = true;
+    } else {
+      record.dataset = "/data/" + std::to_string(impl_->datasets++);
+      record.data_offset = 0;
+      Handle type = h5_type(record.dtype);
+      Handle space = data_space(record.shape);
+      Handle ds =
+          h5::dataset_handle(H5Dcreate2(impl_->file.get(), record.dataset.c_str(), type.get(),
+                                        space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+      if (record.nbytes > 0) {
+        SHARDLOAD_H5(H5Dwrite(ds.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, data));
+      }
     }
     data_bytes_ += record.nbytes;
     rows_.push_back(std::move(record));
@@ -150,38 +222,31 @@ const ChunkRecord& ShardWriter::add(ChunkRecord record, const void* data) {
   }
 }
 
+void ShardWriter::flush_pack() {
+  if (!impl_->pack_open) return;
+  if (!impl_->packed_group.valid()) {
+    impl_->packed_group = h5::group_handle(
+        H5Gcreate2(impl_->file.get(), "packed", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+  }
+  const std::string name = std::to_string(impl_->packs);
+  Handle space = data_space({static_cast<int64_t>(impl_->pack.size())});
+  Handle ds = h5::dataset_handle(H5Dcreate2(impl_->packed_group.get(), name.c_str(), H5T_STD_U8LE,
+                                            space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+  if (!impl_->pack.empty()) {
+    SHARDLOAD_H5(
+        H5Dwrite(ds.get(), H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, impl_->pack.data()));
+  }
+  ++impl_->packs;
+  impl_->pack.clear();
+  impl_->pack_open = false;
+}
+
 void ShardWriter::finish() {
   try {
-    Handle index = h5::group_handle(
-        H5Gcreate2(impl_->file.get(), "index", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-    std::vector<std::string> keys, dtypes, datasets;
-    std::vector<int64_t> ndim, global_shape, offset, shape;
-    std::vector<uint64_t> nbytes, checksums;
-    std::vector<int64_t> order;
-    for (const auto& r : rows_) {
-      keys.push_back(r.key);
-      dtypes.emplace_back(dtype_name(r.dtype));
-      datasets.push_back(r.dataset);
-      ndim.push_back(static_cast<int64_t>(r.global_shape.size()));
-      global_shape.insert(global_shape.end(), r.global_shape.begin(), r.global_shape.end());
-      offset.insert(offset.end(), r.offset.begin(), r.offset.end());
-      shape.insert(shape.end(), r.shape.begin(), r.shape.end());
-      nbytes.push_back(r.nbytes);
-      checksums.push_back(r.checksum);
-      order.push_back(r.order);
-    }
-    h5::write_strings(index.get(), "key", keys);
-    h5::write_strings(index.get(), "dtype", dtypes);
-    h5::write_i64(index.get(), "ndim", ndim);
-    h5::write_i64(index.get(), "global_shape", global_shape);
-    h5::write_i64(index.get(), "offset", offset);
-    h5::write_i64(index.get(), "shape", shape);
-    h5::write_strings(index.get(), "dataset", datasets);
-    h5::write_u64(index.get(), "nbytes", nbytes);
-    h5::write_u64(index.get(), "checksum", checksums);
-    h5::write_i64(index.get(), "order", order);
-    index.reset();
+    flush_pack();
+    write_index_table(impl_->file.get(), rows_, impl_->options.block_bytes);
     impl_->data_group.reset();
+    impl_->packed_group.reset();
     SHARDLOAD_H5(H5Fflush(impl_->file.get(), H5F_SCOPE_GLOBAL));
     impl_->file.close("H5Fclose");
     fsync_file(path_);
@@ -191,28 +256,177 @@ void ShardWriter::finish() {
 }
 
 // ---------------------------------------------------------------------------------------------
+namespace {
+
+/// What prepare() learnt about one dataset: enough to locate any chunk in it without HDF5.
+struct DatasetInfo {
+  h5::Storage storage;
+  h5::ElementType type;
+};
+
+/// Where a chunk's bytes are in the file.
+struct Location {
+  uint64_t pos = 0;
+  bool swap = false;
+};
+
+}  // namespace
+
 struct ShardReader::Impl {
+  std::string name;  ///< the file's path, for the HDF5 deadline
   Handle file;
+  FileBytes bytes;
+  std::unique_ptr<h5::VlenCheck> vlen;  ///< strings are checked against `bytes` before reading
+  int64_t version = 0;
+  /// Datasets looked up so far, by path. Reads of prepared rows only look here (shared lock).
+  mutable std::unordered_map<std::string, DatasetInfo> datasets;
+  mutable std::shared_mutex datasets_mutex;
+
+  ~Impl() {
+    std::lock_guard lock(h5::library_mutex());
+    file.reset();
+  }
+
+  void check_format(const std::string& name) {
+    const hid_t f = file.get();
+    vlen = std::make_unique<h5::VlenCheck>(f, bytes);
+    vlen->check_attribute_messages(f, "the root group");
+    if (!h5::has_attr(f, "format") || h5::read_attr_string(f, "format", *vlen) != kFormatName) {
+      throw FormatError("not a shardload shard file (no format attribute 'shardload')");
+    }
+    if (!h5::has_attr(f, "format_version")) throw FormatError("no attribute 'format_version'");
+    version = h5::read_attr_i64(f, "format_version");
+    if (version < kOldestFormatVersion || version > kFormatVersion) {
+      throw FormatError("format version " + std::to_string(version) +
+                        " is not readable by this shardload (reads versions " +
+                        std::to_string(kOldestFormatVersion) + " to " +
+                        std::to_string(kFormatVersion) + ")");
+    }
+    (void)name;
+  }
+
+  const DatasetInfo& dataset(const std::string& path) const {
+    {
+      std::shared_lock lock(datasets_mutex);
+      if (auto it = datasets.find(path); it != datasets.end()) return it->second;
+    }
+    // Not prepared: HDF5 calls, serialized with every other reader's (elements of an
+    // unordered_map stay where they are when it grows, so references handed out stay valid).
+    std::lock_guard h5_lock(h5::library_mutex());
+    std::unique_lock lock(datasets_mutex);
+    if (auto it = datasets.find(path); it != datasets.end()) return it->second;
+    h5::Deadline deadline(name);
+    Handle ds = h5::open_dataset(file.get(), path);
+    DatasetInfo info;
+    info.storage = h5::storage_of(ds.get());
+    Handle type = h5::type_handle(H5Dget_type(ds.get()));
+    info.type = h5::element_type(type.get());
+    return datasets.emplace(path, std::move(info)).first->second;
+  }
+
+  /// Finds the row's bytes in its dataset and checks every fact the read will rely on.
+  Location locate(const ChunkRecord& row) const {
+    const DatasetInfo& ds = dataset(row.dataset);
+    const h5::Storage& s = ds.storage;
+    const std::string what = "dataset " + row.dataset;
+    if (s.layout != H5D_CONTIGUOUS) {
+      throw FormatError(what + " is " + layout_name(s.layout) +
+                        "; chunk data must be in contiguous datasets");
+    }
+    if (s.external_files > 0) {
+      throw FormatError(what + " keeps its bytes in " + std::to_string(s.external_files) +
+                        " external file(s); chunk data must be inside the shard file");
+    }
+    if (s.filters > 0) {
+      throw FormatError(what + " has " + std::to_string(s.filters) +
+                        " filter(s) (compression, ...); chunk data must be unfiltered");
+    }
+    const Shape dims = s.scalar ? Shape{} : s.dims;
+    const bool same_shape = dims == row.shape && s.scalar == row.shape.empty();
+    uint64_t start = 0, need = row.nbytes;
+    Location loc;
+    if (same_shape && type_holds(ds.type, row.dtype) && row.data_offset == 0) {
+      loc.swap = ds.type.order == H5T_ORDER_BE && ds.type.size > 1;
+    } else if (version >= 2 && !s.scalar && dims.size() == 1 && is_byte_type(ds.type)) {
+      // A packed dataset: the chunk is bytes [data_offset, data_offset + nbytes) of it.
+      start = row.data_offset;
+      const uint64_t end = checked_add(row.data_offset, row.nbytes, "data_offset + nbytes");
+      if (end > static_cast<uint64_t>(dims[0])) {
+        throw FormatError("the chunk's bytes [" + std::to_string(start) + ", " +
+                          std::to_string(end) + ") lie beyond the end of packed " + what + " (" +
+                          std::to_string(dims[0]) + " bytes)");
+      }
+      need = static_cast<uint64_t>(dims[0]);
+    } else if (!same_shape) {
+      throw FormatError(what + " has shape " + shape_str(dims) + ", the index says " +
+                        shape_str(row.shape));
+    } else if (row.data_offset != 0) {
+      throw FormatError(what + " holds one chunk, but the index gives data offset " +
+                        std::to_string(row.data_offset));
+    } else {
+      throw FormatError(what + ": stored element type (" + ds.type.describe() +
+                        ") does not hold dtype " + std::string(dtype_name(row.dtype)));
+    }
+    if (row.nbytes == 0) return loc;
+    if (!s.has_offset) throw FormatError(what + " has no storage in the file (never written)");
+    const uint64_t file_size = bytes.size();
+    if (s.bytes < need || s.offset > file_size || s.bytes > file_size - s.offset) {
+      throw FormatError(what + " stores " + std::to_string(s.bytes) + " bytes at offset " +
+                        std::to_string(s.offset) + " (needs " + std::to_string(need) +
+                        "); the file has " + std::to_string(file_size));
+    }
+    loc.pos = s.offset + start;
+    return loc;
+  }
+
+  ChunkBytes chunk_bytes(const ChunkRecord& row, const Location& loc) const {
+    if (row.block_checksums.size() != block_count(row.nbytes, row.block_bytes)) {
+      throw FormatError("the index row has " + std::to_string(row.block_checksums.size()) +
+                        " block checksums for " + std::to_string(row.nbytes) + " bytes");
+    }
+    ChunkBytes c;
+    c.file = &bytes;
+    c.pos = loc.pos;
+    c.nbytes = row.nbytes;
+    c.elem_size = dtype_size(row.dtype);
+    c.byte_swap = loc.swap;
+    c.is_bool = row.dtype == DType::kBool;
+    c.checksum = row.checksum;
+    c.block_bytes = row.block_bytes;
+    c.blocks = row.block_checksums.data();
+    c.name = chunk_name(row);
+    return c;
+  }
 };
 
 ShardReader::ShardReader(const std::string& path) : impl_(std::make_unique<Impl>()), path_(path) {
   h5::silence_errors();
+  std::lock_guard lock(h5::library_mutex());
+  impl_->name = path;
+  h5::Deadline deadline(path);
   try {
     if (::access(path.c_str(), R_OK) != 0) throw FormatError("file is missing or unreadable");
     if (SHARDLOAD_H5(H5Fis_hdf5(path.c_str())) <= 0) throw FormatError("not an HDF5 file");
-    impl_->file = h5::file_handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
-    hid_t f = impl_->file.get();
-    if (!h5::has_attr(f, "format") || h5::read_attr_string(f, "format") != kFormatName) {
-      throw FormatError("not a shardload shard file (no format attribute 'shardload')");
-    }
-    int64_t version = h5::read_attr_i64(f, "format_version");
-    if (version != kFormatVersion) {
-      throw FormatError("format version " + std::to_string(version) +
-                        " is not readable by this shardload (reads version " +
-                        std::to_string(kFormatVersion) + ")");
-    }
+    impl_->file = h5::open_file(path);
+    impl_->bytes = FileBytes::from_descriptor(h5::dup_descriptor(impl_->file.get()), path);
+    impl_->check_format(path);
   } catch (...) {
     rethrow_with_context("In " + path + ": ");
+  }
+}
+
+ShardReader::ShardReader(const std::string& name, std::string image)
+    : impl_(std::make_unique<Impl>()), path_(name) {
+  h5::silence_errors();
+  std::lock_guard lock(h5::library_mutex());
+  impl_->name = name;
+  h5::Deadline deadline(name);
+  try {
+    impl_->file = h5::open_image(image);
+    impl_->bytes = FileBytes::from_image(std::move(image));
+    impl_->check_format(name);
+  } catch (...) {
+    rethrow_with_context("In " + name + ": ");
   }
 }
 
@@ -220,111 +434,33 @@ ShardReader::~ShardReader() = default;
 ShardReader::ShardReader(ShardReader&&) noexcept = default;
 ShardReader& ShardReader::operator=(ShardReader&&) noexcept = default;
 
+int64_t ShardReader::format_version() const { return impl_->version; }
+uint64_t ShardReader::read_calls() const { return impl_->bytes.read_calls(); }
+
 std::vector<ChunkRecord> ShardReader::read_index(int32_t file_number) const {
+  std::lock_guard lock(h5::library_mutex());
+  h5::Deadline deadline(path_);
   try {
-    Handle index = h5::group_handle(H5Gopen2(impl_->file.get(), "index", H5P_DEFAULT));
-    hid_t g = index.get();
-    auto keys = h5::read_strings(g, "key");
-    auto dtypes = h5::read_strings(g, "dtype");
-    auto ndim = h5::read_i64(g, "ndim");
-    auto global_shape = h5::read_i64(g, "global_shape");
-    auto offset = h5::read_i64(g, "offset");
-    auto shape = h5::read_i64(g, "shape");
-    auto datasets = h5::read_strings(g, "dataset");
-    auto nbytes = h5::read_u64(g, "nbytes");
-    auto checksums = h5::read_u64(g, "checksum");
-    // Optional: writers that omit it (h5py by hand) get file order.
-    std::vector<int64_t> order;
-    if (SHARDLOAD_H5(H5Lexists(g, "order", H5P_DEFAULT)) > 0) order = h5::read_i64(g, "order");
-    size_t n = keys.size();
-    if (dtypes.size() != n || ndim.size() != n || datasets.size() != n || nbytes.size() != n ||
-        checksums.size() != n || (!order.empty() && order.size() != n)) {
-      throw FormatError("index columns have different lengths");
-    }
-    int64_t total_dims = 0;
-    for (int64_t d : ndim) {
-      if (d < 0 || d > 64) throw FormatError("index column 'ndim' holds " + std::to_string(d));
-      total_dims += d;
-    }
-    if (static_cast<int64_t>(global_shape.size()) != total_dims ||
-        static_cast<int64_t>(offset.size()) != total_dims ||
-        static_cast<int64_t>(shape.size()) != total_dims) {
-      throw FormatError("index shape columns do not match the sum of 'ndim' (" +
-                        std::to_string(total_dims) + ")");
-    }
-    std::vector<ChunkRecord> rows(n);
-    size_t pos = 0;
-    for (size_t i = 0; i < n; ++i) {
-      ChunkRecord& r = rows[i];
-      r.key = std::move(keys[i]);
-      auto dt = dtype_from_name(dtypes[i]);
-      if (!dt) throw FormatError("key '" + r.key + "': unknown dtype '" + dtypes[i] + "'");
-      r.dtype = *dt;
-      auto d = static_cast<size_t>(ndim[i]);
-      r.global_shape.assign(global_shape.begin() + pos, global_shape.begin() + pos + d);
-      r.offset.assign(offset.begin() + pos, offset.begin() + pos + d);
-      r.shape.assign(shape.begin() + pos, shape.begin() + pos + d);
-      pos += d;
-      r.file = file_number;
-      r.dataset = std::move(datasets[i]);
-      r.nbytes = nbytes[i];
-      r.checksum = checksums[i];
-      r.order = order.empty() ? (int64_t{file_number} << 32) + static_cast<int64_t>(i) : order[i];
-      for (int64_t e : r.shape) {
-        if (e < 0) throw FormatError("key '" + r.key + "': negative chunk extent");
-      }
-      if (r.nbytes != static_cast<uint64_t>(numel(r.shape) * dtype_size(r.dtype))) {
-        throw FormatError("key '" + r.key + "': nbytes " + std::to_string(r.nbytes) +
-                          " does not match shape " + shape_str(r.shape) + " of " +
-                          std::string(dtype_name(r.dtype)));
-      }
-    }
-    return rows;
+    return read_index_table(impl_->file.get(), impl_->version, impl_->bytes.size(), file_number,
+                            *impl_->vlen);
   } catch (...) {
     rethrow_with_context("In " + path_ + ": reading the index: ");
+  }
+}
+
+void ShardReader::prepare(const ChunkRecord& row) const {
+  try {
+    impl_->locate(row);
+  } catch (...) {
+    rethrow_with_context("In " + path_ + ": reading key '" + row.key + "': ");
   }
 }
 
 void ShardReader::read(const ChunkRecord& row, const Shape& offset_in_chunk, const Shape& shape,
                        void* dst, bool verify) const {
   try {
-    Handle ds = h5::dataset_handle(H5Dopen2(impl_->file.get(), row.dataset.c_str(), H5P_DEFAULT));
-    Handle file_type = h5::type_handle(H5Dget_type(ds.get()));
-    check_stored_type(file_type.get(), row.dtype);
-    Handle file_space = h5::space_handle(H5Dget_space(ds.get()));
-    int rank = SHARDLOAD_H5(H5Sget_simple_extent_ndims(file_space.get()));
-    std::vector<hsize_t> dims(static_cast<size_t>(rank));
-    if (rank > 0) SHARDLOAD_H5(H5Sget_simple_extent_dims(file_space.get(), dims.data(), nullptr));
-    if (dims.size() != row.shape.size() ||
-        !std::equal(dims.begin(), dims.end(), row.shape.begin(),
-                    [](hsize_t a, int64_t b) { return static_cast<int64_t>(a) == b; })) {
-      throw FormatError("dataset " + row.dataset + " has shape " +
-                        shape_str(Shape(dims.begin(), dims.end())) + ", the index says " +
-                        shape_str(row.shape));
-    }
-    int64_t n = numel(shape);
-    if (n == 0) return;
-    bool whole = shape == row.shape;
-    // Integers, enums: read in the stored type's native form (no value conversion). Floats:
-    // read in our canonical type, so a big-endian file written by h5py still reads right.
-    Handle mem_type = h5_type(row.dtype);
-    if (H5Tget_class(file_type.get()) != H5T_FLOAT) {
-      mem_type = h5::type_handle(H5Tget_native_type(file_type.get(), H5T_DIR_ASCEND));
-    }
-    if (whole) {
-      SHARDLOAD_H5(H5Dread(ds.get(), mem_type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, dst));
-    } else {
-      std::vector<hsize_t> start(offset_in_chunk.begin(), offset_in_chunk.end());
-      std::vector<hsize_t> count(shape.begin(), shape.end());
-      SHARDLOAD_H5(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start.data(), nullptr,
-                                       count.data(), nullptr));
-      Handle mem_space = data_space(shape);
-      SHARDLOAD_H5(
-          H5Dread(ds.get(), mem_type.get(), mem_space.get(), file_space.get(), H5P_DEFAULT, dst));
-    }
-    if (verify && whole && checksum(dst, row.nbytes) != row.checksum) {
-      throw FormatError("checksum mismatch in dataset " + row.dataset + " (the file is corrupt)");
-    }
+    const ChunkBytes c = impl_->chunk_bytes(row, impl_->locate(row));
+    read_box(c, row.shape, offset_in_chunk, shape, dst, verify);
   } catch (...) {
     rethrow_with_context("In " + path_ + ": reading key '" + row.key + "': ");
   }
@@ -332,6 +468,59 @@ void ShardReader::read(const ChunkRecord& row, const Shape& offset_in_chunk, con
 
 void ShardReader::read_chunk(const ChunkRecord& row, void* dst, bool verify) const {
   read(row, Shape(row.shape.size(), 0), row.shape, dst, verify);
+}
+
+void ShardReader::read_chunks(std::span<const ChunkRecord* const> rows, void* dst,
+                              bool verify) const {
+  std::vector<Location> locs(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    try {
+      locs[i] = impl_->locate(*rows[i]);
+    } catch (...) {
+      rethrow_with_context("In " + path_ + ": reading key '" + rows[i]->key + "': ");
+    }
+  }
+  char* out = static_cast<char*>(dst);
+  size_t i = 0;
+  while (i < rows.size()) {
+    // One read for a run of chunks that follow each other in the file (empty chunks join any).
+    size_t j = i;
+    uint64_t start = 0, end = 0;
+    bool any = false;
+    for (; j < rows.size(); ++j) {
+      if (rows[j]->nbytes == 0) continue;
+      if (!any) {
+        start = locs[j].pos;
+        end = start;
+        any = true;
+      } else if (locs[j].pos != end) {
+        break;
+      }
+      end += rows[j]->nbytes;
+    }
+    try {
+      if (any) impl_->bytes.read_at(start, end - start, out);
+    } catch (...) {
+      rethrow_with_context("In " + path_ + ": reading key '" + rows[i]->key + "' and " +
+                           std::to_string(j - i - 1) + " chunks after it: ");
+    }
+    for (; i < j; ++i) {
+      try {
+        finish_in_place(impl_->chunk_bytes(*rows[i], locs[i]), out, verify);
+      } catch (...) {
+        rethrow_with_context("In " + path_ + ": reading key '" + rows[i]->key + "': ");
+      }
+      out += rows[i]->nbytes;
+    }
+  }
+}
+
+void ShardReader::verify_chunk(const ChunkRecord& row) const {
+  try {
+    verify_streaming(impl_->chunk_bytes(row, impl_->locate(row)));
+  } catch (...) {
+    rethrow_with_context("In " + path_ + ": reading key '" + row.key + "': ");
+  }
 }
 
 }  // namespace shardload

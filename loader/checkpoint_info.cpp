@@ -63,11 +63,10 @@ VerifyReport verify_checkpoint(const std::string& path) {
                                   " rows, the manifest says " +
                                   std::to_string(manifest.shard_chunks[f]));
       }
-      std::vector<char> buf;
       for (const auto& row : rows) {
-        buf.resize(std::max<size_t>(1, row.nbytes));
+        // Bounded memory whatever the chunk's size: the chunk streams through a window.
         try {
-          reader.read_chunk(row, buf.data(), /*verify=*/true);
+          reader.verify_chunk(row);
           ++report.chunks;
           report.bytes += static_cast<int64_t>(row.nbytes);
         } catch (const std::exception& e) {
@@ -93,30 +92,38 @@ TensorList read_checkpoint(const std::string& path) {
   auto paths = file_paths(dir, info.manifest);
   std::vector<ShardReader> readers;
   for (const auto& p : paths) readers.emplace_back(p);
+  // Before anything is allocated from the index's shapes: every chunk's bytes lie in its file
+  // (prepare), and the chunks of each key cover it. validate_index rules out overlaps, so
+  // counting elements proves coverage, and a tensor is never larger than its stored chunks.
+  std::map<std::string, std::pair<int64_t, int64_t>> counts;  // key -> (covered, numel)
+  for (const auto& row : info.index) {
+    readers[static_cast<size_t>(row.file)].prepare(row);
+    auto& [covered, total] = counts.try_emplace(row.key, 0, numel(row.global_shape)).first->second;
+    covered = checked_add(covered, numel(row.shape), "covered elements");
+  }
+  for (const auto& [key, c] : counts) {
+    if (c.first != c.second) {
+      throw FormatError("In " + dir + ": key '" + key +
+                        "': the stored chunks do not cover the whole tensor");
+    }
+  }
   TensorList out;
   std::map<std::string, size_t> slot;
-  std::vector<int64_t> covered;
   for (const auto& row : info.index) {
     auto [it, fresh] = slot.emplace(row.key, out.size());
-    if (fresh) {
-      out.push_back({row.key, at::empty(row.global_shape,
-                                        at::TensorOptions().dtype(scalar_type_of(row.dtype)))});
-      covered.push_back(0);
-    }
-    at::Tensor chunk = at::empty(row.shape, at::TensorOptions().dtype(scalar_type_of(row.dtype)));
-    readers[static_cast<size_t>(row.file)].read_chunk(row, chunk.data_ptr(), true);
+    const auto options = at::TensorOptions().dtype(scalar_type_of(row.dtype));
+    if (fresh) out.push_back({row.key, at::empty(row.global_shape, options)});
     at::Tensor view = out[it->second].tensor;
     for (size_t d = 0; d < row.shape.size(); ++d) {
       view = view.narrow(static_cast<int64_t>(d), row.offset[d], row.shape[d]);
     }
-    view.copy_(chunk);
-    covered[it->second] += numel(row.shape);
-  }
-  // validate_index rules out overlaps, so counting elements proves coverage.
-  for (size_t i = 0; i < out.size(); ++i) {
-    if (covered[i] != out[i].tensor.numel()) {
-      throw FormatError("In " + dir + ": key '" + out[i].key +
-                        "': the stored chunks do not cover the whole tensor");
+    // The output tensors are fresh and dropped on any error: they may serve as staging.
+    if (view.is_contiguous()) {
+      readers[static_cast<size_t>(row.file)].read_chunk(row, view.data_ptr(), true);
+    } else {
+      at::Tensor chunk = at::empty(row.shape, options);
+      readers[static_cast<size_t>(row.file)].read_chunk(row, chunk.data_ptr(), true);
+      view.copy_(chunk);
     }
   }
   return out;

@@ -1,5 +1,8 @@
 #include "sharding/index_check.h"
 
+#include <algorithm>
+#include <iterator>
+#include <map>
 #include <unordered_map>
 
 #include "core/error.h"
@@ -12,6 +15,129 @@ std::string quoted(const std::string& key) { return "key '" + key + "'"; }
 
 Box chunk_box(const ChunkRecord& c) { return Box{c.offset, c.shape}; }
 
+/// Pairs of boxes compared by the general overlap check (chunks varying along three or more
+/// dimensions) before it gives up: far more than any real layout needs.
+constexpr int64_t kOverlapWorkBudget = int64_t{1} << 24;
+
+/// Finds two overlapping chunks of one key and throws naming them; `chunks` index into `index`.
+class OverlapCheck {
+ public:
+  OverlapCheck(const std::vector<ChunkRecord>& index, const std::vector<std::string>& files,
+               const std::string& key)
+      : index_(index), files_(files), key_(key) {}
+
+  void run(std::vector<size_t> chunks) {
+    if (chunks.size() < 2) return;
+    // Empty chunks hold no element and overlap nothing.
+    std::erase_if(chunks, [&](size_t i) { return numel(index_[i].shape) == 0; });
+    if (chunks.size() < 2) return;
+    // Dimensions along which the chunks differ; along the others every pair overlaps.
+    const ChunkRecord& first = index_[chunks[0]];
+    std::vector<size_t> varying;
+    for (size_t d = 0; d < first.shape.size(); ++d) {
+      for (size_t i : chunks) {
+        if (index_[i].offset[d] != first.offset[d] || index_[i].shape[d] != first.shape[d]) {
+          varying.push_back(d);
+          break;
+        }
+      }
+    }
+    if (varying.empty()) return report(chunks[0], chunks[1]);
+    if (varying.size() == 1) return along_one(chunks, varying[0]);
+    if (varying.size() == 2) return along_two(chunks, varying[0], varying[1]);
+    general(chunks, varying);
+  }
+
+ private:
+  int64_t lo(size_t i, size_t d) const { return index_[i].offset[d]; }
+  int64_t hi(size_t i, size_t d) const { return index_[i].offset[d] + index_[i].shape[d]; }
+
+  [[noreturn]] void report(size_t a, size_t b) const {
+    if (b < a) std::swap(a, b);
+    const ChunkRecord& ca = index_[a];
+    const ChunkRecord& cb = index_[b];
+    throw FormatError(quoted(key_) + ": chunk " + box_str(chunk_box(ca)) + " in " +
+                      files_[static_cast<size_t>(ca.file)] + " overlaps chunk " +
+                      box_str(chunk_box(cb)) + " in " + files_[static_cast<size_t>(cb.file)]);
+  }
+
+  /// Intervals on a line: sorted by start, each must begin at or after the furthest end so far.
+  void along_one(std::vector<size_t> chunks, size_t d) const {
+    std::sort(chunks.begin(), chunks.end(),
+              [&](size_t a, size_t b) { return lo(a, d) < lo(b, d); });
+    size_t furthest = chunks[0];
+    for (size_t k = 1; k < chunks.size(); ++k) {
+      if (lo(chunks[k], d) < hi(furthest, d)) report(furthest, chunks[k]);
+      if (hi(chunks[k], d) > hi(furthest, d)) furthest = chunks[k];
+    }
+  }
+
+  /// Rectangles: a sweep along x with the active y-intervals in an ordered map. The active ones
+  /// are disjoint (else an overlap was reported), so a new one overlaps one of them exactly when
+  /// it overlaps its neighbour on either side. Ends are processed before starts at equal x.
+  void along_two(const std::vector<size_t>& chunks, size_t x, size_t y) const {
+    struct Event {
+      int64_t at;
+      bool start;
+      size_t chunk;
+    };
+    std::vector<Event> events;
+    events.reserve(chunks.size() * 2);
+    for (size_t i : chunks) {
+      events.push_back({lo(i, x), true, i});
+      events.push_back({hi(i, x), false, i});
+    }
+    std::sort(events.begin(), events.end(), [](const Event& a, const Event& b) {
+      return a.at != b.at ? a.at < b.at : (!a.start && b.start);
+    });
+    std::map<int64_t, size_t> active;  // y start -> chunk
+    for (const Event& e : events) {
+      const size_t i = e.chunk;
+      if (!e.start) {
+        active.erase(lo(i, y));
+        continue;
+      }
+      auto next = active.lower_bound(lo(i, y));
+      if (next != active.end() && lo(next->second, y) < hi(i, y)) report(next->second, i);
+      if (next != active.begin()) {
+        auto prev = std::prev(next);
+        if (hi(prev->second, y) > lo(i, y)) report(prev->second, i);
+      }
+      active.emplace(lo(i, y), i);
+    }
+  }
+
+  /// Three or more varying dimensions (no real layout): a sweep along the first, each new chunk
+  /// compared with the active ones, within a work budget.
+  void general(std::vector<size_t> chunks, const std::vector<size_t>& dims) const {
+    const size_t x = dims[0];
+    std::sort(chunks.begin(), chunks.end(),
+              [&](size_t a, size_t b) { return lo(a, x) < lo(b, x); });
+    std::vector<size_t> active;
+    int64_t work = 0;
+    for (size_t i : chunks) {
+      std::erase_if(active, [&](size_t a) { return hi(a, x) <= lo(i, x); });
+      work += static_cast<int64_t>(active.size()) + 1;
+      if (work > kOverlapWorkBudget) {
+        throw FormatError(quoted(key_) + ": its " + std::to_string(chunks.size()) +
+                          " chunks vary along " + std::to_string(dims.size()) +
+                          " dimensions; checking them for overlaps exceeds the work limit (" +
+                          std::to_string(kOverlapWorkBudget) + " comparisons)");
+      }
+      for (size_t a : active) {
+        bool overlap = true;
+        for (size_t d : dims) overlap = overlap && lo(a, d) < hi(i, d) && lo(i, d) < hi(a, d);
+        if (overlap) report(a, i);
+      }
+      active.push_back(i);
+    }
+  }
+
+  const std::vector<ChunkRecord>& index_;
+  const std::vector<std::string>& files_;
+  const std::string& key_;
+};
+
 }  // namespace
 
 void validate_index(const std::vector<ChunkRecord>& index,
@@ -19,6 +145,7 @@ void validate_index(const std::vector<ChunkRecord>& index,
   auto file_of = [&](const ChunkRecord& c) { return file_names[c.file]; };
   std::unordered_map<std::string, std::vector<size_t>> chunks_of;
   std::vector<const std::string*> key_order;
+  chunks_of.reserve(index.size());
   for (size_t i = 0; i < index.size(); ++i) {
     const ChunkRecord& c = index[i];
     if (c.file < 0 || static_cast<size_t>(c.file) >= file_names.size()) {
@@ -26,26 +153,35 @@ void validate_index(const std::vector<ChunkRecord>& index,
                         std::to_string(c.file) + ", but the checkpoint has " +
                         std::to_string(file_names.size()) + " shard files");
     }
-    const std::string where = " in " + file_of(c);
-    const Box box = chunk_box(c);
+    // Messages are built only on failure: this loop runs once per chunk of a large index.
+    auto where = [&] { return " in " + file_of(c); };
     if (c.offset.size() != c.global_shape.size() || c.shape.size() != c.global_shape.size()) {
-      throw FormatError(quoted(c.key) + ": chunk" + where + " has offset " + shape_str(c.offset) +
+      throw FormatError(quoted(c.key) + ": chunk" + where() + " has offset " + shape_str(c.offset) +
                         " and shape " + shape_str(c.shape) + " for global shape " +
                         shape_str(c.global_shape) + ": the numbers of dimensions differ");
     }
-    for (int64_t e : c.global_shape) {
-      if (e < 0) {
-        throw FormatError(quoted(c.key) + ": chunk" + where + " has global shape " +
+    bool in_bounds = true;
+    for (size_t d = 0; d < c.global_shape.size(); ++d) {
+      if (c.global_shape[d] < 0) {
+        throw FormatError(quoted(c.key) + ": chunk" + where() + " has global shape " +
                           shape_str(c.global_shape) + " with a negative extent");
       }
+      in_bounds = in_bounds && c.offset[d] >= 0 && c.shape[d] >= 0 &&
+                  c.offset[d] <= c.global_shape[d] - c.shape[d];
     }
-    if (!inside(c.global_shape, box)) {
-      throw FormatError(quoted(c.key) + ": chunk " + box_str(box) + where +
+    if (!in_bounds) {
+      throw FormatError(quoted(c.key) + ": chunk " + box_str(chunk_box(c)) + where() +
                         " lies outside global shape " + shape_str(c.global_shape));
     }
-    const uint64_t expect = static_cast<uint64_t>(numel(c.shape) * dtype_size(c.dtype));
+    uint64_t expect = 0;
+    try {
+      numel(c.global_shape);  // the whole tensor's element count must fit in int64
+      expect = static_cast<uint64_t>(byte_size(c.shape, dtype_size(c.dtype)));
+    } catch (...) {
+      rethrow_with_context(quoted(c.key) + ": chunk" + where() + ": ");
+    }
     if (c.nbytes != expect) {
-      throw FormatError(quoted(c.key) + ": chunk " + box_str(box) + where + " records " +
+      throw FormatError(quoted(c.key) + ": chunk " + box_str(chunk_box(c)) + where() + " records " +
                         std::to_string(c.nbytes) + " bytes, but " + shape_str(c.shape) + " of " +
                         std::string(dtype_name(c.dtype)) + " takes " + std::to_string(expect));
     }
@@ -53,32 +189,23 @@ void validate_index(const std::vector<ChunkRecord>& index,
     if (fresh) key_order.push_back(&it->first);
     if (!fresh) {
       const ChunkRecord& f = index[it->second.front()];
-      const std::string pair = quoted(c.key) + ": chunk in " + file_of(f) + " has ";
-      const std::string other = ", chunk" + where + " has ";
-      if (f.dtype != c.dtype) {
-        throw FormatError(pair + "dtype " + std::string(dtype_name(f.dtype)) + other +
-                          std::string(dtype_name(c.dtype)));
-      }
-      if (f.global_shape != c.global_shape) {
+      if (f.dtype != c.dtype || f.global_shape != c.global_shape) {
+        const std::string pair = quoted(c.key) + ": chunk in " + file_of(f) + " has ";
+        const std::string other = ", chunk" + where() + " has ";
+        if (f.dtype != c.dtype) {
+          throw FormatError(pair + "dtype " + std::string(dtype_name(f.dtype)) + other +
+                            std::string(dtype_name(c.dtype)));
+        }
         throw FormatError(pair + "global shape " + shape_str(f.global_shape) + other +
                           shape_str(c.global_shape));
       }
     }
     it->second.push_back(i);
   }
+  // O(n log n) per key for chunks that vary along at most two dimensions (every real layout).
   for (const std::string* key : key_order) {
-    const auto& chunks = chunks_of.at(*key);
-    for (size_t a = 0; a < chunks.size(); ++a) {
-      const ChunkRecord& ca = index[chunks[a]];
-      for (size_t b = 0; b < a; ++b) {
-        const ChunkRecord& cb = index[chunks[b]];
-        if (intersect(chunk_box(cb), chunk_box(ca))) {
-          throw FormatError(quoted(*key) + ": chunk " + box_str(chunk_box(cb)) + " in " +
-                            file_of(cb) + " overlaps chunk " + box_str(chunk_box(ca)) + " in " +
-                            file_of(ca));
-        }
-      }
-    }
+    auto& chunks = chunks_of.at(*key);
+    if (chunks.size() > 1) OverlapCheck(index, file_names, *key).run(std::move(chunks));
   }
 }
 

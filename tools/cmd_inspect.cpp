@@ -78,10 +78,12 @@ Runner add_inspect(CLI::App& app) {
           bytes += static_cast<int64_t>(r->nbytes);
           t["chunks"].push_back({{"file", m.shard_files[static_cast<size_t>(r->file)]},
                                  {"dataset", r->dataset},
+                                 {"data_offset", r->data_offset},
                                  {"offset", r->offset},
                                  {"shape", r->shape},
                                  {"bytes", r->nbytes},
-                                 {"checksum", r->checksum}});
+                                 {"checksum", r->checksum},
+                                 {"block_checksums", r->block_checksums.size()}});
         }
         t["bytes"] = bytes;
         j["tensors"].push_back(t);
@@ -103,7 +105,9 @@ Runner add_inspect(CLI::App& app) {
                 << shape_str(rows[0]->global_shape) << "  " << human_bytes(bytes) << "\n";
       for (const auto* r : rows) {
         std::cout << "      chunk " << box_str(Box{r->offset, r->shape}) << "  "
-                  << m.shard_files[static_cast<size_t>(r->file)] << ":" << r->dataset << "\n";
+                  << m.shard_files[static_cast<size_t>(r->file)] << ":" << r->dataset;
+        if (r->data_offset) std::cout << "+" << r->data_offset;
+        std::cout << "\n";
       }
     }
     return 0;

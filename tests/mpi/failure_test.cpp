@@ -107,16 +107,18 @@ TEST(Failure, CorruptChunkIsNamedWithFileAndKey) {
   Saved s;
   // Flip one byte of key "c"'s data in whichever shard holds it.
   std::string file, dataset;
+  uint64_t data_offset = 0;  // of a packed chunk, inside its dataset
   if (world_rank() == 0) {
     CheckpointInfo info = read_checkpoint_info(s.ckpt);
     for (const auto& row : info.index) {
       if (row.key != "c") continue;
       file = s.ckpt + "/" + info.manifest.shard_files[static_cast<size_t>(row.file)];
       dataset = row.dataset;
+      data_offset = row.data_offset;
     }
     hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
     hid_t d = H5Dopen2(f, dataset.c_str(), H5P_DEFAULT);
-    haddr_t offset = H5Dget_offset(d);
+    haddr_t offset = H5Dget_offset(d) + data_offset;
     H5Dclose(d);
     H5Fclose(f);
     std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);

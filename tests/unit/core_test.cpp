@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include "core/chunk_record.h"
 #include "core/dtype.h"
 #include "core/error.h"
@@ -34,16 +36,58 @@ TEST(Shape, NumelAndText) {
   EXPECT_EQ(torch_size_str({2}), "torch.Size([2])");
 }
 
+TEST(Shape, CheckedArithmeticRefusesOverflowInsteadOfWrapping) {
+  const int64_t big = int64_t{1} << 40;
+  EXPECT_EQ(numel({big, 1 << 20}), big << 20);
+  EXPECT_THROW(numel({big, big}), FormatError);
+  EXPECT_THROW(numel({INT64_MAX, 2}), FormatError);
+  EXPECT_EQ(numel({big, big, 0}), 0);  // no elements, whatever the other extents
+  EXPECT_THROW(numel({3, -1}), FormatError);
+  try {
+    numel({big, big});
+    FAIL();
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("[1099511627776, 1099511627776]"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(byte_size({3, 4}, 8), 96);
+  EXPECT_THROW(byte_size({int64_t{1} << 61}, 8), FormatError);
+  EXPECT_EQ(checked_mul(int64_t{3}, int64_t{-4}), -12);
+  EXPECT_THROW(checked_mul(INT64_MAX, int64_t{2}), FormatError);
+  EXPECT_THROW(checked_add(INT64_MAX, int64_t{1}), FormatError);
+  EXPECT_THROW(checked_add(UINT64_MAX, uint64_t{1}), FormatError);
+  EXPECT_THROW(checked_mul(uint64_t{1} << 32, uint64_t{1} << 32), FormatError);
+  EXPECT_EQ(checked_add(uint64_t{1} << 63, (uint64_t{1} << 63) - 1), UINT64_MAX);
+  EXPECT_EQ(block_count(0, 64), 0u);
+  EXPECT_EQ(block_count(64, 64), 1u);
+  EXPECT_EQ(block_count(65, 64), 2u);
+  EXPECT_EQ(block_count(UINT64_MAX, 1 << 20), (UINT64_MAX >> 20) + 1);
+  EXPECT_EQ(block_count(100, 0), 0u);
+}
+
 TEST(ChunkRecord, SerializeRoundTrip) {
   std::vector<ChunkRecord> records = {
       {"layers.0.w", DType::kBFloat16, {8, 4}, {4, 0}, {4, 4}, 1, "/c/0", 32, 0xdeadbeefcafeull},
       {"scalar", DType::kInt64, {}, {}, {}, 0, "/c/1", 8, 7},
       {"key with spaces/and.dots \xc3\xa9", DType::kBool, {0, 3}, {0, 0}, {0, 3}, 2, "", 0, 0},
+      {"packed",
+       DType::kFloat32,
+       {300},
+       {0},
+       {300},
+       1,
+       "/packed/0",
+       1200,
+       9,
+       4,
+       4096,
+       512,
+       {1, 2, 3}},
   };
   const std::string bytes = serialize_records(records);
   std::vector<ChunkRecord> back = {records[1]};  // deserialize appends
   deserialize_records(bytes, back);
-  ASSERT_EQ(back.size(), 4u);
+  ASSERT_EQ(back.size(), records.size() + 1);
   EXPECT_EQ(back[0], records[1]);
   for (size_t i = 0; i < records.size(); ++i) EXPECT_EQ(back[i + 1], records[i]);
   EXPECT_EQ(serialize_records({}), "");
@@ -55,6 +99,11 @@ TEST(ChunkRecord, TruncatedInputIsFormatError) {
   std::vector<ChunkRecord> out;
   EXPECT_THROW(deserialize_records(std::string_view(bytes).substr(0, bytes.size() - 1), out),
                FormatError);
+  // A count of block checksums larger than the bytes that follow is refused before allocating.
+  std::string lying = serialize_records({{"w", DType::kFloat32, {2}, {0}, {2}, 0, "", 8, 1}});
+  const uint64_t huge = uint64_t{1} << 60;
+  std::memcpy(lying.data() + lying.size() - 8, &huge, 8);
+  EXPECT_THROW(deserialize_records(lying, out), FormatError);
 }
 
 TEST(Error, KindsAndExitCodes) {
