@@ -34,6 +34,9 @@ struct LoadOptions {
   /// Check every byte read against the checkpoint's checksums before it reaches a tensor.
   /// false is the only way to skip the checks; LoadResult::checksums_verified then says so.
   bool verify_checksums = true;
+  /// Threads that read and verify shard bytes on each rank; 0: the machine's cores shared by the
+  /// ranks on it (at least 1, at most 8).
+  int reader_threads = 0;
   /// Seconds a rank waits for the others at a phase boundary or for a transfer to progress
   /// before the load fails, naming the ranks that did not arrive. <= 0: wait forever.
   double timeout_seconds = 600;

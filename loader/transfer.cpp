@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <thread>
 
 #include "loader/collective.h"
 #include "loader/read_stage.h"
@@ -70,6 +71,16 @@ struct Slot {
   bool done = false;
 };
 
+/// Reader threads per rank: LoadOptions::reader_threads, or (0) the cores of this machine shared
+/// by the ranks on it, at least one, at most eight.
+int reader_threads(const LoadOptions& options) {
+  if (options.reader_threads > 0) return options.reader_threads;
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  const int local_ranks = local ? std::max(1, std::atoi(local)) : 1;
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  return std::clamp(cores / local_ranks, 1, 8);
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
@@ -94,8 +105,11 @@ struct Transfer::Impl {
   int device = -1;          ///< the CUDA device of those destinations
   bool mixed_devices = false;
   std::vector<bool> mine_on_cuda;  ///< per message of mine: all my pieces land in CUDA memory
-  std::vector<bool> nccl_route;    ///< per message of mine: every receiver's pieces do (kNccl)
-  bool abandoned = false;          ///< deliveries may still write into the arena: never free it
+  /// Per need of this rank: its tensor's bytes when it is a contiguous host tensor (a piece that
+  /// covers it whole, in its dtype, lands with one memcpy); nullptr otherwise.
+  std::vector<void*> whole_destination;
+  std::vector<bool> nccl_route;  ///< per message of mine: every receiver's pieces do (kNccl)
+  bool abandoned = false;        ///< deliveries may still write into the arena: never free it
 
   /// The part of this rank's tensor that `piece` covers.
   at::Tensor destination(const Piece& piece, int32_t need) const {
@@ -152,14 +166,22 @@ struct Transfer::Impl {
       const Piece& piece = in.plan.pieces[static_cast<size_t>(p)];
       if (const int32_t need = in.plan.need_of(piece, rank); need >= 0) {
         const ChunkRecord& row = in.index[static_cast<size_t>(piece.chunk)];
-        const at::ScalarType type = scalar_type_of(row.dtype);
-        at::Tensor src =
-            device_bytes.defined()
-                ? device_bytes.narrow(0, pos, piece.nbytes).view(type).view(piece.box.shape)
-                : at::from_blob(const_cast<char*>(bytes) + pos, piece.box.shape,
-                                at::TensorOptions().dtype(type));
-        at::Tensor dst = destination(piece, need);
-        dst.copy_(src.view(dst.sizes()));
+        const Need& n = in.my_needs[static_cast<size_t>(need)];
+        void* whole = whole_destination[static_cast<size_t>(need)];
+        if (!device_bytes.defined() && whole && row.dtype == n.dtype && piece.box == n.region) {
+          // The piece is this rank's whole tensor, as stored: a plain copy (most tensors of a
+          // replicated load; no tensor operation per small tensor).
+          std::memcpy(whole, bytes + pos, static_cast<size_t>(piece.nbytes));
+        } else {
+          const at::ScalarType type = scalar_type_of(row.dtype);
+          at::Tensor src =
+              device_bytes.defined()
+                  ? device_bytes.narrow(0, pos, piece.nbytes).view(type).view(piece.box.shape)
+                  : at::from_blob(const_cast<char*>(bytes) + pos, piece.box.shape,
+                                  at::TensorOptions().dtype(type));
+          at::Tensor dst = destination(piece, need);
+          dst.copy_(src.view(dst.sizes()));
+        }
         landed += piece.nbytes;
       }
       pos += piece.nbytes;
@@ -167,13 +189,34 @@ struct Transfer::Impl {
     return landed;
   }
 
-  /// Reads every piece of `m` into `bytes` (this rank is its reader). Runs on a reader thread.
+  /// Reads every piece of `m` into `bytes` (this rank is its reader). Runs on a reader thread:
+  /// every row was prepared on the driver thread, so the reads make no HDF5 call. Runs of pieces
+  /// that are whole chunks of one file go in one call, which reads chunks adjacent in the file
+  /// with one pread (packed small tensors).
   int64_t read(const Message& m, char* bytes) {
     maybe_inject_failure("read", rank);
     int64_t pos = 0;
+    std::vector<const ChunkRecord*> run;
+    int64_t run_bytes = 0;
+    int32_t run_file = -1;
+    auto flush = [&] {
+      if (run.empty()) return;
+      in.files.get(run_file).read_chunks(run, bytes + pos, in.options.verify_checksums);
+      pos += run_bytes;
+      run.clear();
+      run_bytes = 0;
+    };
     for (int32_t p : m.pieces) {
       const Piece& piece = in.plan.pieces[static_cast<size_t>(p)];
       const ChunkRecord& row = in.index[static_cast<size_t>(piece.chunk)];
+      if (piece.box.offset == row.offset && piece.box.shape == row.shape) {
+        if (row.file != run_file) flush();
+        run_file = row.file;
+        run.push_back(&row);
+        run_bytes += piece.nbytes;
+        continue;
+      }
+      flush();
       Shape in_chunk(piece.box.offset.size());
       for (size_t d = 0; d < in_chunk.size(); ++d)
         in_chunk[d] = piece.box.offset[d] - row.offset[d];
@@ -181,6 +224,7 @@ struct Transfer::Impl {
                                   in.options.verify_checksums);
       pos += piece.nbytes;
     }
+    flush();
     return pos;
   }
 
@@ -225,8 +269,12 @@ Transfer::Transfer(const TransferInputs& in) : impl_(std::make_unique<Impl>(in))
     for (int32_t p : m.pieces) {
       const Piece& piece = plan.pieces[static_cast<size_t>(p)];
       if (plan.need_of(piece, s.rank) >= 0) s.bytes_to_land += piece.nbytes;
-      // Open every file this rank reads now, on this thread: the reader threads only look up.
-      if (m.reader == s.rank) in.files.get(in.index[static_cast<size_t>(piece.chunk)].file);
+      // Open every file this rank reads and check every chunk it reads now, on this thread:
+      // the reader threads then only pread and hash.
+      if (m.reader == s.rank) {
+        const ChunkRecord& row = in.index[static_cast<size_t>(piece.chunk)];
+        in.files.get(row.file).prepare(row);
+      }
     }
   }
   // Where this rank's tensors live: host, or one CUDA device (several: no NCCL for this rank).
@@ -238,12 +286,18 @@ Transfer::Transfer(const TransferInputs& in) : impl_(std::make_unique<Impl>(in))
     s.device = d;
   }
   for (const Message* m : s.mine) s.mine_on_cuda.push_back(s.lands_on_cuda(*m));
+  for (size_t need = 0; need < in.my_needs.size(); ++need) {
+    const at::Tensor& t =
+        in.partition.entries()[static_cast<size_t>(in.my_entry_of_need[need])].tensor;
+    s.whole_destination.push_back(t.device().is_cpu() && t.is_contiguous() ? t.data_ptr()
+                                                                           : nullptr);
+  }
   // Page-locked staging when bytes go on to a GPU: the host-to-device copies run at full speed.
   s.arena = std::make_unique<StagingArena>(
       std::max(largest + 8, std::min(total, in.options.staging_bytes)), /*pinned=*/s.wants_cuda);
-  // HDF5 (the shard reader) is not thread-safe: one reader thread, which overlaps reads with the
-  // driver thread's deliveries and landings.
-  s.readers = std::make_unique<ReadStage>(1);
+  // Prepared reads are pread and hashing only: several reader threads overlap them with each
+  // other and with the driver thread's deliveries and landings.
+  s.readers = std::make_unique<ReadStage>(reader_threads(in.options));
 }
 
 Transfer::~Transfer() {

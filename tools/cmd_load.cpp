@@ -108,6 +108,11 @@ nlohmann::json result_json(const LoadResult* r, bool strict, const std::string& 
   j["error"] = error.empty() ? nlohmann::json(nullptr) : nlohmann::json(error);
   j["bytes_read"] = bytes_read;
   j["seconds"] = secs;
+  if (r) {
+    j["phase_seconds"] = {{"open", r->seconds.open},         {"index", r->seconds.index},
+                          {"plan", r->seconds.plan},         {"verdict", r->seconds.verdict},
+                          {"transfer", r->seconds.transfer}, {"result", r->seconds.result}};
+  }
   j["transport"] = r ? r->transport : "mpi";
   j["transport_reason"] = r ? r->transport_reason : "";
   j["checksums_verified"] = r ? r->checksums_verified : false;
