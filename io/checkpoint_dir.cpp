@@ -14,8 +14,8 @@
 
 #include "core/crash_point.h"
 #include "core/error.h"
-#include "io/commit_journal.h"
 #include "io/atomic_file.h"
+#include "io/commit_journal.h"
 #include "io/manifest.h"
 #include "io/save_lock.h"
 
