@@ -1,13 +1,25 @@
-"""Side-by-side load benchmark: shardload vs PyTorch DCP vs Megatron-LM's classic loader, on
-the same state dict, the same ranks, in one run, against the machine's own limit measured in the
-same run. Prints a markdown table (medians of --repeat runs; ratios to shardload).
+"""Side-by-side load benchmark: shardload vs PyTorch DCP vs Megatron-LM's classic loader vs plain
+torch.load, on the same state dict, the same ranks, in one run, against the machine's own limit
+measured in the same run. Prints a markdown table (medians of --repeat runs; ratios to shardload)
+and, with --json-out, writes every figure to a JSON file.
 
-    python3 bench/compare.py --bin build/shardload --ranks 2 --mib 512 --repeat 5
+    python3 bench/compare.py --bin build/shardload --ranks 2 --mib 512 --repeat 5 [--cold]
 
 Scenarios: `replicated` (every rank needs every tensor: a data-parallel restart) and `split`
 (tensors named big.* split along dim 0 across the ranks: tensor parallel). Timings are each
-loader's own collective load (max over ranks), excluding process start-up; the page cache is warm
-for everyone (the files were just written), so the limit is memory, not disk.
+loader's own collective load (max over ranks), excluding process start-up.
+
+The limit is honest for P ranks (build/bench/read_floor, plain C++ and MPI): the ranks read
+disjoint parts of shardload's files in parallel with pread and, for `replicated`, exchange them
+with plain MPI broadcasts so that every rank holds every byte; for `split` each rank reads its
+share, no exchange. No loader that reads each byte once can beat it.
+
+Warm (default): the files were just written, so they are in the page cache and the limit is
+memory bandwidth. --cold: before every load (every loader, and the limit) the files are flushed
+and evicted from the page cache (posix_fadvise DONTNEED), so reads come from the disk.
+
+Also measured: shardload with its checksum checks off (`--no-verify`), the cost of verifying
+every byte.
 """
 import argparse
 import json
@@ -20,7 +32,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
@@ -28,17 +39,17 @@ ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIR
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def make_state(mib, path):
+def make_state(mib, path, small_share=16, big_count=8, small_count=256):
     """A transformer-like state dict: a few large matrices and many small vectors."""
     g = torch.Generator().manual_seed(0)
     sd = {}
-    big_bytes = mib * 2**20 * 15 // 16
-    n_big = 8
-    rows = big_bytes // n_big // (1024 * 4)
-    for i in range(n_big):
+    big_bytes = mib * 2**20 * (small_share - 1) // small_share
+    rows = max(1, big_bytes // big_count // (1024 * 4))
+    for i in range(big_count):
         sd[f"big.{i}.weight"] = torch.randn(rows, 1024, generator=g)
-    for i in range(256):
-        sd[f"small.{i}.bias"] = torch.randn(mib * 2**20 // 16 // 256 // 4, generator=g)
+    for i in range(small_count):
+        sd[f"small.{i}.bias"] = torch.randn(max(1, mib * 2**20 // small_share // small_count // 4),
+                                            generator=g)
     torch.save(sd, path)
     return sum(t.nbytes for t in sd.values())
 
@@ -46,7 +57,7 @@ def make_state(mib, path):
 def mpirun(ranks, *cmd):
     env = dict(ENV, MASTER_PORT=str(random.randint(20000, 40000)))  # torch.distributed peers
     r = subprocess.run(["mpirun", "-np", str(ranks), "--oversubscribe", *cmd], env=env,
-                       capture_output=True, text=True, timeout=900)
+                       capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r.stdout
@@ -59,83 +70,136 @@ def last_json(out):
     raise RuntimeError(f"no JSON in output:\n{out}")
 
 
-def machine_limit(files, repeat):
-    """Reading the checkpoint's bytes once from the (warm) page cache into memory, one process:
-    the floor for any loader that reads each byte once."""
-    total = sum(os.path.getsize(f) for f in files)
-    buf = bytearray(max(os.path.getsize(f) for f in files))
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for f in files:
-            with open(f, "rb", buffering=0) as fh:
-                fh.readinto(buf)
-        times.append(time.perf_counter() - t0)
-    return total, statistics.median(times)
+def files_under(path):
+    out = []
+    for root, _, names in os.walk(path):
+        out += [os.path.join(root, n) for n in names]
+    return sorted(out)
+
+
+def evict(paths):
+    """Flushes and drops the files from the page cache (the next read comes from the disk)."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def shardload_load(args, ours, ref, split, verify=True):
+    cmd = [args.bin, "load", ours, "--into", ref, "--json", "--quiet", *split]
+    if not verify:
+        cmd.append("--no-verify")
+    j = last_json(mpirun(args.ranks, *cmd))
+    assert j["ok"], j
+    return j
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="build/shardload")
+    ap.add_argument("--floor", default=None, help="read_floor binary (default: beside --bin)")
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--mib", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--peers", default="dcp,megatron")
+    ap.add_argument("--peers", default="dcp,megatron,torchload")
+    ap.add_argument("--cold", action="store_true", help="evict the files before every load")
+    ap.add_argument("--json-out", default=None)
+    ap.add_argument("--workdir", default=None, help="where to write the checkpoints")
     args = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="shardload-bench-")
+    floor_bin = args.floor or os.path.join(os.path.dirname(os.path.abspath(args.bin)), "bench",
+                                           "read_floor")
+    tmp = tempfile.mkdtemp(prefix="shardload-bench-", dir=args.workdir)
     try:
         ref = os.path.join(tmp, "ref.pt")
         nbytes = make_state(args.mib, ref)
         ours = os.path.join(tmp, "shardload")
-        subprocess.run([args.bin, "convert", ref, ours, "--shards", str(args.ranks)], check=True,
-                       env=ENV, capture_output=True)
+        subprocess.run([args.bin, "convert", ref, ours, "--shards", str(args.ranks), "--quiet"],
+                       check=True, env=ENV, capture_output=True)
         peers = [p for p in args.peers.split(",") if p]
         peer_dirs = {}
         for p in peers:
             peer_dirs[p] = os.path.join(tmp, p)
+            if p == "torchload":
+                continue
             try:
                 mpirun(args.ranks, sys.executable, os.path.join(HERE, "peers.py"), p, "save",
                        "--ref", ref, "--dir", peer_dirs[p])
             except Exception as e:  # a peer that cannot run here is reported, not hidden
                 print(f"note: {p} could not save: {str(e).splitlines()[0]}", file=sys.stderr)
                 peer_dirs.pop(p)
-        files = [os.path.join(ours, f) for f in sorted(os.listdir(ours)) if f.endswith(".h5")]
-        limit_bytes, limit_s = machine_limit(files, args.repeat)
+        shard_files = [f for f in files_under(ours) if f.endswith(".h5")]
 
-        rows = []
+        def before():
+            if args.cold:
+                evict(files_under(tmp))
+
+        rows, record = [], {"mib": args.mib, "bytes": nbytes, "ranks": args.ranks,
+                            "repeat": args.repeat, "cold": args.cold,
+                            "torch": torch.__version__, "scenarios": {}}
         for scenario in ("replicated", "split"):
             split = ["--split", r"^big\.=0"] if scenario == "split" else []
-            needed = nbytes  # every stored byte is needed by some rank in both scenarios
             results = {}
-            t = []
+            t, phases = [], []
             for _ in range(args.repeat):
-                j = last_json(mpirun(args.ranks, args.bin, "load", ours, "--into", ref, "--json",
-                                     *split))
-                assert j["ok"], j
+                before()
+                j = shardload_load(args, ours, ref, split)
                 t.append(j["seconds"])
+                phases.append(j.get("phase_seconds", {}))
                 read = j["bytes_read"]
             results["shardload"] = (statistics.median(t), read, 0)
+            median_phases = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
+            t = []
+            for _ in range(args.repeat):
+                before()
+                t.append(shardload_load(args, ours, ref, split, verify=False)["seconds"])
+            results["shardload, checksums off"] = (statistics.median(t), read, 0)
             for p in peer_dirs:
                 t, wrong = [], 0
                 for _ in range(args.repeat):
+                    before()
                     j = last_json(mpirun(args.ranks, sys.executable, os.path.join(HERE, "peers.py"),
                                          p, "load", "--ref", ref, "--dir", peer_dirs[p],
                                          "--scenario", scenario))
                     t.append(j["seconds"])
                     wrong += j["wrong_tensors"]
                 results[p] = (statistics.median(t), None, wrong)
+            t = []
+            floor_args = ["--repeat", "1"] + (["--exchange"] if scenario == "replicated" else [])
+            for _ in range(args.repeat):
+                before()
+                t.append(last_json(mpirun(args.ranks, floor_bin, *floor_args,
+                                          *shard_files))["seconds"])
+            limit_name = ("limit: read disjoint parts + MPI exchange" if scenario == "replicated"
+                          else "limit: read disjoint parts")
+            results[limit_name] = (statistics.median(t), None, 0)
             base = results["shardload"][0]
+            record["scenarios"][scenario] = {
+                "seconds": {k: v[0] for k, v in results.items()},
+                "shardload_phase_seconds": median_phases,
+                "fraction_of_limit": results[limit_name][0] / base,
+                "checksum_cost": base / results["shardload, checksums off"][0] - 1,
+            }
             for name, (secs, read, wrong) in results.items():
-                rows.append((scenario, name, secs, needed / secs / 2**30,
-                             secs / base, "-" if read is None else f"{read / needed:.2f}", wrong))
-            rows.append((scenario, "machine limit (read once, 1 process)", limit_s,
-                         limit_bytes / limit_s / 2**30, limit_s / base, "1.00", 0))
+                rows.append((scenario, name, secs, nbytes / secs / 2**30, secs / base,
+                             "-" if read is None else f"{read / nbytes:.2f}", wrong))
+        mode = "cold (evicted before each load)" if args.cold else "warm page cache"
         print(f"{args.mib} MiB state dict ({nbytes} bytes: 8 large + 256 small tensors), "
-              f"{args.ranks} ranks, median of {args.repeat}, torch {torch.__version__}\n")
-        print("| scenario | loader | seconds | GiB/s | time vs shardload | bytes read / needed | wrong tensors |")
+              f"{args.ranks} ranks, {mode}, median of {args.repeat}, torch {torch.__version__}\n")
+        print("| scenario | loader | seconds | GiB/s | time vs shardload | bytes read / needed "
+              "| wrong tensors |")
         print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
         for s, name, secs, gbs, ratio, read, wrong in rows:
             print(f"| {s} | {name} | {secs:.3f} | {gbs:.2f} | {ratio:.2f}x | {read} | {wrong} |")
+        for s, r in record["scenarios"].items():
+            print(f"\n{s}: shardload at {r['fraction_of_limit']:.2f}x the limit's speed; "
+                  f"checksums cost {100 * r['checksum_cost']:.1f}% of the load; phases "
+                  + ", ".join(f"{k} {v:.3f} s" for k, v in r["shardload_phase_seconds"].items()))
+        if args.json_out:
+            with open(args.json_out, "w") as f:
+                json.dump(record, f, indent=1)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -66,7 +66,7 @@ def megatron_state(ref, scenario, rank, world, zeros):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("peer", choices=["dcp", "megatron"])
+    ap.add_argument("peer", choices=["dcp", "megatron", "torchload"])
     ap.add_argument("op", choices=["save", "load"])
     ap.add_argument("--ref", required=True, help=".pt state dict")
     ap.add_argument("--dir", required=True)
@@ -76,7 +76,20 @@ def main():
     rank, world = init()
     ref = torch.load(args.ref, mmap=True, weights_only=True)
     ref = {k: v.clone() for k, v in ref.items()}
-    if args.peer == "dcp":
+    if args.peer == "torchload":
+        # Plain PyTorch: every rank torch.loads the one .pt file (mmap off) and copies its part.
+        sd = megatron_state(ref, args.scenario, rank, world, zeros=args.op == "load")
+        dist.barrier()
+        t0 = time.perf_counter()
+        if args.op == "load":
+            loaded = torch.load(args.ref, map_location="cpu", weights_only=True)
+            with torch.no_grad():
+                for k, v in sd.items():
+                    src = loaded[k]
+                    if args.scenario == "split" and is_big(k):
+                        src = local_part(src, rank, world)[0]
+                    v.copy_(src)
+    elif args.peer == "dcp":
         import torch.distributed.checkpoint as dcp
         sd = dcp_state(ref, args.scenario, rank, world, zeros=args.op == "load")
         dist.barrier()
