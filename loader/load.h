@@ -29,8 +29,8 @@ struct LoadOptions {
   /// Name of the model in error messages ("Error(s) in loading state_dict for <name>:").
   std::string name = "Module";
   /// Largest message between ranks, and the staging memory a rank may hold in flight.
-  int64_t message_bytes = 64ll << 20;
-  int64_t staging_bytes = 256ll << 20;
+  int64_t message_bytes = 8ll << 20;
+  int64_t staging_bytes = 64ll << 20;
   /// Check every byte read against the checkpoint's checksums before it reaches a tensor.
   /// false is the only way to skip the checks; LoadResult::checksums_verified then says so.
   bool verify_checksums = true;

@@ -31,6 +31,12 @@ void ReadStage::stop() {
   threads_.clear();
 }
 
+uint64_t ReadStage::wait_finished(uint64_t seen, std::chrono::microseconds timeout) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  finished_cv_.wait_for(lock, timeout, [&] { return finished_ != seen || stopping_; });
+  return finished_;
+}
+
 void ReadStage::loop() {
   for (;;) {
     ReadJob* job = nullptr;
@@ -57,6 +63,11 @@ void ReadStage::loop() {
       job->error = "unknown error";
       job->state.store(2, std::memory_order_release);
     }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++finished_;
+    }
+    finished_cv_.notify_all();
   }
 }
 

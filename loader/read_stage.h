@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -41,6 +42,9 @@ class ReadStage {
   void submit(ReadJob* job);
   /// Stops the threads after the jobs already running; queued jobs are dropped (state stays 0).
   void stop();
+  /// Blocks until some job finishes after `seen` jobs had finished, or `timeout` passes; returns
+  /// the number of jobs finished so far (pass it back as `seen` next time).
+  uint64_t wait_finished(uint64_t seen, std::chrono::microseconds timeout);
 
  private:
   void loop();
@@ -48,6 +52,8 @@ class ReadStage {
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<ReadJob*> queue_;
+  std::condition_variable finished_cv_;
+  uint64_t finished_ = 0;
   bool stopping_ = false;
   std::vector<std::thread> threads_;
 };

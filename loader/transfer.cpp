@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <chrono>
@@ -384,7 +385,8 @@ TransferOutcome Transfer::Impl::run() {
   const size_t n = mine.size();
   std::vector<std::unique_ptr<Slot>> slots(n);
   size_t alloc_next = 0, status_next = 0, data_next = 0, release_next = 0;
-  Poller idle;
+  Poller idle;  // measures how long nothing moved (the stall deadline)
+  uint64_t reads_seen = 0;
   auto last_report = std::chrono::steady_clock::now();
   const auto start = last_report;
 
@@ -459,6 +461,7 @@ TransferOutcome Transfer::Impl::run() {
         } else if (two_step(s.route)) {
           if (!s.status_known) {
             if (!s.status->test()) break;
+            s.status.reset();
             uint64_t status;
             std::memcpy(&status, s.base, kHeader);
             s.status_known = true;
@@ -498,7 +501,10 @@ TransferOutcome Transfer::Impl::run() {
           s.data_done = true;
           progressed = true;
         }
-        if (s.status && !s.status->test()) continue;
+        if (s.status) {
+          if (!s.status->test()) continue;
+          s.status.reset();
+        }
         if (s.route == Route::kNccl) {
           if (s.status_ok) {
             if (s.direct) {
@@ -540,6 +546,17 @@ TransferOutcome Transfer::Impl::run() {
         idle.reset();
         continue;
       }
+      // Nothing moved. MPI's non-blocking operations advance only inside MPI calls, so while a
+      // delivery is in flight keep testing (yielding the core between tests); when only reads
+      // are awaited, sleep until a reader thread finishes one.
+      bool delivering = false;
+      for (size_t i = release_next; i < data_next && !delivering; ++i) {
+        const Slot& s = *slots[i];
+        delivering = (s.data && !s.data_done) || s.status;
+      }
+      for (size_t i = data_next; i < status_next && !delivering; ++i) {
+        delivering = slots[i]->status != nullptr;
+      }
       const double timeout = in.comm.timeout();
       if (timeout > 0 && idle.elapsed() > timeout) {
         // The oldest unfinished message names whom this rank is waiting for.
@@ -561,7 +578,11 @@ TransferOutcome Transfer::Impl::run() {
                                          " bytes, read by rank " +
                                          std::to_string(s.message->reader));
       }
-      idle.pause();
+      if (delivering) {
+        sched_yield();
+      } else {
+        reads_seen = readers->wait_finished(reads_seen, std::chrono::microseconds(500));
+      }
     }
   } catch (...) {
     if (cuda_transport) cuda_transport->abort();

@@ -119,12 +119,17 @@ void check_mpi(int rc, const char* what) {
 
 void Poller::pause() {
   ++polls_;
-  if (polls_ < 200) {
+  // MPI's non-blocking operations advance only inside MPI calls: test often for the first few
+  // milliseconds (yielding the core to the ranks we wait for), then back off to sleeps that
+  // grow to 1 ms for a peer that is really late.
+  const double waited = elapsed();
+  if (waited < 0.005) {
     sched_yield();
-    return;
+  } else if (waited < 0.1) {
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  } else {
+    std::this_thread::sleep_for(std::chrono::microseconds(std::min<int64_t>(1000, polls_)));
   }
-  const int64_t us = std::min<int64_t>(1000, (polls_ - 199) * 10);
-  std::this_thread::sleep_for(std::chrono::microseconds(us));
 }
 
 double Poller::elapsed() const {
