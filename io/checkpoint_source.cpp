@@ -90,6 +90,11 @@ class Reader {
 
 }  // namespace
 
+bool is_torch_save_path(const std::string& path) {
+  const std::string ext = extension_of(path);
+  return ext == ".pt" || ext == ".pth" || ext == ".bin" || ext == ".ckpt";
+}
+
 std::string_view source_format_name(SourceFormat format) {
   switch (format) {
     case SourceFormat::kShardload:
@@ -122,13 +127,13 @@ std::string CheckpointSource::missing_checksums_reason() const {
 CheckpointSource find_checkpoint_source(const std::string& path, const std::string& select) {
   CheckpointSource s;
   const std::string ext = extension_of(path);
-  const bool file_kind = ext == ".safetensors" || ext == ".pt" || ext == ".pth" || ext == ".bin";
+  const bool file_kind = ext == ".safetensors" || is_torch_save_path(path);
   if (file_kind && !path_exists(path)) throw FormatError(path + ": no such file");
   if (is_regular_file(path)) {
     if (ext == ".safetensors") {
       s.format = SourceFormat::kSafetensors;
       s.description = "safetensors file";
-    } else if (ext == ".pt" || ext == ".pth" || ext == ".bin") {
+    } else if (is_torch_save_path(path)) {
       s.format = SourceFormat::kTorch;
       s.description = "torch.save file";
     } else {

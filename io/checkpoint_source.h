@@ -21,8 +21,12 @@ namespace shardload {
 enum class SourceFormat : uint8_t {
   kShardload = 0,    ///< shard-*.h5 files and manifest.h5
   kSafetensors = 1,  ///< .safetensors files: a Hugging Face directory or one file
-  kTorch = 2,        ///< one torch.save file (.pt, .pth, .bin)
+  kTorch = 2,        ///< one torch.save file (.pt, .pth, .bin, .ckpt)
 };
+
+/// True when `path` ends in an extension of torch.save files: .pt, .pth, .bin, or .ckpt (what
+/// PyTorch Lightning writes). Case does not matter.
+bool is_torch_save_path(const std::string& path);
 
 /// "shardload", "safetensors", "torch".
 std::string_view source_format_name(SourceFormat format);
@@ -56,7 +60,7 @@ struct CheckpointSource {
 
 /// Finds what `path` is and reads its listing: manifest.h5 (which wins when a directory holds
 /// both), else model.safetensors.index.json (bounded, hf_index.h), else model.safetensors; a
-/// file by its extension (.safetensors; .pt, .pth, .bin). `select` is only for a torch.save
+/// file by its extension (.safetensors; is_torch_save_path). `select` is only for a torch.save
 /// file (UsageError otherwise, "." excepted). Nothing else is opened. Not collective. Throws
 /// FormatError naming the path when it is none of these or its listing is invalid.
 CheckpointSource find_checkpoint_source(const std::string& path, const std::string& select = "");

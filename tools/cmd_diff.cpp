@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/checkpoint_source.h"
 #include "io/torch_dtype.h"
 #include "loader/checkpoint_info.h"
 #include "loader/shard_files.h"
@@ -35,22 +36,25 @@ struct DiffArgs {
   std::string select, select_a, select_b;
 };
 
-bool is_torch_file(const std::string& path) {
-  std::string ext = std::filesystem::path(path).extension().string();
-  for (char& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return ext == ".pt" || ext == ".pth" || ext == ".bin";
-}
-
 /// One side: its index by key and the readers of its files.
 class Side {
  public:
   Side(const std::string& path, const std::string& select)
       : info_(read_checkpoint_info(path, select)), files_(info_.source) {
+    std::map<std::string, int64_t> covered;
     for (size_t i = 0; i < info_.index.size(); ++i) {
       const ChunkRecord& row = info_.index[i];
       auto [it, fresh] = chunks_.try_emplace(row.key);
       if (fresh) order_.push_back(row.key);
       it->second.push_back(i);
+      covered[row.key] += numel(row.shape);
+    }
+    // The chunks of a key do not overlap (validate_index): counting elements proves coverage.
+    for (const auto& key : order_) {
+      if (covered[key] != numel(first(key).global_shape)) {
+        throw FormatError("In " + info_.dir + ": key '" + key +
+                          "': the stored chunks do not cover the whole tensor");
+      }
     }
   }
   const CheckpointInfo& info() const { return info_; }
@@ -173,7 +177,7 @@ Runner add_diff(CLI::App& app) {
   return [args]() -> int {
     if (world_rank() != 0) return 0;
     auto select_for = [&](const std::string& path, const std::string& own) {
-      return !own.empty() ? own : is_torch_file(path) ? args->select : std::string();
+      return !own.empty() ? own : is_torch_save_path(path) ? args->select : std::string();
     };
     Side a(args->a, select_for(args->a, args->select_a));
     Side b(args->b, select_for(args->b, args->select_b));

@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "io/checkpoint_dir.h"
+#include "io/checkpoint_source.h"
 #include "loader/shardload.h"
 #include "tools/commands.h"
 #include "tools/progress_display.h"
@@ -45,17 +46,10 @@ struct LoadArgs {
   std::string select_into;  // ... of REF alone
 };
 
-/// True for the extensions of torch.save files.
-bool is_torch_file(const std::string& path) {
-  std::string ext = std::filesystem::path(path).extension().string();
-  for (char& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return ext == ".pt" || ext == ".pth" || ext == ".bin";
-}
-
 /// The sub-dictionaries --select, --select-ckpt and --select-into pick: --select is CKPT's when
 /// CKPT is a .pt file (or REF is not one: CKPT then refuses it), else REF's.
 std::pair<std::string, std::string> selections(const LoadArgs& a) {
-  const bool ckpt_takes_it = is_torch_file(a.ckpt) || !is_torch_file(a.ref);
+  const bool ckpt_takes_it = is_torch_save_path(a.ckpt) || !is_torch_save_path(a.ref);
   return {!a.select_ckpt.empty() ? a.select_ckpt
           : ckpt_takes_it        ? a.select
                                  : "",

@@ -292,7 +292,7 @@ def test_python_api(tmp):
         return
     source = fresh_model(6)
     hf = write_hf(os.path.join(tmp, "hf_api"), source.state_dict(), 2)
-    nested = os.path.join(tmp, "api_nested.pt")
+    nested = os.path.join(tmp, "lightning.ckpt")  # Lightning names them .ckpt
     torch.save({"state_dict": source.state_dict(), "global_step": 11}, nested)
     script = os.path.join(tmp, "api.py")
     with open(script, "w") as f:
