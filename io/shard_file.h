@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/chunk_record.h"
+#include "io/chunk_reader.h"
 #include "io/format.h"
 
 namespace shardload {
@@ -61,7 +62,7 @@ class ShardWriter {
 /// prepare(row), read(), read_chunk() and read_chunks() of that row make no HDF5 call (pread and
 /// xxHash only) and may run concurrently from several threads. A read of a row that was not
 /// prepared prepares it first and is then not thread-safe.
-class ShardReader {
+class ShardReader : public ChunkReader {
  public:
   /// Opens `path` read-only and checks its format attributes. Throws FormatError naming the path.
   explicit ShardReader(const std::string& path);

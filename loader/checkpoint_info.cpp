@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <map>
 #include <numeric>
 #include <set>
@@ -12,6 +13,7 @@
 #include "io/checkpoint_dir.h"
 #include "io/run_dir.h"
 #include "io/shard_file.h"
+#include "loader/shard_files.h"
 #include "loader/tensor_bytes.h"
 #include "sharding/box.h"
 #include "sharding/load_plan.h"
@@ -20,42 +22,64 @@
 namespace shardload {
 namespace {
 
-std::vector<std::string> file_paths(const std::string& dir, const Manifest& m) {
+std::vector<std::string> file_paths(const CheckpointSource& source) {
   std::vector<std::string> out;
-  for (const auto& f : m.shard_files) out.push_back(dir + "/" + f);
+  for (int32_t f = 0; f < static_cast<int32_t>(source.manifest.shard_files.size()); ++f) {
+    out.push_back(source.file_path(f));
+  }
   return out;
+}
+
+/// The index of a checkpoint whose files `files` opens; fills `info` but for its resolution.
+void read_index(ShardFiles& files, CheckpointInfo& info) {
+  const CheckpointSource& source = files.source();
+  info.manifest = source.manifest;
+  for (int32_t f = 0; f < static_cast<int32_t>(source.manifest.shard_files.size()); ++f) {
+    const ChunkReader& reader = files.get(f);
+    auto rows = reader.read_index(f);
+    auto notes = reader.notes();
+    info.notes.insert(info.notes.end(), notes.begin(), notes.end());
+    info.index.insert(info.index.end(), rows.begin(), rows.end());
+  }
+  check_weight_map(source, info.index);
+  validate_index(info.index, file_paths(source));
+  std::stable_sort(info.index.begin(), info.index.end(),
+                   [](const ChunkRecord& a, const ChunkRecord& b) { return a.order < b.order; });
+}
+
+uint64_t file_size_or_zero(const std::string& path) {
+  std::error_code ec;
+  const auto n = std::filesystem::file_size(path, ec);
+  return ec ? 0 : static_cast<uint64_t>(n);
 }
 
 }  // namespace
 
-CheckpointInfo read_checkpoint_info(const std::string& path) {
+CheckpointInfo read_checkpoint_info(const std::string& path, const std::string& select) {
   CheckpointInfo info;
   ResolvedCheckpoint where = resolve_checkpoint(path);  // a run directory's latest; a restore
-  const std::string& dir = info.dir = where.path;
+  info.dir = where.path;
   info.notes = std::move(where.notes);
-  info.manifest = read_manifest(dir);
-  auto paths = file_paths(dir, info.manifest);
-  for (size_t f = 0; f < paths.size(); ++f) {
-    auto rows = ShardReader(paths[f]).read_index(static_cast<int32_t>(f));
-    info.index.insert(info.index.end(), rows.begin(), rows.end());
-  }
-  validate_index(info.index, paths);
-  std::stable_sort(info.index.begin(), info.index.end(),
-                   [](const ChunkRecord& a, const ChunkRecord& b) { return a.order < b.order; });
+  info.source = find_checkpoint_source(info.dir, select);
+  ShardFiles files(info.source);
+  read_index(files, info);
   return info;
 }
 
 VerifyReport verify_checkpoint(const std::string& path) {
   VerifyReport report;
   ResolvedCheckpoint where = resolve_checkpoint(path);  // a run directory's latest; a restore
-  const std::string& dir = report.dir = where.path;
+  report.dir = where.path;
   report.notes = std::move(where.notes);
-  Manifest manifest = read_manifest(dir);
-  auto paths = file_paths(dir, manifest);
+  const CheckpointSource source = find_checkpoint_source(report.dir);
+  report.checksums_reason = source.missing_checksums_reason();
+  const Manifest& manifest = source.manifest;
+  auto paths = file_paths(source);
   std::vector<ChunkRecord> index;
+  ShardFiles files(source);
   for (size_t f = 0; f < paths.size(); ++f) {
     try {
-      ShardReader reader(paths[f]);
+      const ChunkReader& reader = files.get(static_cast<int32_t>(f));
       auto rows = reader.read_index(static_cast<int32_t>(f));
       if (!manifest.shard_chunks.empty() &&
           static_cast<int64_t>(rows.size()) != manifest.shard_chunks[f]) {
@@ -79,6 +103,11 @@ VerifyReport verify_checkpoint(const std::string& path) {
     }
   }
   try {
+    check_weight_map(source, index);
+  } catch (const std::exception& e) {
+    report.problems.push_back(e.what());
+  }
+  try {
     validate_index(index, paths);
   } catch (const std::exception& e) {
     report.problems.push_back(e.what());
@@ -86,25 +115,38 @@ VerifyReport verify_checkpoint(const std::string& path) {
   return report;
 }
 
-TensorList read_checkpoint(const std::string& path) {
-  CheckpointInfo info = read_checkpoint_info(path);
-  const std::string& dir = info.dir;
-  auto paths = file_paths(dir, info.manifest);
-  std::vector<ShardReader> readers;
-  for (const auto& p : paths) readers.emplace_back(p);
+TensorList read_checkpoint(const std::string& path, const std::string& select) {
+  CheckpointInfo info;
+  ResolvedCheckpoint where = resolve_checkpoint(path);  // a run directory's latest; a restore
+  info.dir = where.path;
+  info.source = find_checkpoint_source(info.dir, select);
+  ShardFiles files(info.source);
+  read_index(files, info);
   // Before anything is allocated from the index's shapes: every chunk's bytes lie in its file
   // (prepare), and the chunks of each key cover it. validate_index rules out overlaps, so
   // counting elements proves coverage, and a tensor is never larger than its stored chunks.
   std::map<std::string, std::pair<int64_t, int64_t>> counts;  // key -> (covered, numel)
+  uint64_t total = 0;
   for (const auto& row : info.index) {
-    readers[static_cast<size_t>(row.file)].prepare(row);
-    auto& [covered, total] = counts.try_emplace(row.key, 0, numel(row.global_shape)).first->second;
+    files.get(row.file).prepare(row);
+    auto& [covered, numel_all] =
+        counts.try_emplace(row.key, 0, numel(row.global_shape)).first->second;
     covered = checked_add(covered, numel(row.shape), "covered elements");
+    total = checked_add(total, row.nbytes, "bytes");
   }
   for (const auto& [key, c] : counts) {
     if (c.first != c.second) {
-      throw FormatError("In " + dir + ": key '" + key +
+      throw FormatError("In " + info.dir + ": key '" + key +
                         "': the stored chunks do not cover the whole tensor");
+    }
+  }
+  if (!info.source.has_checksums()) {
+    // A .pt file's views (stride-0 expansions) may declare more bytes than the file holds.
+    uint64_t budget = uint64_t{1} << 30;
+    for (const auto& p : file_paths(info.source)) budget += file_size_or_zero(p);
+    if (total > budget) {
+      throw FormatError("In " + info.dir + ": its tensors would take " + std::to_string(total) +
+                        " bytes, far more than its files hold (views expanded with stride 0?)");
     }
   }
   TensorList out;
@@ -118,11 +160,12 @@ TensorList read_checkpoint(const std::string& path) {
       view = view.narrow(static_cast<int64_t>(d), row.offset[d], row.shape[d]);
     }
     // The output tensors are fresh and dropped on any error: they may serve as staging.
+    const ChunkReader& reader = files.get(row.file);
     if (view.is_contiguous()) {
-      readers[static_cast<size_t>(row.file)].read_chunk(row, view.data_ptr(), true);
+      reader.read_chunk(row, view.data_ptr(), true);
     } else {
       at::Tensor chunk = at::empty(row.shape, options);
-      readers[static_cast<size_t>(row.file)].read_chunk(row, chunk.data_ptr(), true);
+      reader.read_chunk(row, chunk.data_ptr(), true);
       view.copy_(chunk);
     }
   }

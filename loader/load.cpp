@@ -13,8 +13,7 @@
 #include <regex>
 #include <set>
 
-#include "io/manifest.h"
-#include "io/shard_file.h"
+#include "io/checkpoint_source.h"
 #include "loader/checkpoint_path.h"
 #include "loader/collective.h"
 #include "loader/declarations.h"
@@ -97,30 +96,46 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
   result.notes = std::move(resolved.notes);
   auto t = Clock::now();
 
-  // 1. Open: rank 0 reads the manifest and shares it; rank r opens shard files r, r+P, ... and
-  //    reads their index tables. No rank reads every file's index.
-  Manifest manifest;
-  std::string manifest_bytes;
+  // 1. Open: rank 0 finds what the path is (a shardload checkpoint's manifest, a Hugging Face
+  //    index, one .safetensors or .pt file) and shares the listing; rank r opens files r, r+P,
+  //    ... with the reader of their format and reads their index rows (a shard file's index
+  //    table, a .safetensors header, a .pt file's pickle). No rank reads every file's index.
+  CheckpointSource source;
+  std::string source_bytes;
   phases.run("open", [&] {
-    if (rank == 0) manifest_bytes = serialize_manifest(read_manifest(path));
+    if (rank == 0) {
+      source = find_checkpoint_source(path, options.select);
+      source_bytes = serialize_checkpoint_source(source);
+    }
   });
-  comm.broadcast(manifest_bytes, 0);
-  manifest = deserialize_manifest(manifest_bytes);
-  ShardFiles files(path, manifest);
+  comm.broadcast(source_bytes, 0);
+  if (rank != 0) source = deserialize_checkpoint_source(source_bytes);
+  const Manifest& manifest = source.manifest;
+  ShardFiles files(source);
   std::vector<ChunkRecord> my_rows;
+  std::string file_notes;  // what rank 0's reader of a .pt file selected, one per line
   phases.run("open", [&] {
     for (int32_t f = rank; f < static_cast<int32_t>(manifest.shard_files.size()); f += ranks) {
-      auto rows = files.get(f).read_index(f);
+      const ChunkReader& reader = files.get(f);
+      auto rows = reader.read_index(f);
       if (!manifest.shard_chunks.empty() &&
           static_cast<int64_t>(rows.size()) != manifest.shard_chunks[static_cast<size_t>(f)]) {
         throw FormatError("In " + files.path(f) + ": index has " + std::to_string(rows.size()) +
                           " rows, the manifest says " +
                           std::to_string(manifest.shard_chunks[static_cast<size_t>(f)]));
       }
+      for (const auto& note : reader.notes()) file_notes += note + '\n';
       my_rows.insert(my_rows.end(), std::make_move_iterator(rows.begin()),
                      std::make_move_iterator(rows.end()));
     }
   });
+  if (source.format == SourceFormat::kTorch) {
+    // One file, read by rank 0: its notes (what --select took and left) for every rank.
+    comm.broadcast(file_notes, 0);
+    for (size_t at = 0, end; (end = file_notes.find('\n', at)) != std::string::npos; at = end + 1) {
+      result.notes.push_back(file_notes.substr(at, end - at));
+    }
+  }
   result.seconds.open = seconds_since(t);
 
   // 2. Index exchange: one allgather; every rank then holds the same global index, in file order.
@@ -134,8 +149,14 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
     std::stable_sort(index.begin(), index.end(), [](const ChunkRecord& a, const ChunkRecord& b) {
       return a.order != b.order ? a.order < b.order : a.file < b.file;
     });
+    // A Hugging Face index against the shards' headers: rank 0 holds the weight map.
+    if (rank == 0) check_weight_map(source, index);
+  });
+  phases.run("index", [&] {
     std::vector<std::string> names;
-    for (const auto& f : manifest.shard_files) names.push_back(path + "/" + f);
+    for (int32_t f = 0; f < static_cast<int32_t>(manifest.shard_files.size()); ++f) {
+      names.push_back(files.path(f));
+    }
     validate_index(index, names);
   });
   gathered.clear();
@@ -219,7 +240,11 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
   for (const auto& p : plan.pieces) result.bytes_needed_total += p.nbytes;
   result.seconds.result = seconds_since(t);
   result.wall_seconds = comm.allreduce_max(seconds_since(load_start));
-  result.checksums_verified = options.verify_checksums;
+  result.format = std::string(source_format_name(source.format));
+  result.checksums_verified = options.verify_checksums && source.has_checksums();
+  result.checksums_reason = !source.has_checksums()     ? source.missing_checksums_reason()
+                            : !options.verify_checksums ? "turned off (verify_checksums=false)"
+                                                        : "";
   if (options.progress) {
     options.progress(Progress{"load", "result", result.bytes_read_total, result.bytes_needed_total,
                               result.wall_seconds, /*finished=*/true});

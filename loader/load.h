@@ -42,6 +42,11 @@ struct LoadOptions {
   double timeout_seconds = 600;
   /// Progress reports on this rank (see Progress); empty: none.
   ProgressCallback progress;
+  /// For a torch.save file as the checkpoint: the sub-dictionary of a nested training
+  /// checkpoint whose tensors are loaded ("model", "state_dict", "optimizer.state"; "." the top
+  /// level; TensorFileOptions::select). Empty: the file must be a flat state dict. Other formats
+  /// refuse it (UsageError).
+  std::string select;
 };
 
 /// Seconds spent in each phase on this rank.
@@ -72,9 +77,16 @@ struct LoadResult {
   /// Why CUDA destinations did not go by NCCL ("" when they did, or when there were none):
   /// "ranks 0 and 1 share one GPU (...), which NCCL refuses", "built without NCCL", ...
   std::string transport_reason;
-  /// Whether every byte that reached a tensor was checked against a checksum first (false only
-  /// when LoadOptions::verify_checksums was turned off).
+  /// Whether every byte that reached a tensor was checked against a checksum first (false when
+  /// LoadOptions::verify_checksums was turned off, or the checkpoint's format has none).
   bool checksums_verified = true;
+  /// Why checksums_verified is false ("" when it is true): "safetensors files carry no
+  /// checksums", "torch.save files carry no per-tensor checksums", "turned off
+  /// (verify_checksums=false)".
+  std::string checksums_reason;
+  /// The checkpoint's format: "shardload", "safetensors" (a Hugging Face directory or one
+  /// .safetensors file) or "torch" (a torch.save file).
+  std::string format = "shardload";
   /// What the load did besides reading (identical on every rank): e.g. a checkpoint that a
   /// killed save had left beside the path, put back (docs/GUARANTEES.md).
   std::vector<std::string> notes;
@@ -92,7 +104,10 @@ class LoadVerdictError : public VerdictError {
 };
 
 /// Loads the checkpoint at `path` into every rank's partition, in place. `path` may be a run
-/// directory: the checkpoint its `latest` names is loaded (SaveOptions::step).
+/// directory: the checkpoint its `latest` names is loaded (SaveOptions::step); a Hugging Face
+/// directory (model.safetensors.index.json and its shards, or one model.safetensors), a
+/// .safetensors file or a torch.save file (LoadOptions::select), read in place with the same
+/// plan (io/checkpoint_source.h): file i is opened and indexed by rank i mod P.
 /// Collective: every rank of `comm` calls it with the same path and options. The verdict is
 /// decided before any tensor byte is read: when it fails, every rank throws LoadVerdictError
 /// with the same message and no tensor has changed. Any other failure on any rank (missing or

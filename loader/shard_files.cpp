@@ -4,21 +4,17 @@
 
 namespace shardload {
 
-ShardFiles::ShardFiles(std::string dir, const Manifest& manifest)
-    : dir_(std::move(dir)), manifest_(manifest) {}
+ShardFiles::ShardFiles(CheckpointSource source) : source_(std::move(source)) {}
 
-const ShardReader& ShardFiles::get(int32_t file) {
+const ChunkReader& ShardFiles::get(int32_t file) {
   auto it = open_.find(file);
-  if (it != open_.end()) return it->second;
-  if (file < 0 || file >= static_cast<int32_t>(manifest_.shard_files.size())) {
-    throw FormatError("In " + dir_ + ": index refers to shard file #" + std::to_string(file) +
-                      ", the manifest lists " + std::to_string(manifest_.shard_files.size()));
+  if (it != open_.end()) return *it->second;
+  const auto listed = source_.manifest.shard_files.size();
+  if (file < 0 || file >= static_cast<int32_t>(listed)) {
+    throw FormatError("In " + source_.dir + ": index refers to file #" + std::to_string(file) +
+                      ", the " + source_.description + " lists " + std::to_string(listed));
   }
-  return open_.emplace(file, ShardReader(path(file))).first->second;
-}
-
-std::string ShardFiles::path(int32_t file) const {
-  return dir_ + "/" + manifest_.shard_files[static_cast<size_t>(file)];
+  return *open_.emplace(file, open_chunk_reader(source_, file)).first->second;
 }
 
 }  // namespace shardload

@@ -15,6 +15,7 @@ namespace {
 struct InspectArgs {
   std::string dir;
   bool json = false;
+  std::string select;
 };
 
 std::string human_bytes(int64_t b) {
@@ -36,12 +37,16 @@ Runner add_inspect(CLI::App& app) {
   auto args = std::make_shared<InspectArgs>();
   CLI::App* cmd = app.add_subcommand(
       "inspect", "List a checkpoint's tensors: keys, dtypes, shapes, chunks, files, bytes.");
-  cmd->add_option("CKPT", args->dir, "checkpoint directory, or a run directory (its latest)")
+  cmd->add_option("CKPT", args->dir,
+                  "checkpoint directory, run directory (its latest), Hugging Face directory, "
+                  ".safetensors or .pt file")
       ->required();
   cmd->add_flag("--json", args->json, "print one JSON object");
+  cmd->add_option("--select", args->select, "a .pt checkpoint's sub-dictionary (see convert)");
   return [args]() -> int {
     if (world_rank() != 0) return 0;
-    CheckpointInfo info = read_checkpoint_info(args->dir);  // a run directory: its latest
+    // A run directory: its latest.
+    CheckpointInfo info = read_checkpoint_info(args->dir, args->select);
     print_notes(info.notes);
     const auto& m = info.manifest;
     // Tensors in order of first appearance, with their chunks.
@@ -57,6 +62,8 @@ Runner add_inspect(CLI::App& app) {
       nlohmann::json j;
       j["path"] = args->dir;
       j["checkpoint"] = info.dir;
+      j["format"] = std::string(source_format_name(info.source.format));
+      j["description"] = info.source.description;
       j["format_version"] = m.format_version;
       j["library_version"] = m.library_version;
       j["num_ranks"] = m.num_ranks;
@@ -91,9 +98,14 @@ Runner add_inspect(CLI::App& app) {
       std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
       return 0;
     }
-    std::cout << info.dir << ": shardload checkpoint, format v" << m.format_version << ", "
-              << m.shard_files.size() << " shard file(s), saved by " << m.num_ranks
-              << " rank(s) at " << m.created << " (shardload " << m.library_version << ")\n";
+    if (info.source.format == SourceFormat::kShardload) {
+      std::cout << info.dir << ": shardload checkpoint, format v" << m.format_version << ", "
+                << m.shard_files.size() << " shard file(s), saved by " << m.num_ranks
+                << " rank(s) at " << m.created << " (shardload " << m.library_version << ")\n";
+    } else {
+      std::cout << info.dir << ": " << info.source.description << ", " << m.shard_files.size()
+                << " file(s); " << info.source.missing_checksums_reason() << "\n";
+    }
     for (const auto& [k, v] : m.metadata) std::cout << "  metadata " << k << " = " << v << "\n";
     std::cout << order.size() << " tensors, " << info.index.size() << " chunks, "
               << human_bytes(total) << "\n";
@@ -105,8 +117,13 @@ Runner add_inspect(CLI::App& app) {
                 << shape_str(rows[0]->global_shape) << "  " << human_bytes(bytes) << "\n";
       for (const auto* r : rows) {
         std::cout << "      chunk " << box_str(Box{r->offset, r->shape}) << "  "
-                  << m.shard_files[static_cast<size_t>(r->file)] << ":" << r->dataset;
-        if (r->data_offset) std::cout << "+" << r->data_offset;
+                  << m.shard_files[static_cast<size_t>(r->file)];
+        if (info.source.format != SourceFormat::kShardload) {
+          std::cout << " at byte " << r->data_offset;  // a byte range of the file
+        } else {
+          std::cout << ":" << r->dataset;
+          if (r->data_offset) std::cout << "+" << r->data_offset;
+        }
         std::cout << "\n";
       }
     }
@@ -118,12 +135,20 @@ Runner add_verify(CLI::App& app) {
   auto dir = std::make_shared<std::string>();
   CLI::App* cmd = app.add_subcommand(
       "verify", "Check that every file is present, the index consistent and every checksum right.");
-  cmd->add_option("CKPT", *dir, "checkpoint directory, or a run directory (its latest)")
+  cmd->add_option("CKPT", *dir,
+                  "checkpoint directory, run directory (its latest), Hugging Face directory, "
+                  ".safetensors or .pt file")
       ->required();
   return [dir]() -> int {
     if (world_rank() != 0) return 0;
     VerifyReport report = verify_checkpoint(*dir);  // a run directory: its latest
     print_notes(report.notes);
+    if (report.problems.empty() && !report.checksums_reason.empty()) {
+      std::cout << report.dir << ": OK, " << report.chunks << " tensors, "
+                << human_bytes(report.bytes) << ": structure verified (files, offsets, sizes, "
+                << "bool values); nothing more to verify: " << report.checksums_reason << "\n";
+      return 0;
+    }
     if (report.problems.empty()) {
       std::cout << report.dir << ": OK, " << report.chunks << " chunks, "
                 << human_bytes(report.bytes) << " verified\n";

@@ -1,9 +1,10 @@
 // shardload load CKPT --into REF [--no-strict] [--split REGEX=DIM]... [--out OUT [--overwrite]
-//   [--step N [--keep-last K]]] [--json]
+//   [--step N [--keep-last K]]] [--select KEY | --select-ckpt KEY --select-into KEY] [--json]
 #include <ATen/ATen.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <mpi.h>
 
+#include <cctype>
 #include <chrono>
 #include <filesystem>
 #include <iostream>
@@ -12,6 +13,7 @@
 #include <optional>
 
 #include "io/checkpoint_dir.h"
+#include "io/checkpoint_source.h"
 #include "loader/shardload.h"
 #include "tools/commands.h"
 #include "tools/progress_display.h"
@@ -39,7 +41,62 @@ struct LoadArgs {
   std::string filter;
   std::string name = "Module";
   double timeout = 600;
+  std::string select;       // the sub-dictionary of whichever of CKPT and REF is a .pt file
+  std::string select_ckpt;  // ... of CKPT alone
+  std::string select_into;  // ... of REF alone
 };
+
+/// The sub-dictionaries --select, --select-ckpt and --select-into pick: --select is CKPT's when
+/// CKPT is a .pt file (or REF is not one: CKPT then refuses it), else REF's.
+std::pair<std::string, std::string> selections(const LoadArgs& a) {
+  const bool ckpt_takes_it = is_torch_save_path(a.ckpt) || !is_torch_save_path(a.ref);
+  return {!a.select_ckpt.empty() ? a.select_ckpt
+          : ckpt_takes_it        ? a.select
+                                 : "",
+          !a.select_into.empty() ? a.select_into
+          : ckpt_takes_it        ? ""
+                                 : a.select};
+}
+
+/// What a --select on REF took and left, as notes (scalar leaves, what is neither tensor nor
+/// scalar, tensors outside the selection); the CKPT side's come from the load itself.
+std::vector<std::string> selection_notes(const std::string& path, const std::string& select,
+                                         const TensorFileContents& c) {
+  constexpr size_t kShown = 20;
+  auto listed = [](const auto& items, auto text) {
+    std::string out;
+    for (size_t i = 0; i < items.size() && i < kShown; ++i) {
+      std::string t = text(items[i]);
+      for (char& ch : t) {
+        if (static_cast<unsigned char>(ch) < 0x20) ch = ' ';
+      }
+      out += (i ? ", " : "") + t;
+    }
+    if (items.size() > kShown) {
+      out += ", ... and " + std::to_string(items.size() - kShown) + " more";
+    }
+    return out;
+  };
+  const std::string in = "In " + path + ": ";
+  std::vector<std::string> out{in + "selected '" + select +
+                               "': " + std::to_string(c.tensors.size()) + " tensor(s)"};
+  if (!c.metadata.empty()) {
+    out.push_back(in + "scalar leaves, not loaded: " + listed(c.metadata, [](const auto& m) {
+                    return m.first + " = " + m.second;
+                  }));
+  }
+  if (!c.skipped.empty()) {
+    out.push_back(in + "neither tensor nor scalar, not loaded (nothing in a file is run): " +
+                  listed(c.skipped, [](const auto& m) { return m.first + " (" + m.second + ")"; }));
+  }
+  if (!c.other_tensors.empty()) {
+    out.push_back(in + "not selected: " + listed(c.other_tensors, [](const auto& m) {
+                    return std::to_string(m.second) + " tensor(s) in '" +
+                           (m.first.empty() ? std::string(".") : m.first) + "'";
+                  }));
+  }
+  return out;
+}
 
 std::vector<SplitRule> parse_splits(const std::vector<std::string>& specs) {
   std::vector<SplitRule> rules;
@@ -116,6 +173,9 @@ nlohmann::json result_json(const LoadResult* r, bool strict, const std::string& 
   j["transport"] = r ? r->transport : "mpi";
   j["transport_reason"] = r ? r->transport_reason : "";
   j["checksums_verified"] = r ? r->checksums_verified : false;
+  j["checksums_reason"] = r ? r->checksums_reason : "";
+  j["format"] = r ? r->format : "";
+  j["notes"] = r ? r->notes : std::vector<std::string>{};
   return j;
 }
 
@@ -174,7 +234,11 @@ Runner add_load(CLI::App& app) {
       "load",
       "Collective: load CKPT into the model that REF defines, partitioned over the ranks, and "
       "report PyTorch's strict/non-strict verdict.");
-  cmd->add_option("CKPT", a->ckpt, "checkpoint directory to load")->required();
+  cmd->add_option("CKPT", a->ckpt,
+                  "what to load: a checkpoint directory, a run directory (its latest), a Hugging "
+                  "Face directory (model.safetensors.index.json and its shards, or "
+                  "model.safetensors), a .safetensors or a .pt file")
+      ->required();
   cmd->add_option("--into", a->ref,
                   "the target model: .pt/.safetensors file or checkpoint directory (its keys, "
                   "shapes, dtypes and initial values)")
@@ -216,6 +280,13 @@ Runner add_load(CLI::App& app) {
                   "(default 600; 0 waits forever)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--quiet", a->quiet, "no progress display on stderr");
+  cmd->add_option("--select", a->select,
+                  "the sub-dictionary of a nested training checkpoint to take the tensors from: "
+                  "keys joined by '.' (model, state_dict, optimizer.state; '.' the top level); "
+                  "CKPT's when CKPT is a .pt file, else REF's; scalar leaves are reported, not "
+                  "loaded");
+  cmd->add_option("--select-ckpt", a->select_ckpt, "--select for CKPT alone");
+  cmd->add_option("--select-into", a->select_into, "--select for REF alone");
   return [a]() -> int {
     Communicator comm(MPI_COMM_WORLD, a->timeout);
     const int rank = comm.rank();
@@ -229,6 +300,8 @@ Runner add_load(CLI::App& app) {
     options.model_prefix = a->add_prefix;
     options.key_filter = a->filter;
     options.name = a->name;
+    const auto [ckpt_select, ref_select] = selections(*a);
+    options.select = ckpt_select;
     std::optional<ProgressDisplay> progress;  // rank 0's stderr
     if (rank == 0 && !a->quiet) {
       progress.emplace(ProgressDisplay::for_stderr("load"));
@@ -254,7 +327,23 @@ Runner add_load(CLI::App& app) {
           throw UsageError("--step needs --out naming a run directory");
         }
         auto rules = parse_splits(a->splits);
-        ref = is_tensor_file(a->ref) ? read_tensor_file(a->ref) : read_checkpoint(a->ref);
+        if (!is_tensor_file(a->ref)) {
+          ref = read_checkpoint(a->ref, ref_select);
+        } else if (ref_select.empty()) {
+          ref = read_tensor_file(a->ref);
+        } else {
+          TensorFileContents c;
+          try {
+            c = read_tensor_file(a->ref, TensorFileOptions{.select = ref_select});
+          } catch (const UsageError& e) {
+            if (!a->select_into.empty()) throw;
+            throw UsageError(std::string(e.what()) +
+                             " (--select is CKPT's when CKPT is a .pt file, else REF's; "
+                             "--select-ckpt KEY and --select-into KEY name the side)");
+          }
+          if (rank == 0) notes = selection_notes(a->ref, ref_select, c);
+          ref = std::move(c.tensors);
+        }
         partition = Partition::from_global(ref, rules, rank, ranks);
         if (a->device == "cuda") move_to_local_gpu(partition);
       } catch (const Error& e) {
@@ -271,10 +360,10 @@ Runner add_load(CLI::App& app) {
         verdict = &result;
         secs = result.wall_seconds;
         if (progress) progress->finish(result.bytes_read_total);
-        notes = result.notes;
+        notes.insert(notes.end(), result.notes.begin(), result.notes.end());
       } catch (const LoadVerdictError& e) {
         result = e.result();
-        notes = result.notes;
+        notes.insert(notes.end(), result.notes.begin(), result.notes.end());
         verdict = &result;
         secs = result.wall_seconds;
         throw;
@@ -309,6 +398,9 @@ Runner add_load(CLI::App& app) {
         }
         if (!result.unexpected_keys.empty()) {
           std::cout << "; unexpected " << result.unexpected_keys.size() << " key(s)";
+        }
+        if (!result.checksums_verified) {
+          std::cout << "; checksums not verified: " << result.checksums_reason;
         }
         std::cout << "\n";
       }

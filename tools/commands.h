@@ -19,6 +19,7 @@ Runner add_convert(CLI::App& app);
 Runner add_inspect(CLI::App& app);
 Runner add_verify(CLI::App& app);
 Runner add_load(CLI::App& app);
+Runner add_diff(CLI::App& app);
 Runner add_demo(CLI::App& app);
 
 /// Rank of this process in MPI_COMM_WORLD.

@@ -103,6 +103,7 @@ int main(int argc, char** argv) {
     runners["inspect"] = shardload::tools::add_inspect(app);
     runners["verify"] = shardload::tools::add_verify(app);
     runners["load"] = shardload::tools::add_load(app);
+    runners["diff"] = shardload::tools::add_diff(app);
     bool parsed = false;
     try {
       app.parse(argc, argv);

@@ -194,7 +194,7 @@ def save(module_or_state_dict, path, *, split=None, overwrite=False, metadata=No
 
 def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=None,
          add_prefix=None, skip_size_mismatch=False, comm=None, timeout=None, progress=None,
-         **options):
+         select=None, **options):
     """Loads the checkpoint at ``path`` into every rank's tensors, in place. Collective: every
     rank of ``comm`` calls it with the same path and options.
 
@@ -207,8 +207,16 @@ def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=No
     ``split``: {regex: dim}, tensors this rank holds a slab of. ``strip_prefix``: a prefix of the
     checkpoint's keys to drop (``"module."`` from DDP); ``add_prefix``: one to put in front of
     them. ``timeout``: seconds a rank waits for the others (None: the library's default, 600;
-    0: forever). ``progress``: True or a callable receiving a ``Progress``. Other keywords set
-    ``LoadOptions`` fields (``verify_checksums``, ``key_filter``, ``name``, ...).
+    0: forever). ``progress``: True or a callable receiving a ``Progress``. ``select``: for a
+    ``torch.save`` file as ``path``, the sub-dictionary of a nested training checkpoint to load
+    (``"model"``, ``"state_dict"``; keys joined by ``"."``); scalar leaves are listed in
+    ``result.notes``, never loaded. Other keywords set ``LoadOptions`` fields
+    (``verify_checksums``, ``key_filter``, ``name``, ...).
+
+    ``path`` may be a shardload checkpoint, a run directory, a Hugging Face directory
+    (``model.safetensors.index.json`` and its shards, or ``model.safetensors``), a
+    ``.safetensors`` or a ``.pt`` file, read in place (``result.checksums_verified`` is False for
+    the formats without checksums, ``result.checksums_reason`` says why).
     """
     handle = _comm_handle(comm)
     _start_mpi()
@@ -222,6 +230,10 @@ def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=No
         o.name = name
         if timeout is not None:
             o.timeout_seconds = float(timeout)
+        if select is not None:
+            if not isinstance(select, str):
+                raise TypeError(f"select= must be a str, not {type(select).__name__}")
+            o.select = select
         return _set_options(o, options)
 
     source, path, rules, opts, error = _prepare(module_or_state_dict, path, split, make_options)

@@ -72,7 +72,8 @@ void bind_types(py::module_& m) {
       .def_readwrite("message_bytes", &LoadOptions::message_bytes)
       .def_readwrite("staging_bytes", &LoadOptions::staging_bytes)
       .def_readwrite("verify_checksums", &LoadOptions::verify_checksums)
-      .def_readwrite("timeout_seconds", &LoadOptions::timeout_seconds);
+      .def_readwrite("timeout_seconds", &LoadOptions::timeout_seconds)
+      .def_readwrite("select", &LoadOptions::select);
 
   py::class_<SaveOptions>(m, "SaveOptions", "Options of shardload.save (see loader/save.h).")
       .def(py::init<>())
@@ -134,6 +135,10 @@ void bind_types(py::module_& m) {
       .def_readonly("wall_seconds", &LoadResult::wall_seconds, "max over ranks")
       .def_readonly("transport", &LoadResult::transport, "'mpi' or 'nccl'")
       .def_readonly("checksums_verified", &LoadResult::checksums_verified)
+      .def_readonly("checksums_reason", &LoadResult::checksums_reason,
+                    "why checksums_verified is False ('' when it is True)")
+      .def_readonly("format", &LoadResult::format, "'shardload', 'safetensors' or 'torch'")
+      .def_readonly("notes", &LoadResult::notes, "what the load did or found besides reading")
       .def("__repr__", &repr);
 
   py::class_<SaveResult>(m, "SaveResult")

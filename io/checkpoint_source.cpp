@@ -1,0 +1,268 @@
+#include "io/checkpoint_source.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+#include <filesystem>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "core/error.h"
+#include "io/checkpoint_dir.h"
+#include "io/hf_index.h"
+#include "io/key_text.h"
+#include "io/pt_reader.h"
+#include "io/safetensors_reader.h"
+#include "io/shard_file.h"
+
+namespace shardload {
+namespace {
+
+/// Lower-case extension of a file name (".safetensors"), "" when none.
+std::string extension_of(const std::string& path) {
+  std::string ext = std::filesystem::path(path).extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return ext;
+}
+
+/// stat() following symbolic links (a Hugging Face cache's snapshots are links to blobs).
+bool is_regular_file(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool is_directory(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+class Writer {
+ public:
+  void u64(uint64_t v) { out_.append(reinterpret_cast<const char*>(&v), sizeof v); }
+  void str(std::string_view s) {
+    u64(s.size());
+    out_ += s;
+  }
+  std::string take() { return std::move(out_); }
+
+ private:
+  std::string out_;
+};
+
+class Reader {
+ public:
+  explicit Reader(std::string_view in) : in_(in) {}
+  uint64_t u64() {
+    need(sizeof(uint64_t));
+    uint64_t v;
+    std::memcpy(&v, in_.data() + pos_, sizeof v);
+    pos_ += sizeof v;
+    return v;
+  }
+  std::string str() {
+    const uint64_t n = u64();
+    need(n);
+    std::string s(in_.substr(pos_, n));
+    pos_ += n;
+    return s;
+  }
+  /// A count of items that each take at least `min_bytes` of what is left.
+  uint64_t count(uint64_t min_bytes) {
+    const uint64_t n = u64();
+    if (n > (in_.size() - pos_) / min_bytes) fail();
+    return n;
+  }
+  bool done() const { return pos_ == in_.size(); }
+
+ private:
+  [[noreturn]] static void fail() {
+    throw FormatError("serialized checkpoint source is malformed");
+  }
+  void need(uint64_t n) const {
+    if (n > in_.size() - pos_) fail();
+  }
+  std::string_view in_;
+  size_t pos_ = 0;
+};
+
+}  // namespace
+
+bool is_torch_save_path(const std::string& path) {
+  const std::string ext = extension_of(path);
+  return ext == ".pt" || ext == ".pth" || ext == ".bin" || ext == ".ckpt";
+}
+
+std::string_view source_format_name(SourceFormat format) {
+  switch (format) {
+    case SourceFormat::kShardload:
+      return "shardload";
+    case SourceFormat::kSafetensors:
+      return "safetensors";
+    case SourceFormat::kTorch:
+      return "torch";
+  }
+  return "unknown";
+}
+
+std::string CheckpointSource::file_path(int32_t file) const {
+  const std::string& name = manifest.shard_files[static_cast<size_t>(file)];
+  return dir == "." ? name : dir + "/" + name;
+}
+
+std::string CheckpointSource::missing_checksums_reason() const {
+  switch (format) {
+    case SourceFormat::kShardload:
+      return "";
+    case SourceFormat::kSafetensors:
+      return "safetensors files carry no checksums";
+    case SourceFormat::kTorch:
+      return "torch.save files carry no per-tensor checksums";
+  }
+  return "";
+}
+
+CheckpointSource find_checkpoint_source(const std::string& path, const std::string& select) {
+  CheckpointSource s;
+  const std::string ext = extension_of(path);
+  const bool file_kind = ext == ".safetensors" || is_torch_save_path(path);
+  if (file_kind && !path_exists(path)) throw FormatError(path + ": no such file");
+  if (is_regular_file(path)) {
+    if (ext == ".safetensors") {
+      s.format = SourceFormat::kSafetensors;
+      s.description = "safetensors file";
+    } else if (is_torch_save_path(path)) {
+      s.format = SourceFormat::kTorch;
+      s.description = "torch.save file";
+    } else {
+      read_manifest(path);  // throws: "not a checkpoint directory (it is a file)"
+    }
+    s.dir = parent_dir_of(path);
+    s.manifest.shard_files = {base_name_of(path)};
+  } else if (is_directory(path) && !path_exists(path + "/" + kManifestName)) {
+    s.dir = path;
+    s.format = SourceFormat::kSafetensors;
+    if (path_exists(path + "/" + kHfIndexName)) {
+      s.index_path = path + "/" + kHfIndexName;
+      HfIndex index = read_hf_index(s.index_path);
+      s.manifest.shard_files = std::move(index.files);
+      s.manifest.metadata = std::move(index.metadata);
+      s.weight_map = std::move(index.weight_map);
+      s.description = std::string("Hugging Face directory (") + kHfIndexName + ", " +
+                      std::to_string(s.manifest.shard_files.size()) + " file(s))";
+    } else if (path_exists(path + "/" + kHfSingleName)) {
+      s.manifest.shard_files = {kHfSingleName};
+      s.description = std::string("Hugging Face directory (") + kHfSingleName + ")";
+    } else {
+      try {
+        read_manifest(path);
+      } catch (const FormatError& e) {
+        throw FormatError(std::string(e.what()) + ", nor a Hugging Face directory (no " +
+                          kHfIndexName + " or " + kHfSingleName + ")");
+      }
+    }
+  } else {
+    s.dir = path;
+    s.manifest = read_manifest(path);  // throws naming the path when it is no checkpoint
+    s.description = "shardload checkpoint";
+  }
+  if (!select.empty() && select != "." && s.format != SourceFormat::kTorch) {
+    throw UsageError(path + ": --select " + quote_text(select) +
+                     " picks a sub-dictionary of a .pt checkpoint; this is a " + s.description);
+  }
+  if (s.format == SourceFormat::kTorch) s.select = select;
+  return s;
+}
+
+std::string serialize_checkpoint_source(const CheckpointSource& s) {
+  Writer w;
+  w.u64(static_cast<uint64_t>(s.format));
+  w.str(s.dir);
+  w.str(s.select);
+  w.str(s.description);
+  w.str(s.index_path);
+  if (s.format == SourceFormat::kShardload) {
+    w.str(serialize_manifest(s.manifest));
+  } else {
+    w.u64(s.manifest.shard_files.size());
+    for (const auto& f : s.manifest.shard_files) w.str(f);
+    w.u64(s.manifest.metadata.size());
+    for (const auto& [k, v] : s.manifest.metadata) {
+      w.str(k);
+      w.str(v);
+    }
+  }
+  return w.take();
+}
+
+CheckpointSource deserialize_checkpoint_source(std::string_view bytes) {
+  Reader r(bytes);
+  CheckpointSource s;
+  const uint64_t format = r.u64();
+  if (format > static_cast<uint64_t>(SourceFormat::kTorch)) {
+    throw FormatError("serialized checkpoint source: unknown format");
+  }
+  s.format = static_cast<SourceFormat>(format);
+  s.dir = r.str();
+  s.select = r.str();
+  s.description = r.str();
+  s.index_path = r.str();
+  if (s.format == SourceFormat::kShardload) {
+    s.manifest = deserialize_manifest(r.str());
+  } else {
+    for (uint64_t n = r.count(8); n > 0; --n) s.manifest.shard_files.push_back(r.str());
+    for (uint64_t n = r.count(16); n > 0; --n) {
+      std::string k = r.str();
+      s.manifest.metadata.emplace_back(std::move(k), r.str());
+    }
+  }
+  if (!r.done()) throw FormatError("serialized checkpoint source has trailing bytes");
+  return s;
+}
+
+std::unique_ptr<ChunkReader> open_chunk_reader(const CheckpointSource& source, int32_t file) {
+  const std::string path = source.file_path(file);
+  switch (source.format) {
+    case SourceFormat::kShardload:
+      return std::make_unique<ShardReader>(path);
+    case SourceFormat::kSafetensors:
+      return std::make_unique<SafetensorsReader>(path);
+    case SourceFormat::kTorch:
+      return std::make_unique<PtReader>(path, source.select);
+  }
+  throw FormatError("In " + path + ": unknown format");
+}
+
+void check_weight_map(const CheckpointSource& source, const std::vector<ChunkRecord>& index) {
+  if (source.index_path.empty()) return;
+  const auto& files = source.manifest.shard_files;
+  std::unordered_map<std::string_view, int32_t> file_of;
+  file_of.reserve(source.weight_map.size());
+  for (const auto& [key, file] : source.weight_map) file_of.emplace(key, file);
+  std::unordered_set<std::string_view> held;
+  held.reserve(index.size());
+  for (const ChunkRecord& row : index) {
+    held.insert(row.key);
+    auto it = file_of.find(row.key);
+    if (it == file_of.end()) {
+      throw FormatError("In " + source.file_path(row.file) + ": key " + quote_text(row.key) +
+                        " is not in the weight_map of " + source.index_path);
+    }
+    if (it->second != row.file) {
+      throw FormatError("In " + source.index_path + ": key " + quote_text(row.key) +
+                        ": the weight_map names " + files[static_cast<size_t>(it->second)] +
+                        ", but " + source.file_path(row.file) + " holds it");
+    }
+  }
+  for (const auto& [key, file] : source.weight_map) {
+    if (!held.count(key)) {
+      throw FormatError("In " + source.index_path + ": key " + quote_text(key) +
+                        ": the weight_map names " + files[static_cast<size_t>(file)] + ", but " +
+                        source.file_path(file) + " holds no such tensor");
+    }
+  }
+}
+
+}  // namespace shardload

@@ -1,0 +1,281 @@
+#include "io/pt_reader.h"
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/from_blob.h>
+#include <fcntl.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <unordered_map>
+
+#include "core/error.h"
+#include "io/chunk_bytes.h"
+#include "io/file_bytes.h"
+#include "io/key_text.h"
+#include "io/pt_layout.h"
+#include "io/safetensors_reader.h"
+#include "io/torch_dtype.h"
+
+namespace shardload {
+namespace {
+
+/// Lines of a note list shown before "... and N more".
+constexpr size_t kShown = 20;
+
+void check_bool_bytes(const unsigned char* p, uint64_t n, uint64_t first) {
+  for (uint64_t i = 0; i < n; ++i) {
+    if (p[i] > 1) {
+      throw FormatError("bool element " + std::to_string(first + i) + " holds byte value " +
+                        std::to_string(p[i]) + " (a bool is 0 or 1)");
+    }
+  }
+}
+
+/// `text` on one line: control characters (a str leaf may hold newlines) become spaces.
+std::string one_line(std::string text) {
+  for (char& c : text) {
+    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
+  }
+  return text;
+}
+
+template <class Items, class Text>
+std::string listed(const Items& items, Text text) {
+  std::string out;
+  for (size_t i = 0; i < items.size() && i < kShown; ++i) {
+    out += (i ? ", " : "") + one_line(text(items[i]));
+  }
+  if (items.size() > kShown) out += ", ... and " + std::to_string(items.size() - kShown) + " more";
+  return out;
+}
+
+}  // namespace
+
+struct PtReader::Impl {
+  FileBytes bytes;
+  std::string select;
+  PtLayout layout;
+  std::unordered_map<std::string, size_t> tensor_of;  ///< key -> layout.tensors index
+
+  const PtTensor& tensor(const ChunkRecord& row) const {
+    auto it = tensor_of.find(row.key);
+    if (it == tensor_of.end()) throw FormatError("the file holds no such tensor");
+    const PtTensor& t = layout.tensors[it->second];
+    if (row.dtype != t.dtype || row.shape != t.shape || row.global_shape != t.shape ||
+        row.offset != Shape(t.shape.size(), 0) || row.data_offset != t.data_pos() ||
+        row.nbytes != t.nbytes()) {
+      throw FormatError("the index row (" + std::string(dtype_name(row.dtype)) + " " +
+                        shape_str(row.shape) + " at byte " + std::to_string(row.data_offset) +
+                        ") is not the file's tensor (" + std::string(dtype_name(t.dtype)) + " " +
+                        shape_str(t.shape) + " at byte " + std::to_string(t.data_pos()) +
+                        "): did the file change while it was read?");
+    }
+    return t;
+  }
+
+  ChunkBytes chunk_bytes(const ChunkRecord& row) const {
+    ChunkBytes c;
+    c.file = &bytes;
+    c.pos = row.data_offset;
+    c.nbytes = row.nbytes;
+    c.elem_size = dtype_size(row.dtype);
+    c.is_bool = row.dtype == DType::kBool;
+    c.name = "tensor data at byte " + std::to_string(row.data_offset);
+    return c;
+  }
+
+  /// A box of a view that is not contiguous: the part of the storage the box covers is read
+  /// once, then gathered in C order into `dst`.
+  void gather(const PtTensor& t, const Shape& offset, const Shape& shape, void* dst) const {
+    if (numel(shape) == 0) return;
+    const int64_t elsize = dtype_size(t.dtype);
+    int64_t first = t.storage_offset, last = t.storage_offset;
+    for (size_t d = 0; d < shape.size(); ++d) {
+      if (offset[d] < 0 || shape[d] < 0 || offset[d] > t.shape[d] - shape[d]) {
+        throw UsageError("box at " + shape_str(offset) + " of shape " + shape_str(shape) +
+                         " does not lie inside the tensor of shape " + shape_str(t.shape));
+      }
+      first += offset[d] * t.stride[d];
+      last += (offset[d] + shape[d] - 1) * t.stride[d];
+    }
+    // Inside the storage: read_pt_layout checked the view's last element.
+    const int64_t span = last - first + 1;
+    std::vector<char> buffer(static_cast<size_t>(span * elsize));
+    bytes.read_at(t.record_pos + static_cast<uint64_t>(first * elsize), buffer.size(),
+                  buffer.data());
+    const auto options = at::TensorOptions().dtype(scalar_type_of(t.dtype));
+    at::Tensor from = at::from_blob(buffer.data(), {span}, options);
+    at::Tensor view = from.as_strided(shape, t.stride, 0);
+    at::from_blob(dst, shape, options).copy_(view);
+    if (t.dtype == DType::kBool) {
+      check_bool_bytes(static_cast<const unsigned char*>(dst), static_cast<uint64_t>(numel(shape)),
+                       0);
+    }
+  }
+};
+
+PtReader::PtReader(const std::string& path, const std::string& select)
+    : impl_(std::make_unique<Impl>()), path_(path) {
+  try {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw FormatError(std::string("cannot open file: ") + std::strerror(errno));
+    impl_->bytes = FileBytes::from_descriptor(fd, "the file");
+    impl_->select = select;
+    impl_->layout = read_pt_layout(impl_->bytes, select);
+    impl_->tensor_of.reserve(impl_->layout.tensors.size());
+    for (size_t i = 0; i < impl_->layout.tensors.size(); ++i) {
+      if (!impl_->tensor_of.emplace(impl_->layout.tensors[i].key, i).second) {
+        throw FormatError("key " + quote_text(impl_->layout.tensors[i].key) + ": occurs twice");
+      }
+    }
+  } catch (...) {
+    rethrow_with_context("In " + path + ": ");
+  }
+}
+
+PtReader::~PtReader() = default;
+PtReader::PtReader(PtReader&&) noexcept = default;
+PtReader& PtReader::operator=(PtReader&&) noexcept = default;
+
+std::vector<ChunkRecord> PtReader::read_index(int32_t file_number) const {
+  std::vector<ChunkRecord> rows;
+  rows.reserve(impl_->layout.tensors.size());
+  int64_t position = 0;
+  for (const PtTensor& t : impl_->layout.tensors) {
+    ChunkRecord row;
+    row.key = t.key;
+    row.dtype = t.dtype;
+    row.global_shape = t.shape;
+    row.offset = Shape(t.shape.size(), 0);
+    row.shape = t.shape;
+    row.file = file_number;
+    row.dataset = t.record;
+    row.data_offset = t.data_pos();
+    row.nbytes = t.nbytes();
+    row.order = (int64_t{file_number} << 32) + position++;
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+void PtReader::prepare(const ChunkRecord& row) const {
+  try {
+    impl_->tensor(row);
+  } catch (...) {
+    rethrow_with_context("In " + path_ + ": reading key " + quote_text(row.key) + ": ");
+  }
+}
+
+void PtReader::read(const ChunkRecord& row, const Shape& offset_in_chunk, const Shape& shape,
+                    void* dst, bool /*verify*/) const {
+  try {
+    const PtTensor& t = impl_->tensor(row);
+    if (t.contiguous()) {
+      read_box(impl_->chunk_bytes(row), row.shape, offset_in_chunk, shape, dst, /*verify=*/false);
+    } else {
+      impl_->gather(t, offset_in_chunk, shape, dst);
+    }
+  } catch (const c10::Error& e) {
+    throw FormatError("In " + path_ + ": reading key " + quote_text(row.key) + ": " +
+                      e.what_without_backtrace());
+  } catch (...) {
+    rethrow_with_context("In " + path_ + ": reading key " + quote_text(row.key) + ": ");
+  }
+}
+
+void PtReader::read_chunk(const ChunkRecord& row, void* dst, bool verify) const {
+  read(row, Shape(row.shape.size(), 0), row.shape, dst, verify);
+}
+
+void PtReader::read_chunks(std::span<const ChunkRecord* const> rows, void* dst, bool verify) const {
+  // Runs of contiguous tensors are byte ranges, read together; views one by one.
+  char* out = static_cast<char*>(dst);
+  size_t i = 0;
+  while (i < rows.size()) {
+    size_t j = i;
+    while (j < rows.size()) {
+      prepare(*rows[j]);
+      if (!impl_->tensor(*rows[j]).contiguous()) break;
+      ++j;
+    }
+    const auto run = rows.subspan(i, j - i);
+    try {
+      read_byte_ranges(impl_->bytes, run, out, [&](const ChunkRecord& row, char* bytes) {
+        try {
+          finish_in_place(impl_->chunk_bytes(row), bytes, /*verify=*/false);  // bool values
+        } catch (...) {
+          rethrow_with_context("reading key " + quote_text(row.key) + ": ");
+        }
+      });
+    } catch (...) {
+      rethrow_with_context("In " + path_ + ": ");
+    }
+    for (const ChunkRecord* row : run) out += row->nbytes;
+    if (j < rows.size()) {
+      read_chunk(*rows[j], out, verify);
+      out += rows[j]->nbytes;
+      ++j;
+    }
+    i = j;
+  }
+}
+
+void PtReader::verify_chunk(const ChunkRecord& row) const {
+  try {
+    const PtTensor& t = impl_->tensor(row);
+    if (row.nbytes == 0) return;
+    ChunkBytes c = impl_->chunk_bytes(row);
+    if (!t.contiguous()) {
+      // A view (a stride-0 expansion may be far larger than its storage): the part of the
+      // storage it covers, from its first to its last element, is what the file holds.
+      int64_t last = t.storage_offset;
+      for (size_t d = 0; d < t.shape.size(); ++d) last += (t.shape[d] - 1) * t.stride[d];
+      c.nbytes = static_cast<uint64_t>(last - t.storage_offset + 1) *
+                 static_cast<uint64_t>(dtype_size(t.dtype));
+    }
+    if (!c.is_bool) {
+      char last;  // the bytes lie inside the file (it may have shrunk since it was opened)
+      c.file->read_at(c.pos + c.nbytes - 1, 1, &last);
+      return;
+    }
+    std::vector<unsigned char> window(std::min<uint64_t>(c.nbytes, kReadWindowBytes));
+    for (uint64_t p = 0; p < c.nbytes; p += window.size()) {
+      const uint64_t n = std::min<uint64_t>(window.size(), c.nbytes - p);
+      c.file->read_at(c.pos + p, n, window.data());
+      check_bool_bytes(window.data(), n, p);
+    }
+  } catch (const c10::Error& e) {
+    throw FormatError("In " + path_ + ": reading key " + quote_text(row.key) + ": " +
+                      e.what_without_backtrace());
+  } catch (...) {
+    rethrow_with_context("In " + path_ + ": reading key " + quote_text(row.key) + ": ");
+  }
+}
+
+std::vector<std::string> PtReader::notes() const {
+  const PtLayout& l = impl_->layout;
+  std::vector<std::string> out;
+  if (impl_->select.empty()) return out;
+  const std::string in = "In " + path_ + ": ";
+  out.push_back(in + "selected " + quote_text(impl_->select) + ": " +
+                std::to_string(l.tensors.size()) + " tensor(s)");
+  if (!l.scalars.empty()) {
+    out.push_back(in + "scalar leaves, not loaded: " + listed(l.scalars, [](const auto& s) {
+                    return s.first + " = " + s.second;
+                  }));
+  }
+  if (!l.skipped.empty()) {
+    out.push_back(in + "neither tensor nor scalar, not loaded (nothing in a file is run): " +
+                  listed(l.skipped, [](const auto& s) { return s.first + " (" + s.second + ")"; }));
+  }
+  if (!l.other_tensors.empty()) {
+    out.push_back(in + "not selected: " + listed(l.other_tensors, [](const auto& s) {
+                    return std::to_string(s.second) + " tensor(s) in " +
+                           quote_text(s.first.empty() ? "." : s.first);
+                  }));
+  }
+  return out;
+}
+
+}  // namespace shardload
