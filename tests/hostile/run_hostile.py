@@ -14,12 +14,13 @@ and writes its crafted files under `workdir`. A Case says which commands meet th
 - "convert": `shardload convert PATH OUT`.
 
 `named` is the text stderr must contain (default: the file's base name). OUT must not exist
-afterwards. Usage: python3 run_hostile.py [--only SUBSTRING] [--keep] [--list]
+afterwards. Usage: python3 run_hostile.py [--only SUBSTRING] [--keep] [--list] [--jobs N]
 Environment: SHARDLOAD_BIN (default build/shardload), MPIRUN (default mpirun).
 Prints one line per failed check and "N passed, M failed" last; exits 1 on a failure.
 """
 import argparse
 import collections
+import concurrent.futures
 import glob
 import importlib.util
 import os
@@ -78,6 +79,36 @@ def commands(case, good, out):
             raise ValueError(f"case {case.name}: unknown op {op}")
 
 
+def check_case(case, good, outdir):
+    """Runs every command of `case`; returns (passed, failed, failure messages)."""
+    os.makedirs(outdir, exist_ok=True)
+    named = case.named or os.path.basename(os.path.normpath(case.path))
+    passed, failed, messages = 0, 0, []
+    for op, cmd in commands(case, good, os.path.join(outdir, "out.safetensors")):
+        out = cmd[-1] if cmd[-2] in ("--out",) or op == "convert" else None
+        if out and os.path.lexists(out):
+            os.remove(out) if os.path.isfile(out) else shutil.rmtree(out)
+        rc, err, secs = run(cmd)
+        problems = []
+        if rc is None:
+            problems.append(f"no answer within {LIMIT_S} s")
+        elif rc < 0 or rc > 128:
+            problems.append(f"killed by a signal (rc {rc})")
+        elif rc != 3:
+            problems.append(f"exit {rc}, expected 3")
+        if rc is not None and named not in err:
+            problems.append(f"stderr does not name {named!r}")
+        if out and os.path.lexists(out):
+            problems.append(f"{out} was written")
+        if problems:
+            failed += 1
+            messages.append(f"FAIL {case.name} [{op}]: {'; '.join(problems)}\n  stderr: "
+                            f"{err.strip()[-600:]}")
+        else:
+            passed += 1
+    return passed, failed, messages
+
+
 def load_generators():
     mods = []
     for path in sorted(glob.glob(os.path.join(HERE, "gen_*.py"))):
@@ -95,6 +126,8 @@ def main():
     ap.add_argument("--only", default="")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--jobs", type=int, default=int(os.environ.get("SHARDLOAD_HOSTILE_JOBS", "2")),
+                    help="cases checked at once (default 2: the test's PROCESSORS)")
     args = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="shardload-hostile-")
     passed = failed = 0
@@ -114,32 +147,17 @@ def main():
                 print(c.name, ",".join(c.ops))
             print(f"{len(all_cases)} cases")
             return 0
-        for case in all_cases:
-            if args.only not in case.name:
-                continue
-            named = case.named or os.path.basename(os.path.normpath(case.path))
-            for op, cmd in commands(case, good, os.path.join(workdir, "out.safetensors")):
-                out = cmd[-1] if cmd[-2] in ("--out",) or op == "convert" else None
-                if out and os.path.lexists(out):
-                    os.remove(out) if os.path.isfile(out) else shutil.rmtree(out)
-                rc, err, secs = run(cmd)
-                problems = []
-                if rc is None:
-                    problems.append(f"no answer within {LIMIT_S} s")
-                elif rc < 0 or rc > 128:
-                    problems.append(f"killed by a signal (rc {rc})")
-                elif rc != 3:
-                    problems.append(f"exit {rc}, expected 3")
-                if rc is not None and named not in err:
-                    problems.append(f"stderr does not name {named!r}")
-                if out and os.path.lexists(out):
-                    problems.append(f"{out} was written")
-                if problems:
-                    failed += 1
-                    print(f"FAIL {case.name} [{op}]: {'; '.join(problems)}\n  stderr: "
-                          f"{err.strip()[-600:]}", file=sys.stderr)
-                else:
-                    passed += 1
+        selected = [c for c in all_cases if args.only in c.name]
+        # Cases run on --jobs workers (each case's commands in order, with an output path of its
+        # own); the verdicts are printed in case order.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            results = list(pool.map(lambda ic: check_case(ic[1], good, os.path.join(
+                workdir, f"out-{ic[0]}")), enumerate(selected)))
+        for ok, bad, messages in results:
+            passed += ok
+            failed += bad
+            for m in messages:
+                print(m, file=sys.stderr)
         print(f"{passed} passed, {failed} failed")
         return 1 if failed else 0
     finally:
