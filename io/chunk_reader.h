@@ -48,6 +48,10 @@ class ChunkReader {
   /// Reads the whole chunk through bounded memory and checks all the format allows (checksums,
   /// bool values). Throws FormatError naming the byte range.
   virtual void verify_chunk(const ChunkRecord& row) const = 0;
+  /// From now on, large reads of this file bypass the page cache (O_DIRECT through an aligned
+  /// bounce buffer: io/file_bytes.h). Returns false where the file system refuses it; reads then
+  /// stay buffered. Call before reads start (not thread-safe against them).
+  virtual bool enable_direct_io() = 0;
   /// Whether the rows carry checksums that reads with `verify` check (false for formats without
   /// any, such as .safetensors).
   virtual bool has_checksums() const { return true; }

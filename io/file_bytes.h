@@ -1,5 +1,6 @@
 // The bytes of one open shard file, read by offset: a POSIX descriptor (pread) or an in-memory
 // image. Reads are bounds-checked against the real size and safe to run from several threads.
+// Optionally, large reads bypass the page cache (O_DIRECT, through an aligned bounce buffer).
 #pragma once
 
 #include <atomic>
@@ -27,11 +28,27 @@ class FileBytes {
   /// Copies bytes [pos, pos + n) into dst. Throws FormatError when the range does not lie inside
   /// the file or the read fails or comes up short. Thread-safe (pread does not move an offset).
   void read_at(uint64_t pos, size_t n, void* dst) const;
+  /// Opens a second descriptor of the same file (the same inode, checked) with O_DIRECT: from
+  /// then on reads of at least kDirectMinBytes bypass the page cache, read in aligned windows
+  /// and copied out. Returns false, changing nothing, where the file system refuses O_DIRECT
+  /// (tmpfs) or the file is an in-memory image. A direct read the kernel refuses (EINVAL) falls
+  /// back to buffered reads for the rest of the file's life.
+  bool enable_direct_io();
+  /// Whether large reads go around the page cache.
+  bool direct_io() const { return direct_fd_ >= 0 && !direct_refused_.load(); }
+  static constexpr size_t kDirectMinBytes = size_t{1} << 20;
+
   /// Reads made so far (one per read_at call that moved bytes), for tests and benchmarks.
   uint64_t read_calls() const { return read_calls_.load(std::memory_order_relaxed); }
 
  private:
+  void read_buffered(uint64_t pos, size_t n, char* out) const;
+  /// false when the kernel refused the direct read (the caller falls back to read_buffered).
+  bool read_direct(uint64_t pos, size_t n, char* out) const;
+
   int fd_ = -1;
+  int direct_fd_ = -1;
+  mutable std::atomic<bool> direct_refused_{false};
   std::string image_;
   uint64_t size_ = 0;
   mutable std::atomic<uint64_t> read_calls_{0};

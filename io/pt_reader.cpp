@@ -278,4 +278,6 @@ std::vector<std::string> PtReader::notes() const {
   return out;
 }
 
+bool PtReader::enable_direct_io() { return impl_->bytes.enable_direct_io(); }
+
 }  // namespace shardload

@@ -43,6 +43,7 @@ class PtReader final : public ChunkReader {
   /// Reads the tensor through bounded memory (a view: the part of its storage it covers) and
   /// checks bool values: all there is to check.
   void verify_chunk(const ChunkRecord& row) const override;
+  bool enable_direct_io() override;
   bool has_checksums() const override { return false; }
   const std::string& path() const override { return path_; }
 

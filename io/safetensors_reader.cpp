@@ -201,4 +201,6 @@ const std::vector<std::pair<std::string, std::string>>& SafetensorsReader::metad
   return impl_->header.metadata;
 }
 
+bool SafetensorsReader::enable_direct_io() { return impl_->bytes.enable_direct_io(); }
+
 }  // namespace shardload

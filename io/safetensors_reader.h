@@ -40,6 +40,7 @@ class SafetensorsReader final : public ChunkReader {
   void read_chunks(std::span<const ChunkRecord* const> rows, void* dst, bool verify) const override;
   /// Reads the tensor through bounded memory and checks bool values: all there is to check.
   void verify_chunk(const ChunkRecord& row) const override;
+  bool enable_direct_io() override;
   bool has_checksums() const override { return false; }
   const std::string& path() const override { return path_; }
 

@@ -523,4 +523,6 @@ void ShardReader::verify_chunk(const ChunkRecord& row) const {
   }
 }
 
+bool ShardReader::enable_direct_io() { return impl_->bytes.enable_direct_io(); }
+
 }  // namespace shardload

@@ -102,6 +102,7 @@ class ShardReader : public ChunkReader {
   /// checksum and bool values (the `verify` command). Throws FormatError naming the byte range.
   void verify_chunk(const ChunkRecord& row) const;
 
+  bool enable_direct_io();
   const std::string& path() const { return path_; }
   /// Reads of tensor bytes made so far (pread calls), for tests and benchmarks.
   uint64_t read_calls() const;

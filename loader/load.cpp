@@ -111,7 +111,7 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
   comm.broadcast(source_bytes, 0);
   if (rank != 0) source = deserialize_checkpoint_source(source_bytes);
   const Manifest& manifest = source.manifest;
-  ShardFiles files(source);
+  ShardFiles files(source, options.direct_io);
   std::vector<ChunkRecord> my_rows;
   std::string file_notes;  // what rank 0's reader of a .pt file selected, one per line
   phases.run("open", [&] {

@@ -34,6 +34,10 @@ struct LoadOptions {
   /// Check every byte read against the checkpoint's checksums before it reaches a tensor.
   /// false is the only way to skip the checks; LoadResult::checksums_verified then says so.
   bool verify_checksums = true;
+  /// Read tensor bytes around the page cache (O_DIRECT) where the file system allows: for cold
+  /// restarts of checkpoints that do not fit beside the model in memory, and to keep the cache
+  /// for other work. Off by default: a warm cache is faster. Same bytes, same checks either way.
+  bool direct_io = false;
   /// Threads that read and verify shard bytes on each rank; 0: the machine's cores shared by the
   /// ranks on it (at least 1, at most 8).
   int reader_threads = 0;

@@ -4,7 +4,8 @@
 
 namespace shardload {
 
-ShardFiles::ShardFiles(CheckpointSource source) : source_(std::move(source)) {}
+ShardFiles::ShardFiles(CheckpointSource source, bool direct_io)
+    : source_(std::move(source)), direct_io_(direct_io) {}
 
 const ChunkReader& ShardFiles::get(int32_t file) {
   auto it = open_.find(file);
@@ -14,7 +15,9 @@ const ChunkReader& ShardFiles::get(int32_t file) {
     throw FormatError("In " + source_.dir + ": index refers to file #" + std::to_string(file) +
                       ", the " + source_.description + " lists " + std::to_string(listed));
   }
-  return *open_.emplace(file, open_chunk_reader(source_, file)).first->second;
+  std::unique_ptr<ChunkReader> reader = open_chunk_reader(source_, file);
+  if (direct_io_) reader->enable_direct_io();  // refused (tmpfs): stays buffered, same bytes
+  return *open_.emplace(file, std::move(reader)).first->second;
 }
 
 }  // namespace shardload

@@ -17,7 +17,9 @@ namespace shardload {
 /// thread needs is open, get() of those files is a lookup that several threads may make.
 class ShardFiles {
  public:
-  explicit ShardFiles(CheckpointSource source);
+  /// With `direct_io`, every file opened reads its large ranges around the page cache where its
+  /// file system allows (ChunkReader::enable_direct_io).
+  explicit ShardFiles(CheckpointSource source, bool direct_io = false);
   /// The reader of file `file`, opened on first use. Throws FormatError naming the checkpoint
   /// for a file number the source does not list, or the file when it is unreadable.
   const ChunkReader& get(int32_t file);
@@ -28,6 +30,7 @@ class ShardFiles {
 
  private:
   CheckpointSource source_;
+  bool direct_io_ = false;
   std::map<int32_t, std::unique_ptr<ChunkReader>> open_;
 };
 

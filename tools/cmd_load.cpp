@@ -31,6 +31,7 @@ struct LoadArgs {
   bool json = false;
   bool skip_size_mismatch = false;
   bool no_verify = false;
+  bool direct_io = false;
   std::string device = "cpu";
   bool overwrite = false;
   bool quiet = false;
@@ -269,6 +270,9 @@ Runner add_load(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--no-verify", a->no_verify,
                 "skip the checksum checks (the result says so); only for measuring their cost");
+  cmd->add_flag("--direct-io", a->direct_io,
+                "read tensor bytes around the page cache (O_DIRECT) where the file system allows: "
+                "for cold restarts of checkpoints larger than free memory");
   cmd->add_option("--device", a->device,
                   "where each rank's partition of REF lives: cpu, or cuda (the GPU of the rank's "
                   "local rank): CUDA tensors are loaded over NCCL where every rank has a GPU of "
@@ -296,6 +300,7 @@ Runner add_load(CLI::App& app) {
     options.strict = !a->no_strict;
     options.skip_size_mismatch = a->skip_size_mismatch;
     options.verify_checksums = !a->no_verify;
+    options.direct_io = a->direct_io;
     options.checkpoint_prefix = a->strip_prefix;
     options.model_prefix = a->add_prefix;
     options.key_filter = a->filter;

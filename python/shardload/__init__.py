@@ -211,7 +211,7 @@ def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=No
     ``torch.save`` file as ``path``, the sub-dictionary of a nested training checkpoint to load
     (``"model"``, ``"state_dict"``; keys joined by ``"."``); scalar leaves are listed in
     ``result.notes``, never loaded. Other keywords set ``LoadOptions`` fields
-    (``verify_checksums``, ``key_filter``, ``name``, ...).
+    (``verify_checksums``, ``direct_io``, ``key_filter``, ``name``, ...).
 
     ``path`` may be a shardload checkpoint, a run directory, a Hugging Face directory
     (``model.safetensors.index.json`` and its shards, or ``model.safetensors``), a

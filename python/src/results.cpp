@@ -72,6 +72,8 @@ void bind_types(py::module_& m) {
       .def_readwrite("message_bytes", &LoadOptions::message_bytes)
       .def_readwrite("staging_bytes", &LoadOptions::staging_bytes)
       .def_readwrite("verify_checksums", &LoadOptions::verify_checksums)
+      .def_readwrite("direct_io", &LoadOptions::direct_io)
+      .def_readwrite("reader_threads", &LoadOptions::reader_threads)
       .def_readwrite("timeout_seconds", &LoadOptions::timeout_seconds)
       .def_readwrite("select", &LoadOptions::select);
 
