@@ -18,7 +18,8 @@ Warm (default): the files were just written, so they are in the page cache and t
 memory bandwidth. --cold: before every load (every loader, and the limit) the files are flushed
 and evicted from the page cache (posix_fadvise DONTNEED), so reads come from the disk.
 
-Also measured: shardload with its checksum checks off (`--no-verify`), the cost of verifying
+Also measured: shardload with `--direct-io` (cold runs only: reads around the page cache), and
+shardload with its checksum checks off (`--no-verify`), the cost of verifying
 every byte.
 """
 import argparse
@@ -88,10 +89,8 @@ def evict(paths):
             os.close(fd)
 
 
-def shardload_load(args, ours, ref, split, verify=True):
-    cmd = [args.bin, "load", ours, "--into", ref, "--json", "--quiet", *split]
-    if not verify:
-        cmd.append("--no-verify")
+def shardload_load(args, ours, ref, split, *flags):
+    cmd = [args.bin, "load", ours, "--into", ref, "--json", "--quiet", *split, *flags]
     j = last_json(mpirun(args.ranks, *cmd))
     assert j["ok"], j
     return j
@@ -154,8 +153,14 @@ def main():
             t = []
             for _ in range(args.repeat):
                 before()
-                t.append(shardload_load(args, ours, ref, split, verify=False)["seconds"])
+                t.append(shardload_load(args, ours, ref, split, "--no-verify")["seconds"])
             results["shardload, checksums off"] = (statistics.median(t), read, 0)
+            if args.cold:  # direct I/O is for the disk-bound case
+                t = []
+                for _ in range(args.repeat):
+                    before()
+                    t.append(shardload_load(args, ours, ref, split, "--direct-io")["seconds"])
+                results["shardload, --direct-io"] = (statistics.median(t), read, 0)
             for p in peer_dirs:
                 t, wrong = [], 0
                 for _ in range(args.repeat):
