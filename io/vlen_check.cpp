@@ -75,11 +75,18 @@ const std::vector<VlenCheck::Object>& VlenCheck::collection(uint64_t address,
     if (need == 0) {
       throw FormatError(where + " holds a free-space object of size 0 (HDF5 would loop forever)");
     }
+    if (need > size - p) {
+      // HDF5 moves its parse pointer by `need` without a check: past the end it stops, but a
+      // size near 2^64 wraps the pointer backwards into memory before the collection (SIGSEGV,
+      // found by fuzz_shard_file). HDF5 itself writes objects that tile the collection exactly.
+      throw FormatError(where + " holds an object of " + std::to_string(bytes) +
+                        " bytes at offset " + std::to_string(p) + " that reaches past its end (" +
+                        std::to_string(size) + " bytes)");
+    }
     if (index > 0) {
       if (objects.size() <= index) objects.resize(index + 1);
       objects[index] = Object{p, bytes, bytes <= size - p - object_header};
     }
-    if (need > size - p) break;
     p += need;
   }
   return collections_.emplace(address, std::move(objects)).first->second;

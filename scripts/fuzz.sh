@@ -4,6 +4,8 @@
 # tests/fuzz/corpus/<target>/ (new inputs go to build-fuzz/corpus/<target>/, the seeds stay as
 # committed). A crash, sanitizer report, timeout or out-of-memory fails the script and leaves
 # the input as build-fuzz/crash-<target>-*; add it to the corpus once fixed.
+# SHARDLOAD_FUZZ_SEED fixes libFuzzer's seed (the test command uses 1, so that its short runs
+# explore the same inputs on every machine); unset or 0: a new random seed each run (long runs).
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +25,7 @@ for t in "${targets[@]}"; do
   found=$BUILD/corpus/$t
   mkdir -p "$seeds" "$found"
   args=(-max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
-        -artifact_prefix="$BUILD/crash-$t-")
+        -seed="${SHARDLOAD_FUZZ_SEED:-0}" -artifact_prefix="$BUILD/crash-$t-")
   [ -f "tests/fuzz/$t.dict" ] && args+=(-dict="tests/fuzz/$t.dict")
   # HDF5 makes lazy allocations of up to ~2.5 GB from sizes in a file before it fails (the real
   # binary then exits 3); give the shard-file target room for them.

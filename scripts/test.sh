@@ -16,7 +16,7 @@ if [ -d "${BUILD_DIR:-build}/python/shardload" ]; then
   echo "test: import shardload -> $(cat "$site/shardload.pth") (via $site/shardload.pth)"
 fi
 if [ "${SHARDLOAD_FUZZ_SECONDS:-15}" != 0 ]; then
-  bash scripts/fuzz.sh "${SHARDLOAD_FUZZ_SECONDS:-15}"
+  SHARDLOAD_FUZZ_SEED=${SHARDLOAD_FUZZ_SEED:-1} bash scripts/fuzz.sh "${SHARDLOAD_FUZZ_SECONDS:-15}"
 fi
 cd "${BUILD_DIR:-build}"
 ctest --output-on-failure -j 2 --timeout 900 "$@"

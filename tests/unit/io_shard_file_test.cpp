@@ -641,8 +641,8 @@ TEST(ShardFile, FuzzCorpusFilesAreReadOrRefusedWithoutCrashing) {
           << e.what();
     }
   }
-  EXPECT_GE(files, 8);
-  EXPECT_GE(refused, 4);  // the findings are refused as manifests
+  EXPECT_GE(files, 9);
+  EXPECT_GE(refused, 5);  // the findings are refused as manifests
 }
 
 TEST(ShardFile, MissingOrForeignFilesAreFormatErrorsNamingThePath) {
