@@ -17,7 +17,9 @@ using namespace shardload;
 // HDF5 (not instrumented, not ours) allocates sizes it reads from the file and handles a failed
 // allocation as an error, as it does in production where malloc returns null: let ASan do the
 // same instead of aborting on the request.
-extern "C" const char* __asan_default_options() { return "allocator_may_return_null=1"; }
+extern "C" const char* __asan_default_options() {
+  return "allocator_may_return_null=1:max_allocation_size_mb=8192";
+}
 // HDF5 leaks on some of its error paths (an object header that fails to load in H5Fopen);
 // allocations made inside HDF5 are its own.
 extern "C" const char* __lsan_default_suppressions() { return "leak:libhdf5\n"; }
