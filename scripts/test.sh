@@ -19,4 +19,6 @@ if [ "${SHARDLOAD_FUZZ_SECONDS:-15}" != 0 ]; then
   SHARDLOAD_FUZZ_SEED=${SHARDLOAD_FUZZ_SEED:-1} bash scripts/fuzz.sh "${SHARDLOAD_FUZZ_SECONDS:-15}"
 fi
 cd "${BUILD_DIR:-build}"
-ctest --output-on-failure -j 2 --timeout 900 "$@"
+# -j 4 on 2 cores: most tests wait on process start-up and MPI, not on the CPU (PROCESSORS
+# still keeps the 4-rank tests from piling up); the deadline tests run alone (RUN_SERIAL).
+ctest --output-on-failure -j 4 --timeout 900 "$@"
