@@ -5,10 +5,12 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <string_view>
 
 #include "core/error.h"
 #include "io/key_text.h"
+#include "io/safetensors_header.h"  // kMaxTensorDims
 
 namespace shardload {
 namespace {
@@ -192,6 +194,63 @@ bool build_data_value(PickleValue& object, const PickleValuePtr& state) {
     return true;
   }
   return false;
+}
+
+bool is_checkpoint_global(const std::string& module, const std::string& name) {
+  if (module == "torch._utils") {
+    return name == "_rebuild_tensor_v2" || name == "_rebuild_parameter" ||
+           name == "_rebuild_parameter_with_state";
+  }
+  if (module == "torch" && dtype_from_storage_class(name).has_value()) return true;
+  return is_data_global(module, name);
+}
+
+int64_t pickle_int(const PickleValuePtr& v, const char* what) {
+  if (v->kind != Kind::kInt) {
+    throw FormatError(std::string(what) + " is a " + v->describe() + ", not an int");
+  }
+  return v->integer;
+}
+
+std::vector<int64_t> pickle_dims(const PickleValuePtr& v, const char* what) {
+  if (v->kind != Kind::kTuple && v->kind != Kind::kList) {
+    throw FormatError(std::string(what) + " is a " + v->describe() + ", not a tuple");
+  }
+  if (v->items.size() > kMaxTensorDims) {
+    throw FormatError(std::string(what) + " has " + std::to_string(v->items.size()) +
+                      " dimensions (at most " + std::to_string(kMaxTensorDims) + ")");
+  }
+  std::vector<int64_t> out;
+  out.reserve(v->items.size());
+  for (const auto& item : v->items) {
+    const int64_t x = pickle_int(item, what);
+    if (x < 0) throw FormatError(std::string(what) + " has a negative entry");
+    out.push_back(x);
+  }
+  return out;
+}
+
+StorageId parse_storage_id(const PickleValuePtr& pid) {
+  if (pid->kind != Kind::kTuple || pid->items.size() < 5 || pid->items[0]->kind != Kind::kString ||
+      pid->items[0]->text != "storage") {
+    throw FormatError("unsupported persistent id (a " + pid->describe() +
+                      "), expected ('storage', class, key, location, numel)");
+  }
+  const auto& cls = pid->items[1];
+  const auto& key = pid->items[2];
+  if (cls->kind != Kind::kGlobal || key->kind != Kind::kString) {
+    throw FormatError("malformed storage persistent id");
+  }
+  // A long (memoized) name would make every lookup of it cost its length.
+  constexpr size_t kMaxStorageKeyBytes = 256;
+  if (key->text.size() > kMaxStorageKeyBytes) {
+    throw FormatError("storage key of " + std::to_string(key->text.size()) + " bytes");
+  }
+  const std::string_view cls_name(cls->text);
+  const auto dtype = cls_name.starts_with("torch.") ? dtype_from_storage_class(cls_name.substr(6))
+                                                    : std::optional<DType>();
+  if (!dtype) throw FormatError("unsupported storage class " + cls->text);
+  return StorageId{key->text, *dtype, pickle_int(pid->items[4], "storage numel")};
 }
 
 }  // namespace shardload

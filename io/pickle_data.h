@@ -3,9 +3,11 @@
 // besides tensors. No LibTorch; torch_file.cpp adds the tensor globals on top.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "io/pickle.h"
 
 namespace shardload {
@@ -27,5 +29,25 @@ PickleValuePtr call_data_global(const PickleValue& callable,
 /// dicts do not need) is dropped; a numpy dtype's state tuple sets its byte order. Returns false
 /// when `object` is not such a value; throws FormatError for a state it does not take.
 bool build_data_value(PickleValue& object, const PickleValuePtr& state);
+
+/// The globals a torch.save pickle may load, for both of its readers (io/torch_file.cpp builds
+/// tensors, io/pt_layout.cpp only describes them): the tensor rebuilders of torch._utils, the
+/// typed storage classes (torch.FloatStorage, ...) and the data globals above. Nothing that can
+/// run code.
+bool is_checkpoint_global(const std::string& module, const std::string& name);
+
+/// The int `v`; FormatError naming `what` for anything else.
+int64_t pickle_int(const PickleValuePtr& v, const char* what);
+/// A tuple or list of at most kMaxTensorDims non-negative ints (a size or a stride).
+std::vector<int64_t> pickle_dims(const PickleValuePtr& v, const char* what);
+
+/// A torch.save persistent id ('storage', <torch.XStorage>, '<key>', '<location>', numel),
+/// checked: a typed storage class, a key of at most 256 bytes (torch.save writes "0", "1", ...).
+struct StorageId {
+  std::string key;
+  DType dtype = DType::kFloat32;
+  int64_t numel = 0;
+};
+StorageId parse_storage_id(const PickleValuePtr& pid);
 
 }  // namespace shardload

@@ -25,8 +25,6 @@ constexpr std::string_view kRebuildParameterWithState =
     "torch._utils._rebuild_parameter_with_state";
 /// The largest data.pkl read (a state dict of a million tensors needs about 100 MB).
 constexpr uint64_t kMaxPickleBytes = uint64_t{1} << 30;
-/// The longest storage key accepted (torch.save writes "0", "1", ...).
-constexpr size_t kMaxStorageKeyBytes = 256;
 constexpr const char* kStorageType = "storage";
 
 /// A storage that data.pkl names: its zip member and the dtype of its class.
@@ -38,45 +36,11 @@ struct Storage {
   bool compressed = false;
 };
 
-bool allowed_global(const std::string& module, const std::string& name) {
-  if (module == "torch._utils") {
-    return name == "_rebuild_tensor_v2" || name == "_rebuild_parameter" ||
-           name == "_rebuild_parameter_with_state";
-  }
-  if (module == "torch" && dtype_from_storage_class(name).has_value()) return true;
-  return is_data_global(module, name);
-}
-
 PickleValuePtr make_object(std::any object, std::string_view type_name) {
   auto v = make_pickle_value(Kind::kObject);
   v->object = std::move(object);
   v->type_name = std::string(type_name);
   return v;
-}
-
-int64_t as_int(const PickleValuePtr& v, const char* what) {
-  if (v->kind != Kind::kInt) {
-    throw FormatError(std::string(what) + " is a " + v->describe() + ", not an int");
-  }
-  return v->integer;
-}
-
-Shape as_int_tuple(const PickleValuePtr& v, const char* what) {
-  if (v->kind != Kind::kTuple && v->kind != Kind::kList) {
-    throw FormatError(std::string(what) + " is a " + v->describe() + ", not a tuple");
-  }
-  if (v->items.size() > kMaxTensorDims) {
-    throw FormatError(std::string(what) + " has " + std::to_string(v->items.size()) +
-                      " dimensions (at most " + std::to_string(kMaxTensorDims) + ")");
-  }
-  Shape out;
-  out.reserve(v->items.size());
-  for (const auto& item : v->items) {
-    const int64_t x = as_int(item, what);
-    if (x < 0) throw FormatError(std::string(what) + " has a negative entry");
-    out.push_back(x);
-  }
-  return out;
 }
 
 /// The zip members by name, and the unpickling hooks that describe tensors without reading them.
@@ -111,7 +75,7 @@ class LayoutReader {
 
   PickleHooks hooks() {
     PickleHooks h;
-    h.allow_global = allowed_global;
+    h.allow_global = is_checkpoint_global;
     h.persistent_load = [this](const PickleValuePtr& pid) { return persistent_load(pid); };
     h.call = [this](const PickleValue& callable, const std::vector<PickleValuePtr>& args) {
       return call(callable, args);
@@ -126,39 +90,24 @@ class LayoutReader {
  private:
   // ('storage', <StorageClass>, '<key>', '<location>', numel)
   PickleValuePtr persistent_load(const PickleValuePtr& pid) {
-    if (pid->kind != Kind::kTuple || pid->items.size() < 5 ||
-        pid->items[0]->kind != Kind::kString || pid->items[0]->text != "storage") {
-      throw FormatError("unsupported persistent id (a " + pid->describe() +
-                        "), expected ('storage', class, key, location, numel)");
-    }
-    const auto& cls = pid->items[1];
-    const auto& key = pid->items[2];
-    if (cls->kind != Kind::kGlobal || key->kind != Kind::kString) {
-      throw FormatError("malformed storage persistent id");
-    }
-    if (key->text.size() > kMaxStorageKeyBytes) {
-      throw FormatError("storage key of " + std::to_string(key->text.size()) + " bytes");
-    }
-    const std::string_view cls_name(cls->text);
-    const auto dtype = cls_name.starts_with("torch.") ? dtype_from_storage_class(cls_name.substr(6))
-                                                      : std::optional<DType>();
-    if (!dtype) throw FormatError("unsupported storage class " + cls->text);
-    const int64_t numel = as_int(pid->items[4], "storage numel");
-
-    auto it = storages_.find(key->text);
+    const StorageId id = parse_storage_id(pid);
+    const DType dtype = id.dtype;
+    const int64_t numel = id.numel;
+    const std::string& key_text = id.key;
+    auto it = storages_.find(key_text);
     if (it == storages_.end()) {
       auto s = std::make_shared<Storage>();
-      s->record = "data/" + key->text;
-      s->dtype = *dtype;
+      s->record = "data/" + key_text;
+      s->dtype = dtype;
       const ZipMember* m = member(s->record);
       if (!m) throw FormatError("record " + quote_text(s->record) + " is missing");
       s->pos = m->data_offset;
       s->bytes = m->size;
       s->compressed = m->method != 0;
-      it = storages_.emplace(key->text, std::move(s)).first;
+      it = storages_.emplace(key_text, std::move(s)).first;
     }
     const Storage& s = *it->second;
-    if (s.dtype != *dtype) {
+    if (s.dtype != dtype) {
       throw FormatError("storage " + quote_text(s.record) + " is used with two dtypes");
     }
     const auto elsize = static_cast<uint64_t>(dtype_size(s.dtype));
@@ -205,9 +154,9 @@ class LayoutReader {
     t.record_pos = s.pos;
     t.record_bytes = s.bytes;
     t.compressed = s.compressed;
-    t.storage_offset = as_int(args[1], "storage offset");
-    t.shape = as_int_tuple(args[2], "tensor size");
-    t.stride = as_int_tuple(args[3], "tensor stride");
+    t.storage_offset = pickle_int(args[1], "storage offset");
+    t.shape = pickle_dims(args[2], "tensor size");
+    t.stride = pickle_dims(args[3], "tensor stride");
     if (t.shape.size() != t.stride.size()) {
       throw FormatError("tensor size and stride differ in length");
     }

@@ -35,12 +35,6 @@ namespace {
 
 using Kind = PickleValue::Kind;
 
-/// The dtype of a typed storage class torch.save names in persistent ids ("FloatStorage").
-std::optional<at::ScalarType> storage_dtype(std::string_view name) {
-  auto dtype = dtype_from_storage_class(name);
-  return dtype ? std::optional(scalar_type_of(*dtype)) : std::nullopt;
-}
-
 std::optional<std::string_view> storage_class(at::ScalarType type) {
   auto dtype = dtype_from_scalar_type(type);
   return dtype ? std::optional(torch_storage_class(*dtype)) : std::nullopt;
@@ -51,24 +45,11 @@ constexpr std::string_view kRebuildParameter = "torch._utils._rebuild_parameter"
 constexpr std::string_view kRebuildParameterWithState =
     "torch._utils._rebuild_parameter_with_state";
 
-/// The longest storage key accepted (torch.save writes "0", "1", ...).
-constexpr size_t kMaxStorageKeyBytes = 256;
 /// The largest data.pkl read (a state dict of a million tensors needs about 100 MB).
 constexpr uint64_t kMaxPickleBytes = uint64_t{1} << 30;
 /// Views are materialized contiguous; the bytes that takes, beyond the storages themselves,
 /// may reach max(this, the file's size): a stride-0 expansion cannot ask for terabytes.
 constexpr uint64_t kMaterializeFloorBytes = uint64_t{1} << 30;
-
-/// The globals a checkpoint pickle may load: tensor rebuilders, typed storages and plain data
-/// constructors (pickle_data.h). Nothing that can run code.
-bool allowed_global(const std::string& module, const std::string& name) {
-  if (module == "torch._utils") {
-    return name == "_rebuild_tensor_v2" || name == "_rebuild_parameter" ||
-           name == "_rebuild_parameter_with_state";
-  }
-  if (module == "torch" && storage_dtype(name).has_value()) return true;
-  return is_data_global(module, name);
-}
 
 /// A storage loaded from record "data/<key>": its raw bytes and the dtype of its class.
 struct Storage {
@@ -80,31 +61,6 @@ struct Storage {
 std::string pickle_type(const PickleValuePtr& v) { return v ? v->describe() : "nothing"; }
 
 const PickleValuePtr& arg(const std::vector<PickleValuePtr>& args, size_t i) { return args.at(i); }
-
-int64_t as_int(const PickleValuePtr& v, const char* what) {
-  if (v->kind != Kind::kInt) {
-    throw FormatError(std::string(what) + " is a " + v->describe() + ", not an int");
-  }
-  return v->integer;
-}
-
-std::vector<int64_t> as_int_tuple(const PickleValuePtr& v, const char* what) {
-  if (v->kind != Kind::kTuple && v->kind != Kind::kList) {
-    throw FormatError(std::string(what) + " is a " + v->describe() + ", not a tuple");
-  }
-  if (v->items.size() > kMaxTensorDims) {
-    throw FormatError(std::string(what) + " has " + std::to_string(v->items.size()) +
-                      " dimensions (at most " + std::to_string(kMaxTensorDims) + ")");
-  }
-  std::vector<int64_t> out;
-  out.reserve(v->items.size());
-  for (const auto& item : v->items) {
-    const int64_t x = as_int(item, what);
-    if (x < 0) throw FormatError(std::string(what) + " has a negative entry");
-    out.push_back(x);
-  }
-  return out;
-}
 
 std::string shape_text(const std::vector<int64_t>& size) {
   std::string out = "[";
@@ -260,7 +216,7 @@ class TorchFileReader {
 
   PickleHooks hooks() {
     PickleHooks h;
-    h.allow_global = allowed_global;
+    h.allow_global = is_checkpoint_global;
     h.persistent_load = [this](const PickleValuePtr& pid) { return persistent_load(pid); };
     h.call = [this](const PickleValue& callable, const std::vector<PickleValuePtr>& args) {
       return call(callable, args);
@@ -275,32 +231,15 @@ class TorchFileReader {
  private:
   // ('storage', <StorageClass>, '<key>', '<location>', numel)
   PickleValuePtr persistent_load(const PickleValuePtr& pid) {
-    if (pid->kind != Kind::kTuple || pid->items.size() < 5 ||
-        pid->items[0]->kind != Kind::kString || pid->items[0]->text != "storage") {
-      throw FormatError("unsupported persistent id (a " + pid->describe() +
-                        "), expected ('storage', class, key, location, numel)");
-    }
-    const auto& cls = pid->items[1];
-    const auto& key = pid->items[2];
-    if (cls->kind != Kind::kGlobal || key->kind != Kind::kString) {
-      throw FormatError("malformed storage persistent id");
-    }
-    // torch.save names storages "0", "1", ...; a long (memoized) name would make every lookup
-    // of it cost its length.
-    if (key->text.size() > kMaxStorageKeyBytes) {
-      throw FormatError("storage key of " + std::to_string(key->text.size()) + " bytes");
-    }
-    const std::string_view cls_name(cls->text);
-    const auto dtype =
-        cls_name.starts_with("torch.") ? storage_dtype(cls_name.substr(6)) : std::nullopt;
-    if (!dtype) throw FormatError("unsupported storage class " + cls->text);
-    const int64_t numel = as_int(pid->items[4], "storage numel");
-
-    auto it = storages_.find(key->text);
+    const StorageId id = parse_storage_id(pid);
+    const at::ScalarType dtype = scalar_type_of(id.dtype);
+    const int64_t numel = id.numel;
+    const std::string& key_text = id.key;
+    auto it = storages_.find(key_text);
     if (it == storages_.end()) {
       auto storage = std::make_shared<Storage>();
-      storage->record = "data/" + key->text;
-      storage->dtype = *dtype;
+      storage->record = "data/" + key_text;
+      storage->dtype = dtype;
       if (!archive_.has(storage->record)) {
         throw FormatError("record " + quote_text(storage->record) + " is missing");
       }
@@ -309,10 +248,10 @@ class TorchFileReader {
       const uint64_t n = archive_.size(storage->record);
       storage->bytes = at::empty({static_cast<int64_t>(n)}, at::kByte);
       archive_.read_into(storage->record, storage->bytes.data_ptr(), n);
-      it = storages_.emplace(key->text, std::move(storage)).first;
+      it = storages_.emplace(key_text, std::move(storage)).first;
     }
     const Storage& s = *it->second;
-    if (s.dtype != *dtype) {
+    if (s.dtype != dtype) {
       throw FormatError("storage " + quote_text(s.record) + " is used with two dtypes");
     }
     const int64_t elsize = static_cast<int64_t>(c10::elementSize(s.dtype));
@@ -350,9 +289,9 @@ class TorchFileReader {
       throw FormatError("tensor storage is a " + pickle_type(sv));
     }
     const Storage& s = **std::any_cast<std::shared_ptr<Storage>>(&sv->object);
-    const int64_t offset = as_int(arg(args, 1), "storage offset");
-    const std::vector<int64_t> size = as_int_tuple(arg(args, 2), "tensor size");
-    const std::vector<int64_t> stride = as_int_tuple(arg(args, 3), "tensor stride");
+    const int64_t offset = pickle_int(arg(args, 1), "storage offset");
+    const std::vector<int64_t> size = pickle_dims(arg(args, 2), "tensor size");
+    const std::vector<int64_t> stride = pickle_dims(arg(args, 3), "tensor stride");
     if (size.size() != stride.size()) throw FormatError("tensor size and stride differ in length");
     if (offset < 0) throw FormatError("negative storage offset");
 
