@@ -70,7 +70,11 @@ std::string box_str(const Box& box) {
   for (size_t d = 0; d < box.shape.size(); ++d) {
     if (d) s += ", ";
     const int64_t lo = d < box.offset.size() ? box.offset[d] : 0;
-    s += std::to_string(lo) + ":" + std::to_string(lo + box.shape[d]);
+    // The box may come from an untrusted index whose end does not fit in int64: say so.
+    int64_t hi = 0;
+    const bool overflows = __builtin_add_overflow(lo, box.shape[d], &hi);
+    s += std::to_string(lo) + ":" +
+         (overflows ? std::to_string(lo) + "+" + std::to_string(box.shape[d]) : std::to_string(hi));
   }
   return s + "]";
 }
