@@ -7,6 +7,7 @@
 #include <limits>
 #include <optional>
 #include <string_view>
+#include <utility>
 
 #include "core/error.h"
 #include "io/key_text.h"
@@ -203,6 +204,19 @@ bool is_checkpoint_global(const std::string& module, const std::string& name) {
   }
   if (module == "torch" && dtype_from_storage_class(name).has_value()) return true;
   return is_data_global(module, name);
+}
+
+PickleHooks checkpoint_pickle_hooks(decltype(PickleHooks::persistent_load) persistent_load,
+                                    decltype(PickleHooks::call) call) {
+  PickleHooks h;
+  h.allow_global = is_checkpoint_global;
+  h.persistent_load = std::move(persistent_load);
+  h.call = std::move(call);
+  h.build = [](PickleValue& object, const PickleValuePtr& state) {
+    if (build_data_value(object, state)) return;
+    throw FormatError("cannot BUILD a " + object.describe() + " from a " + state->describe());
+  };
+  return h;
 }
 
 int64_t pickle_int(const PickleValuePtr& v, const char* what) {

@@ -36,6 +36,11 @@ bool build_data_value(PickleValue& object, const PickleValuePtr& state);
 /// run code.
 bool is_checkpoint_global(const std::string& module, const std::string& name);
 
+/// The unpickling hooks of a torch.save data.pkl: is_checkpoint_global, BUILD of data values
+/// (build_data_value), and the reader's own persistent_load and call.
+PickleHooks checkpoint_pickle_hooks(decltype(PickleHooks::persistent_load) persistent_load,
+                                    decltype(PickleHooks::call) call);
+
 /// The int `v`; FormatError naming `what` for anything else.
 int64_t pickle_int(const PickleValuePtr& v, const char* what);
 /// A tuple or list of at most kMaxTensorDims non-negative ints (a size or a stride).

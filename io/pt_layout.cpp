@@ -74,17 +74,11 @@ class LayoutReader {
   }
 
   PickleHooks hooks() {
-    PickleHooks h;
-    h.allow_global = is_checkpoint_global;
-    h.persistent_load = [this](const PickleValuePtr& pid) { return persistent_load(pid); };
-    h.call = [this](const PickleValue& callable, const std::vector<PickleValuePtr>& args) {
-      return call(callable, args);
-    };
-    h.build = [](PickleValue& object, const PickleValuePtr& state) {
-      if (build_data_value(object, state)) return;
-      throw FormatError("cannot BUILD a " + object.describe() + " from a " + state->describe());
-    };
-    return h;
+    return checkpoint_pickle_hooks(
+        [this](const PickleValuePtr& pid) { return persistent_load(pid); },
+        [this](const PickleValue& callable, const std::vector<PickleValuePtr>& args) {
+          return call(callable, args);
+        });
   }
 
  private:
