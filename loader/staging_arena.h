@@ -1,4 +1,4 @@
-// Host staging memory for the transfer: one allocation per load, handed out first in, first out.
+// Staging memory for the transfer: rings of buffers handed out first in, first out.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -10,26 +10,44 @@
 
 namespace shardload {
 
-/// A ring of staging memory allocated once: a buffer is a contiguous range; allocate() fails
-/// (nullopt) until the oldest buffers are released. Buffers are released in allocation order.
-/// Not thread-safe (the transfer's driver thread owns it).
+/// Where buffers go in a ring of `capacity` bytes: allocate() hands out contiguous ranges at
+/// 16-byte aligned offsets, or nullopt until the oldest ranges are released; ranges are released
+/// in allocation order. Pure bookkeeping (the memory lives elsewhere: host or device). Not
+/// thread-safe.
+class OffsetRing {
+ public:
+  explicit OffsetRing(int64_t capacity = 0) : capacity_(capacity) {}
+  int64_t capacity() const { return capacity_; }
+  std::optional<int64_t> allocate(int64_t size);
+  /// Releases the oldest live range, which must start at `offset`; returns its size.
+  int64_t release(int64_t offset);
+  bool empty() const { return live_.empty(); }
+  /// Bytes held by live ranges now, and the most ever held at once.
+  int64_t used() const { return used_; }
+  int64_t peak() const { return peak_; }
+
+ private:
+  int64_t capacity_;
+  std::deque<std::pair<int64_t, int64_t>> live_;
+  int64_t used_ = 0;
+  int64_t peak_ = 0;
+};
+
+/// Host staging memory allocated once per load, handed out through an OffsetRing.
 class StagingArena {
  public:
   /// `pinned`: page-locked memory (for copies to a GPU); needs a CUDA build and device.
   StagingArena(int64_t capacity, bool pinned);
   char* data() { return static_cast<char*>(memory_.data_ptr()); }
-  int64_t capacity() const { return capacity_; }
-  /// The offset of a free range of `size` bytes (8-byte aligned), or nullopt when the live
-  /// buffers leave no room.
-  std::optional<int64_t> allocate(int64_t size);
-  /// Releases the oldest live buffer, which must start at `offset`.
-  void release(int64_t offset);
-  bool empty() const { return live_.empty(); }
+  int64_t capacity() const { return ring_.capacity(); }
+  std::optional<int64_t> allocate(int64_t size) { return ring_.allocate(size); }
+  void release(int64_t offset) { ring_.release(offset); }
+  bool empty() const { return ring_.empty(); }
+  int64_t peak() const { return ring_.peak(); }
 
  private:
   at::Tensor memory_;
-  int64_t capacity_;
-  std::deque<std::pair<int64_t, int64_t>> live_;
+  OffsetRing ring_;
 };
 
 }  // namespace shardload

@@ -431,14 +431,15 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
       const uint64_t key = (static_cast<uint64_t>(static_cast<uint32_t>(piece.reader)) << 32) |
                            static_cast<uint32_t>(set);
       auto [it, fresh] = open.try_emplace(key, plan.messages.size());
-      if (!fresh && plan.messages[it->second].nbytes + piece.nbytes > options.message_bytes) {
+      if (!fresh && aligned_piece_start(plan.messages[it->second].nbytes) + piece.nbytes >
+                        options.message_bytes) {
         it->second = plan.messages.size();
         fresh = true;
       }
       if (fresh) plan.messages.push_back(Message{piece.reader, set, {}, 0});
       Message& msg = plan.messages[it->second];
       msg.pieces.push_back(static_cast<int32_t>(p));
-      msg.nbytes += piece.nbytes;
+      msg.nbytes = aligned_piece_start(msg.nbytes) + piece.nbytes;
     }
   }
   return plan;

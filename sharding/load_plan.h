@@ -70,13 +70,24 @@ struct Piece {
   int32_t receivers_size = 0;
 };
 
-/// Pieces with the same reader and the same receiving ranks, read into one buffer back to back
-/// (in `pieces` order, each piece's elements in C order) and delivered together.
+/// Every piece of a message starts at a multiple of this many bytes from the message's start
+/// (on every route, host and device: no typed access at a misaligned address, and a device
+/// view of a piece needs its storage offset divisible by the element size).
+constexpr int64_t kPieceAlign = 16;
+
+/// Where a piece that follows `end` bytes of a message starts.
+constexpr int64_t aligned_piece_start(int64_t end) {
+  return (end + kPieceAlign - 1) / kPieceAlign * kPieceAlign;
+}
+
+/// Pieces with the same reader and the same receiving ranks, read into one buffer (in `pieces`
+/// order, each piece's elements in C order, each piece starting at aligned_piece_start of the
+/// previous piece's end) and delivered together.
 struct Message {
   int reader = 0;
   int32_t rank_set = 0;         ///< its receiving ranks (read them with LoadPlan::ranks_of)
   std::vector<int32_t> pieces;  ///< indices into LoadPlan::pieces
-  int64_t nbytes = 0;
+  int64_t nbytes = 0;           ///< the end of its last piece, alignment gaps included
 };
 
 struct LoadPlan {

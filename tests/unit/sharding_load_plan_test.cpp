@@ -677,6 +677,8 @@ std::vector<std::string> violations(const Scenario& s, const LoadPlan& plan) {
       }
       const Piece& p = plan.pieces[pi];
       ++in_messages[pi];
+      bytes = aligned_piece_start(bytes);
+      if (bytes % 16 != 0) fail(at + ": piece " + std::to_string(pi) + " starts unaligned");
       bytes += p.nbytes;
       if (m.reader != p.reader) fail(at + ": reader differs from piece " + std::to_string(pi));
       if (m_ranks != receiving_ranks[pi])
