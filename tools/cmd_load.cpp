@@ -123,15 +123,14 @@ std::vector<SplitRule> parse_splits(const std::vector<std::string>& specs) {
 nlohmann::json shape_json(const Shape& s) { return nlohmann::json(s); }
 
 /// Puts every tensor of the partition on this rank's GPU: the one of its local rank (modulo the
-/// devices visible), as launchers pin ranks to GPUs.
-void move_to_local_gpu(Partition& partition) {
+/// devices visible), as launchers pin ranks to GPUs. `local_rank`: from MPI (node_local_rank).
+void move_to_local_gpu(Partition& partition, int local_rank) {
   if (!at::hasCUDA()) {
     throw UsageError("--device cuda: no CUDA device is visible (or LibTorch has no CUDA)");
   }
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
   const int64_t count = static_cast<int64_t>(at::detail::getCUDAHooks().deviceCount());
-  const auto device = at::Device(
-      at::kCUDA, static_cast<int8_t>((local ? std::atoi(local) : 0) % std::max<int64_t>(count, 1)));
+  const auto device =
+      at::Device(at::kCUDA, static_cast<int8_t>(local_rank % std::max<int64_t>(count, 1)));
   for (auto& e : partition.entries()) e.tensor = e.tensor.to(device);
 }
 
@@ -295,6 +294,7 @@ Runner add_load(CLI::App& app) {
     Communicator comm(MPI_COMM_WORLD, a->timeout);
     const int rank = comm.rank();
     const int ranks = comm.size();
+    const int local_rank = comm.local_rank();
     LoadOptions options;
     options.timeout_seconds = a->timeout;
     options.strict = !a->no_strict;
@@ -350,7 +350,7 @@ Runner add_load(CLI::App& app) {
           ref = std::move(c.tensors);
         }
         partition = Partition::from_global(ref, rules, rank, ranks);
-        if (a->device == "cuda") move_to_local_gpu(partition);
+        if (a->device == "cuda") move_to_local_gpu(partition, local_rank);
       } catch (const Error& e) {
         local_error = e.what();
         local_rc = e.exit_code();

@@ -122,14 +122,13 @@ struct DemoArgs {
 };
 
 /// The device of this rank's models: the CPU, or the GPU of its local rank.
-torch::Device demo_device(const std::string& name) {
+torch::Device demo_device(const std::string& name, int local_rank) {
   if (name == "cpu") return torch::kCPU;
   if (!torch::cuda::is_available()) {
     throw UsageError("--device cuda: no CUDA device is visible (or LibTorch has no CUDA)");
   }
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
   const int count = static_cast<int>(torch::cuda::device_count());
-  return torch::Device(torch::kCUDA, static_cast<int8_t>((local ? std::atoi(local) : 0) % count));
+  return torch::Device(torch::kCUDA, static_cast<int8_t>(local_rank % count));
 }
 
 int run_demo(const DemoArgs& args) {
@@ -139,7 +138,7 @@ int run_demo(const DemoArgs& args) {
   auto say = [&](const std::string& s) {
     if (rank == 0) std::cout << s << std::endl;
   };
-  const torch::Device device = demo_device(args.device);
+  const torch::Device device = demo_device(args.device, comm.local_rank());
   int failures = 0;
   auto check = [&](bool ok, const std::string& what) {
     int64_t any = comm.allreduce_max(ok ? int64_t{0} : int64_t{1});

@@ -141,6 +141,17 @@ void Poller::reset() {
   polls_ = 0;
 }
 
+int node_local_rank(MPI_Comm comm) {
+  MPI_Comm node = MPI_COMM_NULL;
+  int rank = 0;
+  SHARDLOAD_MPI(MPI_Comm_rank(comm, &rank));
+  SHARDLOAD_MPI(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node));
+  int local = 0;
+  SHARDLOAD_MPI(MPI_Comm_rank(node, &local));
+  MPI_Comm_free(&node);
+  return local;
+}
+
 Communicator::Communicator(MPI_Comm comm, double timeout_seconds)
     : parent_(comm), timeout_(timeout_seconds) {
   int initialized = 0;
@@ -188,6 +199,13 @@ Communicator::Communicator(MPI_Comm comm, double timeout_seconds)
   SHARDLOAD_MPI(MPI_Waitall(static_cast<int>(notices.size()), notices.data(), MPI_STATUSES_IGNORE));
   SHARDLOAD_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
   SHARDLOAD_MPI(MPI_Comm_set_errhandler(census_, MPI_ERRORS_RETURN));
+  // Node-local rank and size from MPI itself (the ranks that can share memory), never from a
+  // launcher's variables: right after the duplicates, every rank is here.
+  MPI_Comm node = MPI_COMM_NULL;
+  SHARDLOAD_MPI(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
+  SHARDLOAD_MPI(MPI_Comm_rank(node, &local_rank_));
+  SHARDLOAD_MPI(MPI_Comm_size(node, &local_size_));
+  MPI_Comm_free(&node);
 }
 
 Communicator::~Communicator() {

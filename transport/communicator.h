@@ -17,6 +17,11 @@ namespace shardload {
 void check_mpi(int rc, const char* what);
 #define SHARDLOAD_MPI(call) ::shardload::check_mpi((call), #call)
 
+/// This process's rank among the ranks of `comm` on its node (MPI_Comm_split_type with
+/// MPI_COMM_TYPE_SHARED), for choosing a device without a launcher's variables. Collective over
+/// `comm` (blocking: call it where every rank arrives, e.g. at start-up).
+int node_local_rank(MPI_Comm comm);
+
 /// Waits for a condition by polling: a short busy phase (yielding the core), then sleeps that
 /// grow to 1 ms, so that a rank waiting for a slow peer neither burns a core for long nor adds
 /// latency to quick collectives.
@@ -54,6 +59,11 @@ class Communicator {
 
   int rank() const { return rank_; }
   int size() const { return size_; }
+  /// This rank among the ranks of its node (those that can share memory:
+  /// MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)), and their number: the device a rank uses is
+  /// local_rank() % visible devices, its reader threads the node's cores / local_size().
+  int local_rank() const { return local_rank_; }
+  int local_size() const { return local_size_; }
   MPI_Comm handle() const { return comm_; }
   /// The caller's communicator this one duplicates (for caching per-communicator state).
   MPI_Comm parent() const { return parent_; }
@@ -101,6 +111,8 @@ class Communicator {
   MPI_Comm census_ = MPI_COMM_NULL;  ///< arrival notices and timeout verdicts only
   int rank_ = 0;
   int size_ = 1;
+  int local_rank_ = 0;
+  int local_size_ = 1;
   double timeout_ = 0;
   mutable std::string phase_ = "start";
   mutable std::string operation_;

@@ -1,5 +1,7 @@
 #include <algorithm>
+#include <deque>
 #include <limits>
+#include <string>
 
 #include "core/error.h"
 #include "transport/communicator.h"
@@ -13,6 +15,8 @@ constexpr size_t kMaxPart = size_t{1} << 30;
 /// Tag of point-to-point deliveries; MPI's non-overtaking order between a pair keeps them
 /// matched in plan order.
 constexpr int kTag = 7301;
+/// Tag of failure notices (announce_failure).
+constexpr int kFailureTag = 7302;
 
 class MpiDelivery : public Delivery {
  public:
@@ -73,6 +77,34 @@ class MpiTransport : public Transport {
       }
     }
     return std::make_unique<MpiDelivery>(std::move(reqs));
+  }
+
+  void announce_failure(const std::string& message) override {
+    // The notices outlive this call (and this transport: the job is failing); never waited on.
+    static std::deque<std::string> kept;
+    kept.push_back(message);
+    const std::string& text = kept.back();
+    for (int r = 0; r < size_; ++r) {
+      if (r == rank_) continue;
+      MPI_Request req;
+      if (MPI_Isend(text.data(), static_cast<int>(text.size()), MPI_CHAR, r, kFailureTag, comm_,
+                    &req) == MPI_SUCCESS) {
+        MPI_Request_free(&req);
+      }
+    }
+  }
+
+  std::string announced_failure() override {
+    int flag = 0;
+    MPI_Status st;
+    SHARDLOAD_MPI(MPI_Iprobe(MPI_ANY_SOURCE, kFailureTag, comm_, &flag, &st));
+    if (!flag) return "";
+    int count = 0;
+    MPI_Get_count(&st, MPI_CHAR, &count);
+    std::string text(static_cast<size_t>(std::max(count, 0)), '\0');
+    SHARDLOAD_MPI(MPI_Recv(text.data(), count, MPI_CHAR, st.MPI_SOURCE, kFailureTag, comm_,
+                           MPI_STATUS_IGNORE));
+    return "rank " + std::to_string(st.MPI_SOURCE) + ": " + text;
   }
 
  private:

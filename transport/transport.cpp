@@ -1,27 +1,35 @@
-#include "transport/transport.h"
+#include <mutex>
 
-#include <unistd.h>
-
-#include "core/error.h"
 #include "shardload/config.h"
+#include "transport/device_transport.h"
 
 namespace shardload {
+namespace {
+
+std::mutex& backend_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::shared_ptr<DeviceBackend>& installed() {
+  static std::shared_ptr<DeviceBackend> b;
+  return b;
+}
+
+}  // namespace
+
+DeviceBackend* device_backend() {
+  std::lock_guard<std::mutex> lock(backend_mutex());
+  if (installed()) return installed().get();
+  return cuda_backend();
+}
+
+void install_device_backend(std::shared_ptr<DeviceBackend> backend) {
+  std::lock_guard<std::mutex> lock(backend_mutex());
+  installed() = std::move(backend);
+}
 
 #if !SHARDLOAD_WITH_NCCL
-std::shared_ptr<Transport> make_nccl_transport(const Communicator&, int) {
-  throw CommError("this shardload was built without NCCL");
-}
-
-bool nccl_built() { return false; }
-
-RankDevice local_device_report(bool wants_cuda, int device, bool mixed_devices) {
-  RankDevice d;
-  d.wants_cuda = wants_cuda;
-  d.nccl_built = false;
-  d.device = device;
-  d.mixed_devices = mixed_devices;
-  return d;
-}
+DeviceBackend* cuda_backend() { return nullptr; }
 #endif
 
 }  // namespace shardload
