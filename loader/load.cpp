@@ -221,16 +221,20 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
   t = Clock::now();
   std::unique_ptr<Transfer> transfer;
   phases.run("transfer", [&] {
-    transfer = std::make_unique<Transfer>(
-        TransferInputs{plan, index, my_needs, my_entry_of_need, partition, files, options, comm});
+    transfer = std::make_unique<Transfer>(TransferInputs{
+        plan, index, my_needs, my_entry_of_need, partition, files,
+        TransferOptions{options.message_bytes, options.staging_bytes, options.verify_checksums,
+                        options.reader_threads, options.progress},
+        comm});
   });
-  transfer->connect();
+  transfer->connect(phases);
   TransferOutcome moved = transfer->run();
   transfer.reset();
   phases.reduce("transfer", moved.failed, moved.error);
   result.bytes_read = moved.bytes_read;
   result.transport = moved.transport;
   result.transport_reason = moved.transport_note;
+  result.staging_bytes_peak = moved.staging_peak;
   result.seconds.transfer = seconds_since(t);
 
   // 6. Result: the figures every rank reports.

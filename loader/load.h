@@ -7,105 +7,10 @@
 #include <string>
 #include <vector>
 
-#include "core/error.h"
+#include "loader/load_options.h"
 #include "loader/partition.h"
-#include "loader/progress.h"
-#include "sharding/load_plan.h"
 
 namespace shardload {
-
-struct LoadOptions {
-  /// PyTorch's strict: any missing or unexpected key or size mismatch fails the load.
-  bool strict = true;
-  /// Report size mismatches but do not fail on them (the tensors keep their values).
-  bool skip_size_mismatch = false;
-  /// Only keys matching this regular expression (a search, like Python's re.search) take part,
-  /// on both sides, after prefix mapping. Empty: all keys.
-  std::string key_filter;
-  /// Prefix mapping: a checkpoint key starting with `checkpoint_prefix` is seen as
-  /// `model_prefix` + the rest. ("module.", "") strips DDP's prefix; ("", "module.") adds it.
-  std::string checkpoint_prefix;
-  std::string model_prefix;
-  /// Name of the model in error messages ("Error(s) in loading state_dict for <name>:").
-  std::string name = "Module";
-  /// Largest message between ranks, and the staging memory a rank may hold in flight.
-  int64_t message_bytes = 8ll << 20;
-  int64_t staging_bytes = 64ll << 20;
-  /// Check every byte read against the checkpoint's checksums before it reaches a tensor.
-  /// false is the only way to skip the checks; LoadResult::checksums_verified then says so.
-  bool verify_checksums = true;
-  /// Read tensor bytes around the page cache (O_DIRECT) where the file system allows: for cold
-  /// restarts of checkpoints that do not fit beside the model in memory, and to keep the cache
-  /// for other work. Off by default: a warm cache is faster. Same bytes, same checks either way.
-  bool direct_io = false;
-  /// Threads that read and verify shard bytes on each rank; 0: the machine's cores shared by the
-  /// ranks on it (at least 1, at most 8).
-  int reader_threads = 0;
-  /// Seconds a rank waits for the others at a phase boundary or for a transfer to progress
-  /// before the load fails, naming the ranks that did not arrive. <= 0: wait forever.
-  double timeout_seconds = 600;
-  /// Progress reports on this rank (see Progress); empty: none.
-  ProgressCallback progress;
-  /// For a torch.save file as the checkpoint: the sub-dictionary of a nested training
-  /// checkpoint whose tensors are loaded ("model", "state_dict", "optimizer.state"; "." the top
-  /// level; TensorFileOptions::select). Empty: the file must be a flat state dict. Other formats
-  /// refuse it (UsageError).
-  std::string select;
-};
-
-/// Seconds spent in each phase on this rank.
-struct PhaseSeconds {
-  double open = 0, index = 0, plan = 0, verdict = 0, transfer = 0, result = 0;
-  double total() const { return open + index + plan + verdict + transfer + result; }
-};
-
-struct LoadResult {
-  // The verdict: identical on every rank, same order.
-  std::vector<std::string> missing_keys;
-  std::vector<std::string> unexpected_keys;
-  std::vector<SizeMismatch> size_mismatches;
-  std::vector<Conversion> dtype_conversions;
-  std::vector<Uncovered> uncovered;  ///< regions no chunk covers (their keys are also missing)
-  std::vector<std::string> hints;    ///< e.g. a common prefix between the two key sets
-  bool ok = true;                    ///< false: the load failed and changed nothing
-  std::string error;                 ///< PyTorch-style message when !ok
-  // This rank's and everyone's figures.
-  int64_t bytes_read = 0;
-  int64_t bytes_read_total = 0;
-  int64_t bytes_needed_total = 0;  ///< bytes of the stored chunk parts that some rank needed
-  PhaseSeconds seconds;
-  double wall_seconds = 0;  ///< the load's wall time, max over ranks
-  /// Which backend moved the bytes into this rank's tensors: "mpi" or "nccl" (identical on every
-  /// rank).
-  std::string transport = "mpi";
-  /// Why CUDA destinations did not go by NCCL ("" when they did, or when there were none):
-  /// "ranks 0 and 1 share one GPU (...), which NCCL refuses", "built without NCCL", ...
-  std::string transport_reason;
-  /// Whether every byte that reached a tensor was checked against a checksum first (false when
-  /// LoadOptions::verify_checksums was turned off, or the checkpoint's format has none).
-  bool checksums_verified = true;
-  /// Why checksums_verified is false ("" when it is true): "safetensors files carry no
-  /// checksums", "torch.save files carry no per-tensor checksums", "turned off
-  /// (verify_checksums=false)".
-  std::string checksums_reason;
-  /// The checkpoint's format: "shardload", "safetensors" (a Hugging Face directory or one
-  /// .safetensors file) or "torch" (a torch.save file).
-  std::string format = "shardload";
-  /// What the load did besides reading (identical on every rank): e.g. a checkpoint that a
-  /// killed save had left beside the path, put back (docs/GUARANTEES.md).
-  std::vector<std::string> notes;
-};
-
-/// Thrown on every rank when the verdict fails; carries the full result.
-class LoadVerdictError : public VerdictError {
- public:
-  explicit LoadVerdictError(LoadResult result)
-      : VerdictError(result.error), result_(std::move(result)) {}
-  const LoadResult& result() const { return result_; }
-
- private:
-  LoadResult result_;
-};
 
 /// Loads the checkpoint at `path` into every rank's partition, in place. `path` may be a run
 /// directory: the checkpoint its `latest` names is loaded (SaveOptions::step); a Hugging Face

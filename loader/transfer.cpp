@@ -15,71 +15,77 @@
 #include "loader/read_stage.h"
 #include "loader/staging_arena.h"
 #include "loader/tensor_bytes.h"
+#include "transport/device_transport.h"
 #include "transport/transport.h"
 #include "transport/transport_choice.h"
 
 namespace shardload {
 namespace {
 
-/// Every message buffer starts with the reader's status word (0: the bytes are good).
-constexpr int64_t kHeader = 8;
+/// Every message buffer starts with the reader's status word (0: the bytes are good), padded so
+/// that the bytes after it start 16-byte aligned.
+constexpr int64_t kHeader = 16;
 /// Messages at least this large with one piece go in two steps (status, then data), so that
 /// receivers can take the data straight into their tensors.
 constexpr int64_t kDirectBytes = int64_t{1} << 20;
 /// Messages in flight on one rank at most (besides the staging budget).
 constexpr size_t kMaxInFlight = 64;
+/// Device messages in one group at most (groups are drawn from the plan: the same on every rank).
+constexpr int64_t kMaxGroupMessages = 16;
 /// Seconds between progress reports.
 constexpr double kProgressEvery = 0.2;
 
-/// How a message moves. Decided from the plan alone, so every rank of a message agrees.
+/// How a message moves. Decided from the plan (and, for kDevice, from what every rank reported
+/// in connect()), so every rank of a message agrees.
 enum class Route {
-  kLocal,    ///< this rank is its only receiver: read and land
+  kLocal,    ///< this rank is its only receiver, host memory: read and land
   kOneStep,  ///< status word and bytes in one MPI delivery, landed from staging
   kTwoStep,  ///< the status first, then the bytes by MPI, straight into a tensor where possible
-  kNccl,     ///< the status by MPI, then the bytes from the reader's GPU to the others' by NCCL
+  kDevice,   ///< every receiver lands it in device memory: the status by MPI (several ranks),
+             ///< then the bytes uploaded by the reader and delivered by the device transport
 };
 
-/// `cuda_everywhere`: every receiver holds all its pieces of the message in CUDA memory and the
-/// ranks chose NCCL.
-Route route_of(const LoadPlan& plan, const Message& m, bool cuda_everywhere) {
+Route host_route(const LoadPlan& plan, const Message& m) {
   if (plan.ranks_of(m).size() == 1) return Route::kLocal;
-  if (cuda_everywhere) return Route::kNccl;
   if (m.pieces.size() == 1 && m.nbytes >= kDirectBytes) return Route::kTwoStep;
   return Route::kOneStep;
 }
 
-/// Whether a route sends its status word separately, before the data.
-bool two_step(Route r) { return r == Route::kTwoStep || r == Route::kNccl; }
+/// Where a message of this rank is in the pipeline.
+enum class Stage {
+  kRead,     ///< waiting for its read (the reader) or for its status word (the others)
+  kDeliver,  ///< its bytes are on their way (an MPI delivery, or its device group)
+  kDone,     ///< landed (or skipped: its read failed); its buffers can go
+};
 
 /// One message of this rank on its way through the stages.
 struct Slot {
   const Message* message = nullptr;
-  size_t number = 0;  ///< position in the plan's message list (for messages)
+  size_t number = 0;  ///< position in the plan's message list
   Route route = Route::kLocal;
+  Stage stage = Stage::kRead;
   bool reader = false;
-  int64_t offset = 0;  ///< of its buffer in the staging arena
+  int64_t offset = 0;  ///< of its host buffer in the staging arena
   char* base = nullptr;
   ReadJob read;
-  bool read_seen = false;
+  bool read_seen = false;  ///< the reader has taken its read's outcome
   std::unique_ptr<Delivery> status;
-  bool status_ok = false;
-  bool status_known = false;
+  int status_ok = -1;  ///< the reader's status word once known: 1 good, 0 failed, -1 unknown
   std::unique_ptr<Delivery> data;
-  bool data_issued = false;
-  bool data_done = false;
-  bool direct = false;
-  at::Tensor device_buffer;  ///< kNccl: where the bytes land on this rank's GPU
-  bool done = false;
+  bool direct = false;  ///< the bytes go straight into this rank's tensor
+  // The device route.
+  int64_t group = -1;                ///< its device group (plan-wide numbering)
+  char* device = nullptr;            ///< where its bytes land on the device (ring or tensor)
+  int64_t ring_offset = -1;          ///< of its ring buffer (-1: none)
+  std::shared_ptr<Delivery> landed;  ///< its group's marker: every landing of the group done
 };
 
-/// Reader threads per rank: LoadOptions::reader_threads, or (0) the cores of this machine shared
-/// by the ranks on it, at least one, at most eight.
-int reader_threads(const LoadOptions& options) {
+/// Reader threads per rank: TransferOptions::reader_threads, or (0) the cores of this node
+/// shared by the ranks on it, at least one, at most eight.
+int reader_threads(const TransferOptions& options, const Communicator& comm) {
   if (options.reader_threads > 0) return options.reader_threads;
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-  const int local_ranks = local ? std::max(1, std::atoi(local)) : 1;
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
-  return std::clamp(cores / local_ranks, 1, 8);
+  return std::clamp(cores / std::max(comm.local_size(), 1), 1, 8);
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -94,23 +100,31 @@ struct Transfer::Impl {
   TransferInputs in;
   const int rank;
   std::vector<const Message*> mine;
-  std::unique_ptr<Transport> status_transport;  ///< status words of two-step messages
+  std::unique_ptr<Transport> status_transport;  ///< status words (and failure notices)
   std::unique_ptr<Transport> data_transport;    ///< host bytes (MPI)
-  std::shared_ptr<Transport> cuda_transport;    ///< CUDA bytes (NCCL), when the ranks chose it
   std::string transport_name = "mpi";
-  std::string transport_note;  ///< why not NCCL, when CUDA destinations took another path
+  std::string transport_note;  ///< why device destinations took another path
   std::unique_ptr<StagingArena> arena;
   std::unique_ptr<ReadStage> readers;
   int64_t bytes_to_land = 0;
-  bool wants_cuda = false;  ///< some destination of this rank is in CUDA memory
-  int device = -1;          ///< the CUDA device of those destinations
+  // The device side: the backend of device destinations, and this rank's transport when the
+  // ranks chose it.
+  DeviceBackend* backend = nullptr;
+  bool wants_device = false;  ///< some destination of this rank is in the backend's memory
+  int device_index = -1;      ///< the device of those destinations
   bool mixed_devices = false;
-  std::vector<bool> mine_on_cuda;  ///< per message of mine: all my pieces land in CUDA memory
+  std::shared_ptr<DeviceTransport> device;
+  char* ring_base = nullptr;
+  OffsetRing ring;
+  std::vector<bool> mine_on_device;  ///< per message of mine: all my pieces land on the device
+  std::vector<Route> route;          ///< per message of mine
+  std::vector<int64_t> group_of;     ///< per message of mine: its device group, or -1
   /// Per need of this rank: its tensor's bytes when it is a contiguous host tensor (a piece that
   /// covers it whole, in its dtype, lands with one memcpy); nullptr otherwise.
   std::vector<void*> whole_destination;
-  std::vector<bool> nccl_route;  ///< per message of mine: every receiver's pieces do (kNccl)
-  bool abandoned = false;        ///< deliveries may still write into the arena: never free it
+  bool abandoned = false;  ///< deliveries may still write into the arena: never free it
+
+  bool on_device(const at::Tensor& t) const { return backend && backend->holds(t); }
 
   /// The part of this rank's tensor that `piece` covers.
   at::Tensor destination(const Piece& piece, int32_t need) const {
@@ -127,146 +141,168 @@ struct Transfer::Impl {
   }
 
   /// This rank's destination of a single-piece message when the bytes can be received into it
-  /// as they are: a contiguous view of the checkpoint's dtype, in host memory (`cuda` false) or
-  /// in CUDA memory (`cuda` true). Undefined otherwise.
-  at::Tensor direct_destination(const Message& m, bool cuda) const {
+  /// as they are: contiguous, the checkpoint's dtype, all of the message's bytes, in device
+  /// memory (`dev`) or host memory. Undefined otherwise. 0-d tensors included: the bytes are
+  /// addressed by data_ptr(), never through a dtype view.
+  at::Tensor direct_destination(const Message& m, bool dev) const {
     if (m.pieces.size() != 1) return {};
     const Piece& piece = in.plan.pieces[static_cast<size_t>(m.pieces[0])];
     const int32_t need = in.plan.need_of(piece, rank);
     if (need < 0) return {};
     at::Tensor dst = destination(piece, need);
     const ChunkRecord& row = in.index[static_cast<size_t>(piece.chunk)];
-    if (dst.device().is_cuda() == cuda && (cuda || dst.device().is_cpu()) && dst.is_contiguous() &&
-        dst.scalar_type() == scalar_type_of(row.dtype) &&
-        dst.nbytes() == static_cast<size_t>(piece.nbytes)) {
+    const bool right_memory = dev ? on_device(dst) : dst.device().is_cpu();
+    if (right_memory && dst.is_contiguous() && dst.scalar_type() == scalar_type_of(row.dtype) &&
+        dst.nbytes() == static_cast<size_t>(piece.nbytes) && piece.nbytes == m.nbytes) {
       return dst;
     }
     return {};
   }
 
-  /// Whether every piece of `m` that this rank receives lands in CUDA memory (false when it
+  /// Whether every piece of `m` that this rank receives lands in device memory (false when it
   /// receives none).
-  bool lands_on_cuda(const Message& m) const {
+  bool lands_on_device(const Message& m) const {
     bool any = false;
     for (int32_t p : m.pieces) {
       const Piece& piece = in.plan.pieces[static_cast<size_t>(p)];
       const int32_t need = in.plan.need_of(piece, rank);
       if (need < 0) continue;
-      if (!destination(piece, need).is_cuda()) return false;
+      if (!on_device(destination(piece, need))) return false;
       any = true;
     }
     return any;
   }
 
-  /// Copies this rank's pieces of a message from its bytes into the tensors, converting dtype
-  /// like copy_. `bytes` is host staging memory, or (`device_bytes` defined) a buffer on the
-  /// GPU, for a device-side copy.
-  int64_t land(const Message& m, const char* bytes, const at::Tensor& device_bytes = {}) const {
-    int64_t pos = 0, landed = 0;
+  /// Calls `fn(piece, need, position)` for each piece of `m` that this rank receives, with the
+  /// piece's position in the message's buffer.
+  template <typename Fn>
+  void for_my_pieces(const Message& m, Fn&& fn) const {
+    int64_t pos = 0;
     for (int32_t p : m.pieces) {
+      pos = aligned_piece_start(pos);
       const Piece& piece = in.plan.pieces[static_cast<size_t>(p)];
-      if (const int32_t need = in.plan.need_of(piece, rank); need >= 0) {
-        const ChunkRecord& row = in.index[static_cast<size_t>(piece.chunk)];
-        const Need& n = in.my_needs[static_cast<size_t>(need)];
-        void* whole = whole_destination[static_cast<size_t>(need)];
-        if (!device_bytes.defined() && whole && row.dtype == n.dtype && piece.box == n.region) {
-          // The piece is this rank's whole tensor, as stored: a plain copy (most tensors of a
-          // replicated load; no tensor operation per small tensor).
-          std::memcpy(whole, bytes + pos, static_cast<size_t>(piece.nbytes));
-        } else {
-          const at::ScalarType type = scalar_type_of(row.dtype);
-          at::Tensor src =
-              device_bytes.defined()
-                  ? device_bytes.narrow(0, pos, piece.nbytes).view(type).view(piece.box.shape)
-                  : at::from_blob(const_cast<char*>(bytes) + pos, piece.box.shape,
-                                  at::TensorOptions().dtype(type));
-          at::Tensor dst = destination(piece, need);
-          dst.copy_(src.view(dst.sizes()));
-        }
-        landed += piece.nbytes;
-      }
+      if (const int32_t need = in.plan.need_of(piece, rank); need >= 0) fn(piece, need, pos);
       pos += piece.nbytes;
     }
+  }
+
+  /// Copies this rank's pieces of a message from its host bytes into the tensors, converting
+  /// dtype like copy_ (a device destination: a host-to-device copy).
+  int64_t land(const Message& m, const char* bytes) const {
+    int64_t landed = 0;
+    for_my_pieces(m, [&](const Piece& piece, int32_t need, int64_t pos) {
+      const ChunkRecord& row = in.index[static_cast<size_t>(piece.chunk)];
+      const Need& n = in.my_needs[static_cast<size_t>(need)];
+      void* whole = whole_destination[static_cast<size_t>(need)];
+      if (whole && row.dtype == n.dtype && piece.box == n.region) {
+        // The piece is this rank's whole tensor, as stored: a plain copy (most tensors of a
+        // replicated load; no tensor operation per small tensor).
+        std::memcpy(whole, bytes + pos, static_cast<size_t>(piece.nbytes));
+      } else {
+        at::Tensor src = at::from_blob(const_cast<char*>(bytes) + pos, piece.box.shape,
+                                       at::TensorOptions().dtype(scalar_type_of(row.dtype)));
+        at::Tensor dst = destination(piece, need);
+        dst.copy_(src.view(dst.sizes()));
+      }
+      landed += piece.nbytes;
+    });
     return landed;
   }
 
-  /// Reads every piece of `m` into `bytes` (this rank is its reader). Runs on a reader thread:
-  /// every row was prepared on the driver thread, so the reads make no HDF5 call. Runs of pieces
-  /// that are whole chunks of one file go in one call, which reads chunks adjacent in the file
-  /// with one pread (packed small tensors).
+  /// Enqueues the device-side landing of this rank's pieces of `m` from its device buffer.
+  int64_t land_on_device(const Slot& s) const {
+    int64_t landed = 0;
+    for_my_pieces(*s.message, [&](const Piece& piece, int32_t need, int64_t pos) {
+      const ChunkRecord& row = in.index[static_cast<size_t>(piece.chunk)];
+      device->land(destination(piece, need), s.device + pos, scalar_type_of(row.dtype),
+                   piece.box.shape);
+      landed += piece.nbytes;
+    });
+    return landed;
+  }
+
+  /// Reads every piece of `m` into `bytes` (this rank is its reader), each piece at its aligned
+  /// position. Runs on a reader thread: every row was prepared on the driver thread, so the
+  /// reads make no HDF5 call. Runs of pieces that are whole chunks of one file go in one call,
+  /// which reads chunks adjacent in the file with one pread (packed small tensors); the pieces
+  /// of a run are then moved apart to their aligned positions (last first: they only move up).
   int64_t read(const Message& m, char* bytes) {
     maybe_inject_failure("read", rank);
-    int64_t pos = 0;
+    int64_t pos = 0, read_bytes = 0;
     std::vector<const ChunkRecord*> run;
-    int64_t run_bytes = 0;
+    std::vector<std::pair<int64_t, int64_t>> run_places;  // (aligned position, nbytes)
     int32_t run_file = -1;
     auto flush = [&] {
       if (run.empty()) return;
-      in.files.get(run_file).read_chunks(run, bytes + pos, in.options.verify_checksums);
-      pos += run_bytes;
+      const int64_t start = run_places.front().first;
+      in.files.get(run_file).read_chunks(run, bytes + start, in.options.verify_checksums);
+      int64_t packed_end = start;
+      for (const auto& [at, n] : run_places) packed_end += n;
+      for (size_t k = run_places.size(); k-- > 0;) {
+        const auto [at, n] = run_places[k];
+        packed_end -= n;
+        if (packed_end != at) std::memmove(bytes + at, bytes + packed_end, static_cast<size_t>(n));
+      }
       run.clear();
-      run_bytes = 0;
+      run_places.clear();
     };
     for (int32_t p : m.pieces) {
+      pos = aligned_piece_start(pos);
       const Piece& piece = in.plan.pieces[static_cast<size_t>(p)];
       const ChunkRecord& row = in.index[static_cast<size_t>(piece.chunk)];
       if (piece.box.offset == row.offset && piece.box.shape == row.shape) {
         if (row.file != run_file) flush();
         run_file = row.file;
         run.push_back(&row);
-        run_bytes += piece.nbytes;
-        continue;
+        run_places.emplace_back(pos, piece.nbytes);
+      } else {
+        flush();
+        Shape in_chunk(piece.box.offset.size());
+        for (size_t d = 0; d < in_chunk.size(); ++d) {
+          in_chunk[d] = piece.box.offset[d] - row.offset[d];
+        }
+        in.files.get(row.file).read(row, in_chunk, piece.box.shape, bytes + pos,
+                                    in.options.verify_checksums);
       }
-      flush();
-      Shape in_chunk(piece.box.offset.size());
-      for (size_t d = 0; d < in_chunk.size(); ++d)
-        in_chunk[d] = piece.box.offset[d] - row.offset[d];
-      in.files.get(row.file).read(row, in_chunk, piece.box.shape, bytes + pos,
-                                  in.options.verify_checksums);
       pos += piece.nbytes;
+      read_bytes += piece.nbytes;
     }
     flush();
-    return pos;
+    return read_bytes;
   }
 
-  /// Starts the NCCL delivery of a message whose status is good: the bytes go into this rank's
-  /// tensor when it can take them as they are (one piece, contiguous, same dtype), else into a
-  /// device buffer landed later with a device-side copy; the reader first copies its verified
-  /// staging bytes to that buffer. Opens the transport's group on the first start.
-  void issue_nccl(Slot& s) {
-    const Message& m = *s.message;
-    cuda_transport->group_begin();
-    at::Tensor dst = direct_destination(m, /*cuda=*/true);
-    if (dst.defined()) {
-      s.device_buffer = dst.view(at::kByte).view({m.nbytes});
-      s.direct = true;
-    } else {
-      s.device_buffer =
-          at::empty({m.nbytes}, at::TensorOptions().dtype(at::kByte).device(
-                                    at::Device(at::kCUDA, static_cast<int8_t>(device))));
-    }
-    if (s.reader) {
-      at::Tensor staged = at::from_blob(s.base + kHeader, {m.nbytes},
-                                        at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-      s.device_buffer.copy_(staged, /*non_blocking=*/true);
-    }
-    s.data = cuda_transport->start(s.device_buffer.data_ptr(), static_cast<size_t>(m.nbytes),
-                                   m.reader, in.plan.ranks_of(m));
+  /// After a failure: ends the device's work in flight and keeps the staging memory that
+  /// deliveries may still write; the reader threads stop.
+  void abandon() {
+    if (device) device->abort();
+    abandoned = true;
+    readers->stop();
   }
 
+  /// Bytes of one device group at most (a group of one message may exceed it): a quarter of the
+  /// staging budget, so that a group's reads fit beside older messages. The same on every rank.
+  int64_t group_bytes() const { return std::max<int64_t>(in.options.staging_bytes / 4, 1); }
+
+  void connect(PhaseRunner& phases);
+  void assign_device_groups(const std::vector<bool>& device_message);
+  /// Issues the next device group of this rank when every message of it is ready; true when it
+  /// did (or skipped a group whose every message failed its read).
+  bool issue_device_group(size_t& next, const std::vector<std::unique_ptr<Slot>>& slots,
+                          size_t alloc_next, TransferOutcome& out);
   TransferOutcome run();
+
+  /// Device groups of this rank, in order: the positions (in `mine`) of its messages in each.
+  std::vector<std::vector<size_t>> my_groups;
 };
 
 Transfer::Transfer(const TransferInputs& in) : impl_(std::make_unique<Impl>(in)) {
   Impl& s = *impl_;
   const LoadPlan& plan = in.plan;
-  int64_t largest = 0, total = 0;
+  s.backend = device_backend();
   for (const Message& m : plan.messages) {
     auto ranks = plan.ranks_of(m);
     if (!std::binary_search(ranks.begin(), ranks.end(), s.rank)) continue;
     s.mine.push_back(&m);
-    largest = std::max(largest, kHeader + m.nbytes);
-    total += kHeader + m.nbytes + 8;
     for (int32_t p : m.pieces) {
       const Piece& piece = plan.pieces[static_cast<size_t>(p)];
       if (plan.need_of(piece, s.rank) >= 0) s.bytes_to_land += piece.nbytes;
@@ -278,27 +314,38 @@ Transfer::Transfer(const TransferInputs& in) : impl_(std::make_unique<Impl>(in))
       }
     }
   }
-  // Where this rank's tensors live: host, or one CUDA device (several: no NCCL for this rank).
+  // Where this rank's tensors live: host, or one device (several: no device route here).
   for (const PartitionEntry& e : in.partition.entries()) {
-    if (!e.tensor.defined() || !e.tensor.is_cuda()) continue;
-    const int d = e.tensor.device().index();
-    if (s.wants_cuda && d != s.device) s.mixed_devices = true;
-    s.wants_cuda = true;
-    s.device = d;
+    if (!s.on_device(e.tensor)) continue;
+    const int d = s.backend->device_of(e.tensor);
+    if (s.wants_device && d != s.device_index) s.mixed_devices = true;
+    s.wants_device = true;
+    s.device_index = d;
   }
-  for (const Message* m : s.mine) s.mine_on_cuda.push_back(s.lands_on_cuda(*m));
+  for (const Message* m : s.mine)
+    s.mine_on_device.push_back(s.wants_device && s.lands_on_device(*m));
   for (size_t need = 0; need < in.my_needs.size(); ++need) {
     const at::Tensor& t =
         in.partition.entries()[static_cast<size_t>(in.my_entry_of_need[need])].tensor;
     s.whole_destination.push_back(t.device().is_cpu() && t.is_contiguous() ? t.data_ptr()
                                                                            : nullptr);
   }
-  // Page-locked staging when bytes go on to a GPU: the host-to-device copies run at full speed.
+  // Host staging: what this rank holds of each message. A receiver of a device message that
+  // does not read it holds only its status word.
+  int64_t largest = 0, total = 0;
+  for (size_t i = 0; i < s.mine.size(); ++i) {
+    const Message& m = *s.mine[i];
+    const int64_t size = kHeader + (m.reader == s.rank || !s.mine_on_device[i] ? m.nbytes : 0);
+    largest = std::max(largest, size);
+    total += size + 16;
+  }
+  // Page-locked staging when bytes go on to a device: the uploads run at full speed.
+  const bool pinned = s.wants_device && s.backend == cuda_backend();
   s.arena = std::make_unique<StagingArena>(
-      std::max(largest + 8, std::min(total, in.options.staging_bytes)), /*pinned=*/s.wants_cuda);
+      std::max(largest + 16, std::min(total, in.options.staging_bytes)), pinned);
   // Prepared reads are pread and hashing only: several reader threads overlap them with each
   // other and with the driver thread's deliveries and landings.
-  s.readers = std::make_unique<ReadStage>(reader_threads(in.options));
+  s.readers = std::make_unique<ReadStage>(reader_threads(in.options, in.comm));
 }
 
 Transfer::~Transfer() {
@@ -311,56 +358,174 @@ Transfer::~Transfer() {
   }
 }
 
-void Transfer::connect() {
-  Impl& s = *impl_;
-  const Communicator& comm = s.in.comm;
-  s.nccl_route.assign(s.mine.size(), false);
-  if (comm.size() == 1) {
-    // Nothing crosses ranks: host staging and, for CUDA tensors, host-to-device copies.
-    if (s.wants_cuda) s.transport_note = "one rank: host staging and host-to-device copies";
+void Transfer::connect(PhaseRunner& phases) { impl_->connect(phases); }
+
+void Transfer::Impl::connect(PhaseRunner& phases) {
+  const Communicator& comm = in.comm;
+  route.clear();
+  for (const Message* m : mine) route.push_back(host_route(in.plan, *m));
+  group_of.assign(mine.size(), -1);
+  if (comm.size() > 1) {
+    status_transport = make_mpi_transport(comm);
+    data_transport = make_mpi_transport(comm);
+  }
+  // Device destinations anywhere? Nothing device-related (no runtime started) when none.
+  const bool any_device =
+      comm.size() == 1 ? wants_device : comm.allreduce_max(int64_t{wants_device}) != 0;
+  if (!any_device) return;
+  if (!backend) {
+    transport_note = "this build has no device transport (built without NCCL)";
     return;
   }
-  s.status_transport = make_mpi_transport(comm);
-  s.data_transport = make_mpi_transport(comm);
-
-  // The backend for CUDA-to-CUDA messages: every rank reports its devices, all decide alike.
-  int device = s.device;
-  if (device < 0) {
-    // A rank with no CUDA tensor of its own still joins NCCL on its local rank's device.
-    const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
-    device = local ? std::atoi(local) : 0;
-  }
+  RankDevice report;
+  phases.run("transfer",
+             [&] { report = backend->report(device_index, wants_device, mixed_devices, comm); });
   std::vector<RankDevice> reports;
-  for (const std::string& bytes : comm.allgather(
-           serialize_rank_device(local_device_report(s.wants_cuda, device, s.mixed_devices)))) {
-    reports.push_back(deserialize_rank_device(bytes));
+  if (comm.size() == 1) {
+    reports.push_back(report);
+  } else {
+    for (const std::string& bytes : comm.allgather(serialize_rank_device(report))) {
+      reports.push_back(deserialize_rank_device(bytes));
+    }
   }
   const TransportChoice choice = choose_transport(reports);
-  s.transport_note = choice.reason;
-  if (!choice.nccl) return;
-  s.cuda_transport = make_nccl_transport(comm, reports[static_cast<size_t>(comm.rank())].device);
-  s.transport_name = "nccl";
-
-  // A message goes by NCCL when every one of its receivers lands all its pieces on a GPU: each
-  // rank tells, for its messages in plan order, whether it does.
-  std::string mine_bits((s.mine.size() + 7) / 8, '\0');
-  for (size_t i = 0; i < s.mine.size(); ++i) {
-    if (s.mine_on_cuda[i]) mine_bits[i / 8] = static_cast<char>(mine_bits[i / 8] | (1 << (i % 8)));
+  if (!choice.nccl) {
+    transport_note = choice.reason;
+    return;
   }
-  const std::vector<std::string> bits = comm.allgather(mine_bits);
+  phases.run("transfer", [&] { device = backend->open(comm, report.device); });
+  ErrorKind kind = ErrorKind::kNone;
+  std::string error;
+  try {
+    backend->join(*device, comm);
+  } catch (const std::exception& e) {
+    kind = current_error_kind();
+    error = e.what();
+  }
+  phases.reduce("transfer", kind, error);
+
+  // A message goes the device route when every one of its receivers lands all its pieces on
+  // the device: each rank tells, for its messages in plan order, whether it does.
+  std::vector<bool> device_message(in.plan.messages.size(), false);
+  std::string mine_bits((mine.size() + 7) / 8, '\0');
+  for (size_t i = 0; i < mine.size(); ++i) {
+    if (mine_on_device[i]) mine_bits[i / 8] = static_cast<char>(mine_bits[i / 8] | (1 << (i % 8)));
+  }
+  const std::vector<std::string> bits =
+      comm.size() == 1 ? std::vector<std::string>{mine_bits} : comm.allgather(mine_bits);
   std::vector<size_t> position(bits.size(), 0);  // per rank: its messages seen so far
-  size_t i_mine = 0;
-  for (const Message& m : s.in.plan.messages) {
-    bool all_cuda = true;
-    bool with_me = false;
-    for (int r : s.in.plan.ranks_of(m)) {
+  for (size_t i = 0; i < in.plan.messages.size(); ++i) {
+    bool all = true;
+    for (int r : in.plan.ranks_of(in.plan.messages[i])) {
       const size_t k = position[static_cast<size_t>(r)]++;
       const std::string& b = bits[static_cast<size_t>(r)];
-      if (k / 8 >= b.size() || !(b[k / 8] & (1 << (k % 8)))) all_cuda = false;
-      with_me = with_me || r == comm.rank();
+      if (k / 8 >= b.size() || !(b[k / 8] & (1 << (k % 8)))) all = false;
     }
-    if (with_me) s.nccl_route[i_mine++] = all_cuda;
+    device_message[i] = all;
   }
+  assign_device_groups(device_message);
+  // The ring of device buffers, set up once: two groups' worth at most (no per-message device
+  // allocation), no more than this rank's device messages need.
+  int64_t need_ring = 0, largest = 0;
+  for (size_t i = 0; i < mine.size(); ++i) {
+    if (route[i] != Route::kDevice) continue;
+    need_ring += aligned_piece_start(mine[i]->nbytes) + 16;
+    largest = std::max(largest, mine[i]->nbytes);
+  }
+  ring = OffsetRing(std::max(std::min(need_ring, 2 * group_bytes() + 16 * kMaxGroupMessages),
+                             aligned_piece_start(largest) + 16));
+  phases.run("transfer", [&] { ring_base = device->begin(ring.capacity()); });
+  transport_name = device->name();
+}
+
+void Transfer::Impl::assign_device_groups(const std::vector<bool>& device_message) {
+  // Group boundaries are a pure function of the plan (and of what every rank reported, which
+  // all ranks hold alike): consecutive device messages of the plan, closed at a byte or count
+  // limit. Every rank draws the same boundaries, whatever the order its statuses arrive in.
+  int64_t group = 0, bytes = 0, count = 0, last = -1;
+  size_t i_mine = 0;
+  for (size_t i = 0; i < in.plan.messages.size(); ++i) {
+    const bool mine_here = i_mine < mine.size() && mine[i_mine] == &in.plan.messages[i];
+    if (device_message[i]) {
+      const Message& m = in.plan.messages[i];
+      if (count > 0 && (bytes + m.nbytes > group_bytes() || count == kMaxGroupMessages)) {
+        ++group;
+        bytes = 0;
+        count = 0;
+      }
+      bytes += m.nbytes;
+      ++count;
+      if (mine_here) {
+        route[i_mine] = Route::kDevice;
+        group_of[i_mine] = group;
+        if (group != last) my_groups.emplace_back();
+        my_groups.back().push_back(i_mine);
+        last = group;
+      }
+    }
+    if (mine_here) ++i_mine;
+  }
+}
+
+bool Transfer::Impl::issue_device_group(size_t& next,
+                                        const std::vector<std::unique_ptr<Slot>>& slots,
+                                        size_t alloc_next, TransferOutcome& out) {
+  if (next >= my_groups.size()) return false;
+  const std::vector<size_t>& members = my_groups[next];
+  if (members.back() >= alloc_next) return false;
+  // Ready when every message's status is known (its read, on a one-rank message).
+  for (size_t i : members) {
+    Slot& s = *slots[i];
+    if (s.status_ok < 0) return false;
+  }
+  // Device buffers: the tensor itself where it takes the bytes as they are, else the ring.
+  for (size_t i : members) {
+    Slot& s = *slots[i];
+    if (s.status_ok != 1 || s.device) continue;
+    if (at::Tensor dst = direct_destination(*s.message, /*dev=*/true); dst.defined()) {
+      s.device = static_cast<char*>(dst.data_ptr());
+      s.direct = true;
+      continue;
+    }
+    auto offset = ring.allocate(s.message->nbytes);
+    if (!offset) return false;  // older groups still hold the ring; their buffers come back
+    s.ring_offset = *offset;
+    s.device = ring_base + *offset;
+  }
+  const int64_t group = slots[members.front()]->group;
+  bool any = false;
+  for (size_t i : members) any = any || slots[i]->status_ok == 1;
+  std::shared_ptr<Delivery> landed;
+  if (any) {
+    // The reader's verified bytes go up first; the group's deliveries follow on the same queue.
+    for (size_t i : members) {
+      Slot& s = *slots[i];
+      if (s.status_ok == 1 && s.reader)
+        device->upload(s.device, s.base + kHeader, s.message->nbytes);
+    }
+    device->group_begin(group);
+    for (size_t i : members) {
+      Slot& s = *slots[i];
+      if (s.status_ok == 1) {
+        device->start(s.device, s.message->nbytes, s.message->reader, in.plan.ranks_of(*s.message));
+      }
+    }
+    std::unique_ptr<Delivery> delivered = device->group_end();
+    for (size_t i : members) {
+      Slot& s = *slots[i];
+      if (s.status_ok != 1) continue;
+      out.bytes_landed += s.direct ? s.message->nbytes : land_on_device(s);
+      ++out.device_messages;
+    }
+    landed = device->mark();
+  }
+  for (size_t i : members) {
+    Slot& s = *slots[i];
+    s.landed = landed;
+    s.stage = landed && s.status_ok == 1 ? Stage::kDeliver : Stage::kDone;
+  }
+  ++next;
+  return true;
 }
 
 TransferOutcome Transfer::run() { return impl_->run(); }
@@ -375,16 +540,21 @@ TransferOutcome Transfer::Impl::run() {
   };
   // A copy into a tensor that fails (it cannot, short of a bug or a full device) is this rank's
   // failure; the others go on to the end of the plan.
-  auto land_or_fail = [&](const Slot& s, const char* bytes, const at::Tensor& device_bytes = {}) {
+  auto land_or_fail = [&](const Slot& s, const char* bytes) {
     try {
-      out.bytes_landed += land(*s.message, bytes, device_bytes);
+      out.bytes_landed += land(*s.message, bytes);
     } catch (const std::exception& e) {
       fail(current_error_kind(), "landing message " + std::to_string(s.number) + ": " + e.what());
     }
   };
+  auto status_of = [](const Slot& s) {
+    uint64_t status;
+    std::memcpy(&status, s.base, sizeof status);
+    return status == 0 ? 1 : 0;
+  };
   const size_t n = mine.size();
   std::vector<std::unique_ptr<Slot>> slots(n);
-  size_t alloc_next = 0, status_next = 0, data_next = 0, release_next = 0;
+  size_t alloc_next = 0, status_next = 0, data_next = 0, release_next = 0, group_next = 0;
   Poller idle;  // measures how long nothing moved (the stall deadline)
   uint64_t reads_seen = 0;
   auto last_report = std::chrono::steady_clock::now();
@@ -398,13 +568,16 @@ TransferOutcome Transfer::Impl::run() {
       // queued to the reader threads.
       while (alloc_next < n && alloc_next - release_next < kMaxInFlight) {
         const Message& m = *mine[alloc_next];
-        auto offset = arena->allocate(kHeader + m.nbytes);
+        const bool reader = m.reader == rank;
+        const Route r = route[alloc_next];
+        auto offset = arena->allocate(kHeader + (reader || r != Route::kDevice ? m.nbytes : 0));
         if (!offset) break;
         auto slot = std::make_unique<Slot>();
         slot->message = &m;
         slot->number = static_cast<size_t>(&m - in.plan.messages.data());
-        slot->route = route_of(in.plan, m, nccl_route[alloc_next]);
-        slot->reader = m.reader == rank;
+        slot->route = r;
+        slot->group = group_of[alloc_next];
+        slot->reader = reader;
         slot->offset = *offset;
         slot->base = arena->data() + *offset;
         std::memset(slot->base, 0, kHeader);
@@ -417,7 +590,8 @@ TransferOutcome Transfer::Impl::run() {
         progressed = true;
       }
 
-      // A finished read: its outcome goes into the status word; the reader lands its own copy.
+      // A finished read: its outcome goes into the status word; the reader lands its own copy
+      // of host messages.
       for (size_t i = release_next; i < alloc_next; ++i) {
         Slot& s = *slots[i];
         if (!s.reader || s.read_seen) continue;
@@ -425,22 +599,26 @@ TransferOutcome Transfer::Impl::run() {
         if (state == 0) continue;
         s.read_seen = true;
         progressed = true;
-        uint64_t status = state == 1 ? 0 : 1;
-        std::memcpy(s.base, &status, kHeader);
+        const uint64_t status = state == 1 ? 0 : 1;
+        std::memcpy(s.base, &status, sizeof status);
         if (state == 1) {
           out.bytes_read += s.read.bytes;
-          // By NCCL the reader's own pieces land from its device buffer, like everyone's.
-          if (s.route != Route::kNccl) land_or_fail(s, s.base + kHeader);
+          if (s.route != Route::kDevice) land_or_fail(s, s.base + kHeader);
         } else {
           fail(s.read.kind, s.read.error);
         }
+        // The reader knows its status; alone on a message, nothing goes anywhere.
+        if (s.route == Route::kDevice && in.plan.ranks_of(*s.message).size() == 1) {
+          s.status_ok = state == 1 ? 1 : 0;
+        }
       }
 
-      // Stage 2, deliver. Status words of two-step messages first, in plan order (a reader's
-      // waits for its read).
+      // Stage 2, deliver. Status words of two-step and device messages first, in plan order (a
+      // reader's waits for its read).
       while (status_next < alloc_next) {
         Slot& s = *slots[status_next];
-        if (two_step(s.route)) {
+        const bool multi = in.plan.ranks_of(*s.message).size() > 1;
+        if (multi && (s.route == Route::kTwoStep || s.route == Route::kDevice)) {
           if (s.reader && !s.read_seen) break;
           s.status = status_transport->start(s.base, kHeader, s.message->reader,
                                              in.plan.ranks_of(*s.message));
@@ -448,9 +626,15 @@ TransferOutcome Transfer::Impl::run() {
         ++status_next;
         progressed = true;
       }
-      // Then the data, in plan order on every rank; NCCL messages ready together go out as one
-      // group (several roots in flight).
-      bool grouped = false;
+      for (size_t i = release_next; i < status_next; ++i) {
+        Slot& s = *slots[i];
+        if (s.status && s.status->test()) {
+          s.status.reset();
+          s.status_ok = status_of(s);
+          progressed = true;
+        }
+      }
+      // Then the host data, in plan order on every rank.
       while (data_next < status_next) {
         Slot& s = *slots[data_next];
         const Message& m = *s.message;
@@ -458,80 +642,63 @@ TransferOutcome Transfer::Impl::run() {
           if (s.reader && !s.read_seen) break;
           s.data = data_transport->start(s.base, static_cast<size_t>(kHeader + m.nbytes), m.reader,
                                          in.plan.ranks_of(m));
-        } else if (two_step(s.route)) {
-          if (!s.status_known) {
-            if (!s.status->test()) break;
-            s.status.reset();
-            uint64_t status;
-            std::memcpy(&status, s.base, kHeader);
-            s.status_known = true;
-            s.status_ok = status == 0;
-          }
-          if (s.status_ok && s.route == Route::kTwoStep) {
+          s.stage = Stage::kDeliver;
+        } else if (s.route == Route::kTwoStep) {
+          if (s.status_ok < 0) break;
+          if (s.status_ok == 1) {
             void* into = s.base + kHeader;
             if (!s.reader) {
-              if (at::Tensor dst = direct_destination(m, /*cuda=*/false); dst.defined()) {
+              if (at::Tensor dst = direct_destination(m, /*dev=*/false); dst.defined()) {
                 into = dst.data_ptr();
                 s.direct = true;
               }
             }
             s.data = data_transport->start(into, static_cast<size_t>(m.nbytes), m.reader,
                                            in.plan.ranks_of(m));
-          } else if (s.status_ok) {
-            issue_nccl(s);
-            if (!grouped) {
-              // issue_nccl opened the group with its first start.
-              grouped = true;
-            }
           }
+          s.stage = Stage::kDeliver;
+        } else if (s.route == Route::kLocal) {
+          if (s.reader && !s.read_seen) break;
+          s.stage = Stage::kDeliver;
         }
-        s.data_issued = true;
+        // Device messages go by groups (below).
         ++data_next;
         progressed = true;
       }
-      if (grouped) cuda_transport->group_end();
+      // Device groups, in plan order; each issued whole, with the same boundaries everywhere.
+      while (device && issue_device_group(group_next, slots, alloc_next, out)) progressed = true;
 
       // Stage 3, land: completed deliveries are copied into this rank's tensors.
-      for (size_t i = release_next; i < data_next; ++i) {
+      for (size_t i = release_next; i < alloc_next; ++i) {
         Slot& s = *slots[i];
-        if (s.done) continue;
-        if (s.reader && !s.read_seen) continue;
-        if (s.data && !s.data_done) {
-          if (!s.data->test()) continue;
-          s.data_done = true;
-          progressed = true;
-        }
-        if (s.status) {
-          if (!s.status->test()) continue;
-          s.status.reset();
-        }
-        if (s.route == Route::kNccl) {
-          if (s.status_ok) {
-            if (s.direct) {
-              out.bytes_landed += s.message->nbytes;
-            } else {
-              land_or_fail(s, nullptr, s.device_buffer);
-            }
-          }
-          s.device_buffer = at::Tensor();
-        } else if (!s.reader) {
-          if (s.route == Route::kOneStep) {
-            uint64_t status;
-            std::memcpy(&status, s.base, kHeader);
-            if (status == 0) land_or_fail(s, s.base + kHeader);
-          } else if (s.status_ok) {
-            if (s.direct) {
-              out.bytes_landed += s.message->nbytes;
-            } else {
-              land_or_fail(s, s.base + kHeader);
+        if (s.stage != Stage::kDeliver) continue;
+        if (s.route == Route::kDevice) {
+          if (!s.landed->test()) continue;
+        } else {
+          if (s.data && !s.data->test()) continue;
+          if (!s.reader) {
+            if (s.route == Route::kOneStep) {
+              if (status_of(s) == 1) land_or_fail(s, s.base + kHeader);
+            } else if (s.route == Route::kTwoStep && s.status_ok == 1) {
+              if (s.direct) {
+                out.bytes_landed += s.message->nbytes;
+              } else {
+                land_or_fail(s, s.base + kHeader);
+              }
             }
           }
         }
-        s.done = true;
+        s.stage = Stage::kDone;
         progressed = true;
       }
-      while (release_next < data_next && slots[release_next]->done) {
-        arena->release(slots[release_next]->offset);
+      while (release_next < alloc_next && slots[release_next]->stage == Stage::kDone &&
+             (release_next < data_next || slots[release_next]->route == Route::kDevice)) {
+        Slot& s = *slots[release_next];
+        if (s.ring_offset >= 0) {
+          const int64_t size = ring.release(s.ring_offset);
+          device->retire(ring_base + s.ring_offset, size);
+        }
+        arena->release(s.offset);
         slots[release_next].reset();
         ++release_next;
         progressed = true;
@@ -546,16 +713,19 @@ TransferOutcome Transfer::Impl::run() {
         idle.reset();
         continue;
       }
-      // Nothing moved. MPI's non-blocking operations advance only inside MPI calls, so while a
-      // delivery is in flight keep testing (yielding the core between tests); when only reads
-      // are awaited, sleep until a reader thread finishes one.
-      bool delivering = false;
-      for (size_t i = release_next; i < data_next && !delivering; ++i) {
-        const Slot& s = *slots[i];
-        delivering = (s.data && !s.data_done) || s.status;
+      // Nothing moved. A failure a peer announced ends this rank's transfer too, at once.
+      if (status_transport) {
+        if (std::string failure = status_transport->announced_failure(); !failure.empty()) {
+          throw CommError("the transfer failed on " + failure);
+        }
       }
-      for (size_t i = data_next; i < status_next && !delivering; ++i) {
-        delivering = slots[i]->status != nullptr;
+      // MPI's non-blocking operations advance only inside MPI calls, so while a delivery is in
+      // flight keep testing (yielding the core between tests); when only reads are awaited,
+      // sleep until a reader thread finishes one.
+      bool delivering = false;
+      for (size_t i = release_next; i < alloc_next && !delivering; ++i) {
+        const Slot& s = *slots[i];
+        delivering = s.stage == Stage::kDeliver || s.status;
       }
       const double timeout = in.comm.timeout();
       if (timeout > 0 && idle.elapsed() > timeout) {
@@ -584,17 +754,24 @@ TransferOutcome Transfer::Impl::run() {
         reads_seen = readers->wait_finished(reads_seen, std::chrono::microseconds(500));
       }
     }
-  } catch (...) {
-    if (cuda_transport) cuda_transport->abort();
-    // Only the transport gets here (a timeout or an MPI failure): deliveries may be left in
-    // flight, so the staging memory is kept; the reader threads stop before the slots go.
-    abandoned = true;
-    readers->stop();
+    if (device) device->finish();
+  } catch (const TimeoutError&) {
+    abandon();
     throw;
+  } catch (const std::exception& e) {
+    // A failure here (a device error; not a peer's announcement, which names its rank already)
+    // is told to every peer, so that all ranks stop now with the same message.
+    const std::string text = e.what();
+    abandon();
+    if (text.rfind("the transfer failed on rank ", 0) == 0) throw;
+    const std::string message = "the transfer failed on rank " + std::to_string(rank) + ": " + text;
+    if (status_transport) status_transport->announce_failure(text);
+    throw CommError(message);
   }
   readers->stop();
-  out.transport = transport_name;
+  out.transport = device ? transport_name : "mpi";
   out.transport_note = transport_note;
+  out.staging_peak = arena->peak();
   return out;
 }
 

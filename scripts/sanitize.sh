@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # AddressSanitizer + UndefinedBehaviorSanitizer build of the library, the unit tests and the
 # multi-rank tests (into ${ASAN_BUILD_DIR:-build-asan}/), then runs them: unit tests, MPI tests
-# at 1 and 2 ranks. Any report stops the run (halt_on_error) and fails the script. Not part of
+# at 1, 2 and 4 ranks (the transfer, the device route through the CPU double included). UBSan's
+# alignment check is on: no typed access at a misaligned address, on any route. Any report stops the run (halt_on_error) and fails the script. Not part of
 # the test command: the build alone takes a long while on 2 cores.
 #
 # LibTorch, OpenMPI and HDF5 are not instrumented. Leak detection is off (detect_leaks=0):
@@ -11,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${SHARDLOAD_PYTHON:-python3}
 BUILD=${ASAN_BUILD_DIR:-build-asan}
-FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
+FLAGS="-fsanitize=address,undefined,alignment -fno-sanitize-recover=all -fno-omit-frame-pointer"
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   TORCH_PREFIX=$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')
   cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" \
@@ -41,7 +42,7 @@ run() {
   grep -E "^\[  PASSED  \]" "$log" | head -1
 }
 run "$BUILD/tests/unit_tests" "$@"
-for ranks in 1 2; do
+for ranks in 1 2 4; do
   run mpirun -np "$ranks" --oversubscribe "$BUILD/tests/mpi_tests" "$@"
 done
-echo "sanitize: clean (unit, MPI at 1 and 2 ranks; leak detection off)"
+echo "sanitize: clean (unit, MPI at 1, 2 and 4 ranks; leak detection off)"

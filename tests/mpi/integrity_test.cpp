@@ -12,6 +12,7 @@
 #include "io/shard_file.h"
 #include "loader/shardload.h"
 #include "mpi_test_util.h"
+#include "tests/mpi/device_double.h"
 
 namespace shardload::testing {
 namespace {
@@ -146,13 +147,16 @@ void save_clean(const std::string& ckpt, bool v1) {
   barrier();
 }
 
-void corruption_fails_every_read_shape(bool v1) {
+/// `one_spot`: only the byte in the middle of each chunk (the device-route variant, kept short).
+void corruption_fails_every_read_shape(bool v1, bool one_spot = false) {
   SharedDir dir(v1 ? "integrity-v1" : "integrity");
   const std::string clean = dir.path + "/clean";
   save_clean(clean, v1);
   for (const auto& [key, tensor] : originals()) {
     const uint64_t nbytes = tensor.nbytes();
-    for (uint64_t byte : {uint64_t{0}, nbytes / 2 + 1, nbytes - 1}) {
+    std::vector<uint64_t> spots = {uint64_t{0}, nbytes / 2 + 1, nbytes - 1};
+    if (one_spot) spots = {nbytes / 2 + 1};
+    for (uint64_t byte : spots) {
       const std::string ckpt = dir.path + "/" + key + "-" + std::to_string(byte);
       std::string where;
       if (world_rank() == 0) {
@@ -206,6 +210,13 @@ TEST(Integrity, FlippedByteFailsEveryReadShapeOnEveryRank) {
 
 TEST(Integrity, ChunksWithoutBlockChecksumsFailPartialReadsToo) {
   corruption_fails_every_read_shape(/*v1=*/true);
+}
+
+// The device route (the CPU double of the device contract): a corrupt byte stops at the reader's
+// status word; no device buffer or tensor ever receives it.
+TEST(Integrity, CorruptBytesNeverReachDeviceTensors) {
+  ScopedDeviceDouble device;
+  corruption_fails_every_read_shape(/*v1=*/false, /*one_spot=*/true);
 }
 
 }  // namespace

@@ -5,8 +5,9 @@
 
 int main(int argc, char** argv) {
   int provided = 0;
-  // The load's reader threads make no MPI calls: only the main thread does.
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  // The load's reader threads make no MPI calls; the device double's stream thread does (as
+  // NCCL's proxy threads move bytes beside the caller's thread): MPI_THREAD_MULTIPLE.
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
   ::testing::InitGoogleTest(&argc, argv);
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
