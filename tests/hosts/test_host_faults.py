@@ -171,7 +171,7 @@ def judge_cut(job, scenario, cut_at, names):
         err = job.stderr_of(rank)
         check(re.search(pattern, err) is not None,
               f"{scenario}: rank {rank}'s stderr does not match {pattern!r}:\n{err[-1500:]}")
-        first = next((l for l in err.splitlines() if "error" in l), err.strip()[-300:])
+        first = next((l for l in err.splitlines() if "error" in l.lower()), err.strip()[-300:])
         print(f"  {scenario}: rank {rank}: {first[:300]}")
     print(f"{scenario}: mpirun rc {rc}, ended {job_secs:.1f} s after the cut", flush=True)
 

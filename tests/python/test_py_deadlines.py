@@ -83,7 +83,7 @@ def worker(mode, work):
         except shardload.CommError as e:
             report("ERROR", str(e).replace("\n", " | "))
     elif mode == "stall":
-        # Rank 1 stops itself at the phase 'plan' (SHARDLOAD_STOP_AT); the driver resumes it.
+        # Rank 1 of 3 stops itself at the phase 'plan' (SHARDLOAD_STOP_AT); the driver resumes it.
         stalls = []
         target = {k: torch.zeros_like(v) for k, v in state.items()}
         try:
@@ -103,9 +103,9 @@ def worker(mode, work):
 
 # --- driver ----------------------------------------------------------------------------------
 
-def mpirun(mode, work, extra_env=None, during=None, limit=120):
+def mpirun(mode, work, extra_env=None, during=None, limit=120, ranks=2):
     env = dict(ENV, **(extra_env or {}))
-    cmd = ["mpirun", "-np", "2", sys.executable, os.path.abspath(__file__), "--worker", mode, work]
+    cmd = ["mpirun", "-np", str(ranks), sys.executable, os.path.abspath(__file__), "--worker", mode, work]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
@@ -192,13 +192,16 @@ def main():
             time.sleep(3)
             os.kill(pid, signal.SIGCONT)
 
-    rc, out, err, secs = mpirun("stall", work, {"SHARDLOAD_STOP_AT": "plan:1"}, resume_later)
+    rc, out, err, secs = mpirun("stall", work, {"SHARDLOAD_STOP_AT": "plan:1"}, resume_later,
+                                ranks=3)
     print(f"stall resolved: job ended in {secs:.1f} s, rc {rc}")
-    check(rc == 0 and len(lines(out, 0, "OK")) == 1 and len(lines(out, 1, "OK")) == 1,
+    check(rc == 0 and all(len(lines(out, r, "OK")) == 1 for r in range(3)),
           f"stall: the load did not complete: rc {rc}\n{out}\n{err[-2000:]}")
-    s0 = lines(out, 0, "STALL")
-    check(len(s0) >= 1 and "phase=plan" in s0[0] and "waiting_for=[1]" in s0[0]
-          and "hosts=['" in s0[0], f"stall: rank 0's on_stall: {out}")
+    # Rank 0 sees who is missing; rank 2 learns it from rank 0's notice.
+    for r in (0, 2):
+        sr = lines(out, r, "STALL")
+        check(len(sr) >= 1 and "phase=plan" in sr[0] and "waiting_for=[1]" in sr[0]
+              and "hosts=['" in sr[0] and f"rank={r}" in sr[0], f"stall: rank {r}'s on_stall: {out}")
     check(not lines(out, 1, "STALL"), f"stall: the stopped rank reported a stall: {out}")
     check(re.search(r"shardload: stall: rank 0 \(host [^)]+\): shardload::load\([^)]*\): phase "
                     r"'plan' has waited [0-9.]+ s for rank 1 \(host ", err) is not None,
