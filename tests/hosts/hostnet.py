@@ -160,6 +160,10 @@ class HostNet:
         for ns in reversed(self._made):
             _remove_netns(ns)
         self._made = []
+        try:
+            os.rmdir("/etc/netns")  # made by _create when it was missing; kept when not empty
+        except OSError:
+            pass
         for sig, old in self._old_handlers.items():
             try:
                 signal.signal(sig, old)
