@@ -728,7 +728,9 @@ TransferOutcome Transfer::Impl::run() {
         delivering = s.stage == Stage::kDeliver || s.status;
       }
       const double timeout = in.comm.timeout();
-      if (timeout > 0 && idle.elapsed() > timeout) {
+      const double stall = in.comm.stall_seconds();
+      const double waited = idle.elapsed();
+      if ((timeout > 0 && waited > timeout) || (stall > 0 && waited > stall)) {
         // The oldest unfinished message names whom this rank is waiting for.
         const Slot& s = *slots[release_next];
         std::vector<int> peers;
@@ -743,10 +745,12 @@ TransferOutcome Transfer::Impl::run() {
           // Its own read is what is stuck (a hung filesystem): say so.
           peers.push_back(rank);
         }
-        in.comm.throw_stalled(peers, "message " + std::to_string(s.number) + " of the plan, " +
-                                         std::to_string(s.message->nbytes) +
-                                         " bytes, read by rank " +
-                                         std::to_string(s.message->reader));
+        const std::string what = "message " + std::to_string(s.number) + " of the plan, " +
+                                 std::to_string(s.message->nbytes) + " bytes, read by rank " +
+                                 std::to_string(s.message->reader);
+        if (timeout > 0 && waited > timeout) in.comm.throw_stalled(peers, what);
+        // Before the deadline: a stall line naming the peers (once per message waited on).
+        in.comm.report_stalled(waited, static_cast<int64_t>(s.number), peers, what);
       }
       if (delivering) {
         sched_yield();

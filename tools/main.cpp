@@ -1,6 +1,7 @@
 // `shardload`: one binary, one subcommand per task. Exit codes: 0 success, 1 verdict error,
 // 2 usage error, 3 unreadable/corrupt/invalid checkpoint or input file.
 #include <mpi.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -13,6 +14,7 @@
 
 #include "core/error.h"
 #include "tools/commands.h"
+#include "transport/job_end.h"
 
 namespace {
 
@@ -54,11 +56,15 @@ void watched(const char* what, double timeout, Body&& body) {
       }
       const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
       const char* size = std::getenv("OMPI_COMM_WORLD_SIZE");
+      char host[256] = {};
+      if (::gethostname(host, sizeof host - 1) != 0) host[0] = '?';
       std::cerr << "shardload: error: rank " << (rank ? rank : "?") << " of " << (size ? size : "?")
-                << " did not get past " << what << " within " << timeout
+                << " (host " << host << ") did not get past " << what << " within " << timeout
                 << " s: another rank is stuck or gone (each rank that got there prints this "
                    "line; the ranks missing from these lines are the stuck ones)"
                 << std::endl;
+      // mpirun ends the job when this rank exits, unless it waits for an unreachable node.
+      shardload::end_launcher_after(20);
       std::_Exit(3);
     });
   }
@@ -141,8 +147,17 @@ void shardload::tools::end_job_after_timeout(const TimeoutError& e, const std::s
   // and end the job themselves when it does not (it may be the one that is stuck).
   if (!e.reporter()) std::this_thread::sleep_for(std::chrono::seconds(3));
   std::cerr << "shardload " << command << ": error: " << e.what() << std::endl;
-  MPI_Abort(MPI_COMM_WORLD, e.exit_code());
-  std::_Exit(e.exit_code());
+  // MPI_Abort asks mpirun to end the job; over a cut link mpirun may wait for the unreachable
+  // node's daemon until TCP gives up (transport/job_end.h), and this process must end all the
+  // same.
+  const int code = e.exit_code();
+  shardload::end_launcher_after(20);
+  std::thread([code] {
+    std::this_thread::sleep_for(std::chrono::seconds(10));
+    std::_Exit(code);
+  }).detach();
+  MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
 }
 
 int shardload::tools::world_rank() {

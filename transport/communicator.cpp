@@ -1,11 +1,15 @@
 #include "transport/communicator.h"
 
 #include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <numeric>
 #include <thread>
 
@@ -21,6 +25,59 @@ constexpr int kArrive = 31001;
 constexpr int kVerdict = 31002;
 constexpr int kDupArrive = 31003;
 constexpr int kDupVerdict = 31004;
+constexpr int kStall = 31005;  ///< rank 0's stall notice: "<seq>\n<missing ranks, comma-separated>"
+
+/// Host names travel in fixed-size slots (one MPI_Iallgather at construction).
+constexpr size_t kHostBytes = 64;
+
+std::string this_host() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof buf - 1) != 0) return "unknown";
+  std::string s(buf);
+  if (s.size() >= kHostBytes) s.resize(kHostBytes - 1);
+  return s;
+}
+
+/// Host names of world ranks met so far in this process: a communicator whose construction
+/// times out can still name the host of a rank that an earlier one gathered.
+std::mutex host_cache_mutex;
+std::map<int, std::string>& host_cache() {
+  static std::map<int, std::string> cache;
+  return cache;
+}
+
+/// The world rank of each rank of `comm` (-1 where it cannot be told).
+std::vector<int> world_ranks_of(MPI_Comm comm, int size) {
+  std::vector<int> ranks(static_cast<size_t>(size)), world(static_cast<size_t>(size), -1);
+  std::iota(ranks.begin(), ranks.end(), 0);
+  MPI_Group group = MPI_GROUP_NULL, world_group = MPI_GROUP_NULL;
+  if (MPI_Comm_group(comm, &group) == MPI_SUCCESS &&
+      MPI_Comm_group(MPI_COMM_WORLD, &world_group) == MPI_SUCCESS) {
+    MPI_Group_translate_ranks(group, size, ranks.data(), world_group, world.data());
+  }
+  if (group != MPI_GROUP_NULL) MPI_Group_free(&group);
+  if (world_group != MPI_GROUP_NULL) MPI_Group_free(&world_group);
+  for (int& w : world) {
+    if (w == MPI_UNDEFINED) w = -1;
+  }
+  return world;
+}
+
+/// The hosts of `comm`'s ranks as far as this process knows them ("" where it does not).
+std::vector<std::string> cached_hosts(MPI_Comm comm, int rank, int size) {
+  std::vector<std::string> hosts(static_cast<size_t>(size));
+  auto world = world_ranks_of(comm, size);
+  std::lock_guard<std::mutex> lock(host_cache_mutex);
+  for (size_t r = 0; r < hosts.size(); ++r) {
+    auto it = host_cache().find(world[r]);
+    if (it != host_cache().end()) hosts[r] = it->second;
+  }
+  hosts[static_cast<size_t>(rank)] = this_host();
+  return hosts;
+}
+
+/// The thread's innermost StallReportScope.
+thread_local const StallReportScope* stall_scope = nullptr;
 
 /// A verdict sent while throwing must outlive the throw: its buffer is never freed (a timeout
 /// ends the job).
@@ -40,71 +97,124 @@ std::string seconds_str(double s) {
   return buf;
 }
 
-std::string ranks_phrase(const std::vector<int>& ranks) {
+/// "rank 1 (host h2)", "ranks 2, 3 (host h2) and 5 (host h3)": grouped by host in the order of
+/// first appearance; hosts that are not known ("") are left out.
+std::string ranks_phrase(const std::vector<int>& ranks, const std::vector<std::string>& hosts) {
+  auto host_of = [&](int r) {
+    return r >= 0 && static_cast<size_t>(r) < hosts.size() ? hosts[static_cast<size_t>(r)]
+                                                           : std::string();
+  };
+  std::vector<std::pair<std::string, std::vector<int>>> groups;
+  for (int r : ranks) {
+    const std::string h = host_of(r);
+    auto it =
+        std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == h; });
+    if (it == groups.end()) {
+      groups.push_back({h, {r}});
+    } else {
+      it->second.push_back(r);
+    }
+  }
   std::string s = ranks.size() == 1 ? "rank " : "ranks ";
-  for (size_t i = 0; i < ranks.size(); ++i) s += (i ? ", " : "") + std::to_string(ranks[i]);
+  for (size_t g = 0; g < groups.size(); ++g) {
+    if (g) s += g + 1 == groups.size() ? " and " : ", ";
+    const auto& [h, rs] = groups[g];
+    for (size_t i = 0; i < rs.size(); ++i) s += (i ? ", " : "") + std::to_string(rs[i]);
+    if (!h.empty()) s += " (host " + h + ")";
+  }
   return s;
 }
 
+/// Receives the arrival notices (`tag`) that have come, counting them per sender (rank 0) or
+/// for rank 0 (the others).
+void drain_notices(MPI_Comm comm, int tag, int rank, std::vector<int64_t>& arrived) {
+  for (;;) {
+    int flag = 0;
+    MPI_Status st;
+    MPI_Iprobe(MPI_ANY_SOURCE, tag, comm, &flag, &st);
+    if (!flag) return;
+    int64_t v = 0;
+    MPI_Recv(&v, 1, MPI_INT64_T, st.MPI_SOURCE, tag, comm, MPI_STATUS_IGNORE);
+    ++arrived[static_cast<size_t>(rank == 0 ? st.MPI_SOURCE : 0)];
+  }
+}
+
+/// The ranks whose arrival count is below `expected` (rank 0's view).
+std::vector<int> missing_ranks(const std::vector<int64_t>& arrived, int64_t expected) {
+  std::vector<int> missing;
+  for (size_t r = 1; r < arrived.size(); ++r) {
+    if (arrived[r] < expected) missing.push_back(static_cast<int>(r));
+  }
+  return missing;
+}
+
+/// Rank 0's timeout verdict on `comm`, when it has come: throws it (a rank that arrived late
+/// finds it waiting, and so ends with the same error instead of a second timeout).
+/// (Rank 0 hears it from rank 1, when rank 0 was the late one.)
+void throw_verdict_if_any(MPI_Comm comm, int verdict_tag, int rank) {
+  const int from = rank == 0 ? 1 : 0;
+  int flag = 0;
+  MPI_Status st;
+  MPI_Iprobe(from, verdict_tag, comm, &flag, &st);
+  if (!flag) return;
+  int n = 0;
+  MPI_Get_count(&st, MPI_CHAR, &n);
+  std::string text(static_cast<size_t>(std::max(n, 0)), '\0');
+  MPI_Recv(text.data(), n, MPI_CHAR, from, verdict_tag, comm, MPI_STATUS_IGNORE);
+  throw TimeoutError(text, /*reporter=*/false);
+}
+
 /// The census of one channel (a communicator and its two tags) after a timeout: rank 0 names
-/// the ranks whose arrival notices fell short of `expected` and tells every rank that arrived;
-/// the others learn it from rank 0, or name rank 0 when it is the one missing. Throws on every
-/// rank that gets here.
+/// the ranks whose arrival notices fell short of `expected` and tells every rank (the missing
+/// ones too: one that arrives late then ends with the same error at once); the others learn it
+/// from rank 0, or name rank 0 when it is the one missing. Throws on every rank that gets here.
 [[noreturn]] void census(MPI_Comm comm, int arrive_tag, int verdict_tag, int rank, int size,
                          std::vector<int64_t>& arrived, int64_t expected, const std::string& phase,
-                         double timeout, const std::string& operation) {
+                         double timeout, const std::string& operation,
+                         const std::vector<std::string>& hosts) {
   const std::string head = operation.empty() ? "" : operation + ": ";
-  auto drain = [&] {
-    int flag = 1;
-    while (flag) {
-      MPI_Status st;
-      MPI_Iprobe(MPI_ANY_SOURCE, arrive_tag, comm, &flag, &st);
-      if (!flag) break;
-      int64_t v = 0;
-      MPI_Recv(&v, 1, MPI_INT64_T, st.MPI_SOURCE, arrive_tag, comm, MPI_STATUS_IGNORE);
-      ++arrived[static_cast<size_t>(rank == 0 ? st.MPI_SOURCE : 0)];
-    }
-  };
   const std::string tail =
       " did not reach phase '" + phase + "' within " + seconds_str(timeout) + " s";
-  drain();
+  drain_notices(comm, arrive_tag, rank, arrived);
   if (rank == 0) {
-    std::vector<int> missing;
-    for (int r = 1; r < size; ++r) {
-      if (arrived[static_cast<size_t>(r)] < expected) missing.push_back(r);
-    }
+    std::vector<int> missing = missing_ranks(arrived, expected);
     std::string message =
         head + (missing.empty() ? "the ranks did not complete phase '" + phase + "' within " +
                                       seconds_str(timeout) + " s (every rank arrived; MPI is stuck)"
-                                : ranks_phrase(missing) + tail);
+                                : ranks_phrase(missing, hosts) + tail);
     const std::string& kept = keep(message);
     for (int r = 1; r < size; ++r) {
-      if (std::find(missing.begin(), missing.end(), r) != missing.end()) continue;
+      const bool late = std::find(missing.begin(), missing.end(), r) != missing.end();
+      const std::string& text = late ? keep(message + " (rank " + std::to_string(r) +
+                                            " got there after the others had given up)")
+                                     : kept;
       MPI_Request req;
-      MPI_Isend(kept.data(), static_cast<int>(kept.size()), MPI_CHAR, r, verdict_tag, comm, &req);
+      MPI_Isend(text.data(), static_cast<int>(text.size()), MPI_CHAR, r, verdict_tag, comm, &req);
       MPI_Request_free(&req);
     }
     throw TimeoutError(message, /*reporter=*/true);
   }
-  if (arrived[0] < expected) throw TimeoutError(head + "rank 0" + tail, /*reporter=*/true);
+  if (arrived[0] < expected) {
+    const std::string message = head + ranks_phrase({0}, hosts) + tail;
+    if (rank == 1) {  // for rank 0, should it get there late
+      const std::string& late = keep(message + " (rank 0 got there after the others had given up)");
+      MPI_Request req;
+      MPI_Isend(late.data(), static_cast<int>(late.size()), MPI_CHAR, 0, verdict_tag, comm, &req);
+      MPI_Request_free(&req);
+    }
+    throw TimeoutError(message, /*reporter=*/true);
+  }
   // Rank 0 arrived, so its own deadline ends at most one timeout after ours: wait for its word.
   Poller poll;
   while (poll.elapsed() < timeout + 5) {
-    int flag = 0;
-    MPI_Status st;
-    MPI_Iprobe(0, verdict_tag, comm, &flag, &st);
-    if (flag) {
-      int n = 0;
-      MPI_Get_count(&st, MPI_CHAR, &n);
-      std::string text(static_cast<size_t>(std::max(n, 0)), '\0');
-      MPI_Recv(text.data(), n, MPI_CHAR, 0, verdict_tag, comm, MPI_STATUS_IGNORE);
-      throw TimeoutError(text, /*reporter=*/false);
-    }
+    throw_verdict_if_any(comm, verdict_tag, rank);
     poll.pause();
   }
-  throw TimeoutError(head + "phase '" + phase + "' did not complete within " +
-                         seconds_str(timeout) + " s, and rank 0 named no missing rank",
-                     /*reporter=*/true);
+  throw TimeoutError(
+      head + "phase '" + phase + "' did not complete within " + seconds_str(timeout) + " s, and " +
+          ranks_phrase({0}, hosts) + ", which holds the census, sent no verdict within " +
+          seconds_str(timeout + 5) + " s more: it is stuck, or the network to it is down",
+      /*reporter=*/true);
 }
 
 }  // namespace
@@ -152,14 +262,27 @@ int node_local_rank(MPI_Comm comm) {
   return local;
 }
 
-Communicator::Communicator(MPI_Comm comm, double timeout_seconds)
-    : parent_(comm), timeout_(timeout_seconds) {
+StallReportScope::StallReportScope(double seconds, StallCallback callback)
+    : seconds_(seconds), callback_(std::move(callback)), outer_(stall_scope) {
+  stall_scope = this;
+}
+
+StallReportScope::~StallReportScope() { stall_scope = outer_; }
+
+Communicator::Communicator(MPI_Comm comm, double timeout_seconds, std::string operation)
+    : parent_(comm), timeout_(timeout_seconds), operation_(std::move(operation)) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (!initialized) throw UsageError("MPI is not initialized: call MPI_Init in main()");
   SHARDLOAD_MPI(MPI_Comm_rank(comm, &rank_));
   SHARDLOAD_MPI(MPI_Comm_size(comm, &size_));
   arrived_.assign(rank_ == 0 ? static_cast<size_t>(size_) : 1, 0);
+  if (stall_scope) {
+    stall_setting_ = stall_scope->seconds_;
+    stall_callback_ = stall_scope->callback_;
+  }
+  // Until the names are gathered below, messages name the hosts this process already knows.
+  hosts_ = cached_hosts(comm, rank_, size_);
 
   // The private duplicates are made non-blocking under the same deadline as everything else; a
   // rank that never arrives is named from arrival notices on the caller's communicator.
@@ -177,21 +300,38 @@ Communicator::Communicator(MPI_Comm comm, double timeout_seconds)
   MPI_Request dups[2];
   SHARDLOAD_MPI(MPI_Comm_idup(comm, &comm_, &dups[0]));
   SHARDLOAD_MPI(MPI_Comm_idup(comm, &census_, &dups[1]));
+  std::vector<int64_t> dup_arrived(arrived_.size(), 0);
+  const double stall = stall_seconds();
+  bool stall_reported = false;
   Poller poll;
   for (;;) {
     int done = 0;
     SHARDLOAD_MPI(MPI_Testall(2, dups, &done, MPI_STATUSES_IGNORE));
     if (done) break;
-    if (timeout_ > 0 && poll.elapsed() > timeout_) {
+    const double waited = poll.elapsed();
+    if (size_ > 1 && waited > 0.05) throw_verdict_if_any(comm, kDupVerdict, rank_);  // late
+    if (timeout_ > 0 && waited > timeout_) {
       broken_ = true;
-      std::vector<int64_t> arrived(arrived_.size(), 0);
-      census(comm, kDupArrive, kDupVerdict, rank_, size_, arrived, 1, phase_, timeout_, operation_);
+      census(comm, kDupArrive, kDupVerdict, rank_, size_, dup_arrived, 1, phase_, timeout_,
+             operation_, hosts_);
+    }
+    if (stall > 0 && waited > stall && !stall_reported) {
+      stall_reported = true;
+      drain_notices(comm, kDupArrive, rank_, dup_arrived);
+      if (rank_ == 0) {
+        emit_stall(missing_ranks(dup_arrived, 1), waited, "");
+      } else if (dup_arrived[0] < 1) {
+        emit_stall({0}, waited, "");
+      } else {
+        emit_stall({}, waited, "rank 0 has arrived and knows which ranks are missing");
+      }
     }
     poll.pause();
   }
   // Every rank sent its notice before its idup, so they are all here (or in flight): take them.
-  const int expected = rank_ == 0 ? size_ - 1 : 1;
-  for (int i = 0; i < expected; ++i) {
+  int64_t expected = rank_ == 0 ? size_ - 1 : 1;
+  for (int64_t n : dup_arrived) expected -= n;
+  for (int64_t i = 0; i < expected; ++i) {
     int64_t v = 0;
     SHARDLOAD_MPI(MPI_Recv(&v, 1, MPI_INT64_T, rank_ == 0 ? MPI_ANY_SOURCE : 0, kDupArrive, comm,
                            MPI_STATUS_IGNORE));
@@ -199,13 +339,28 @@ Communicator::Communicator(MPI_Comm comm, double timeout_seconds)
   SHARDLOAD_MPI(MPI_Waitall(static_cast<int>(notices.size()), notices.data(), MPI_STATUSES_IGNORE));
   SHARDLOAD_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
   SHARDLOAD_MPI(MPI_Comm_set_errhandler(census_, MPI_ERRORS_RETURN));
+
+  // Every rank's host name, once: one fixed-size allgather under the deadline.
+  std::string mine = this_host();
+  mine.resize(kHostBytes, '\0');
+  std::string all(kHostBytes * static_cast<size_t>(size_), '\0');
+  guarded("MPI_Iallgather", [&](MPI_Request* req) {
+    SHARDLOAD_MPI(MPI_Iallgather(mine.data(), static_cast<int>(kHostBytes), MPI_CHAR, all.data(),
+                                 static_cast<int>(kHostBytes), MPI_CHAR, comm_, req));
+  });
   // Node-local rank and size from MPI itself (the ranks that can share memory), never from a
-  // launcher's variables: right after the duplicates, every rank is here.
+  // launcher's variables: every rank has just taken part in the gather above.
   MPI_Comm node = MPI_COMM_NULL;
   SHARDLOAD_MPI(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
   SHARDLOAD_MPI(MPI_Comm_rank(node, &local_rank_));
   SHARDLOAD_MPI(MPI_Comm_size(node, &local_size_));
   MPI_Comm_free(&node);
+  auto world = world_ranks_of(comm_, size_);
+  std::lock_guard<std::mutex> lock(host_cache_mutex);
+  for (size_t r = 0; r < static_cast<size_t>(size_); ++r) {
+    hosts_[r] = std::string(all.c_str() + r * kHostBytes);
+    if (world[r] >= 0) host_cache()[world[r]] = hosts_[r];
+  }
 }
 
 Communicator::~Communicator() {
@@ -225,8 +380,10 @@ Communicator::~Communicator() {
     if ((have >= want && sent) || poll.elapsed() > 2) break;
     poll.pause();
   }
-  for (auto& req : sends_) {
-    if (req != MPI_REQUEST_NULL) MPI_Request_free(&req);
+  for (auto* list : {&sends_, &stall_sends_}) {
+    for (auto& req : *list) {
+      if (req != MPI_REQUEST_NULL) MPI_Request_free(&req);
+    }
   }
   if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
   if (census_ != MPI_COMM_NULL) MPI_Comm_free(&census_);
@@ -254,6 +411,16 @@ void Communicator::announce() const {
 }
 
 void Communicator::drain_arrivals() const {
+  // Stall notices of collectives that have completed (they may arrive after the completion).
+  for (int flag = 1; rank_ != 0 && flag;) {
+    MPI_Status st;
+    MPI_Iprobe(0, kStall, census_, &flag, &st);
+    if (!flag) break;
+    int n = 0;
+    MPI_Get_count(&st, MPI_CHAR, &n);
+    std::string text(static_cast<size_t>(std::max(n, 0)), '\0');
+    MPI_Recv(text.data(), n, MPI_CHAR, 0, kStall, census_, MPI_STATUS_IGNORE);
+  }
   for (;;) {
     int flag = 0;
     MPI_Status st;
@@ -267,7 +434,113 @@ void Communicator::drain_arrivals() const {
 
 void Communicator::census_and_throw(const char* /*what*/) const {
   broken_ = true;
-  census(census_, kArrive, kVerdict, rank_, size_, arrived_, seq_, phase_, timeout_, operation_);
+  census(census_, kArrive, kVerdict, rank_, size_, arrived_, seq_, phase_, timeout_, operation_,
+         hosts_);
+}
+
+std::string Communicator::name_ranks(const std::vector<int>& ranks) const {
+  return ranks_phrase(ranks, hosts_);
+}
+
+double Communicator::stall_seconds() const {
+  if (stall_setting_ >= 0) return stall_setting_;
+  if (const char* env = std::getenv("SHARDLOAD_STALL_REPORT_SECONDS")) {
+    char* end = nullptr;
+    const double v = std::strtod(env, &end);
+    if (end != env && v >= 0) return v;
+  }
+  return timeout_ > 0 ? std::min(30.0, timeout_ / 4) : 30.0;
+}
+
+void Communicator::emit_stall(std::vector<int> missing, double waited,
+                              const std::string& detail) const {
+  StallReport report;
+  report.rank = rank_;
+  report.host = hosts_[static_cast<size_t>(rank_)];
+  report.operation = operation_;
+  report.phase = phase_;
+  report.waited_seconds = waited;
+  report.timeout_seconds = timeout_;
+  for (int r : missing) report.hosts.push_back(hosts_[static_cast<size_t>(r)]);
+  char secs[32];
+  std::snprintf(secs, sizeof secs, "%.1f", waited);
+  std::string text = "shardload: stall: " + ranks_phrase({rank_}, hosts_) + ": " +
+                     (operation_.empty() ? "" : operation_ + ": ") + "phase '" + phase_ +
+                     "' has waited " + secs + " s";
+  if (!missing.empty()) {
+    text += " for " + ranks_phrase(missing, hosts_);
+  } else if (detail.empty()) {
+    text += "; every rank arrived (MPI is slow or stuck)";
+  }
+  if (!detail.empty())
+    text += (missing.empty() ? "; " : " (") + detail + (missing.empty() ? "" : ")");
+  text += timeout_ > 0 ? " (timeout " + seconds_str(timeout_) + " s)" : " (no timeout)";
+  report.waiting_for = std::move(missing);
+  report.message = text;
+  std::fprintf(stderr, "%s\n", text.c_str());
+  std::fflush(stderr);
+  if (stall_callback_) {
+    try {
+      stall_callback_(report);
+    } catch (...) {
+      // A report must not change the collective's course.
+    }
+  }
+}
+
+void Communicator::report_collective_stall(double waited) const {
+  drain_arrivals();
+  if (rank_ == 0) {
+    std::vector<int> missing = missing_ranks(arrived_, seq_);
+    // Tell the ranks that are waiting too (they cannot see the others' arrivals).
+    std::string notice = std::to_string(seq_) + "\n";
+    for (size_t i = 0; i < missing.size(); ++i) {
+      notice += (i ? "," : "") + std::to_string(missing[i]);
+    }
+    stall_notices_.push_back(notice);
+    const std::string& kept = stall_notices_.back();
+    for (int r = 1; r < size_; ++r) {
+      if (std::find(missing.begin(), missing.end(), r) != missing.end()) continue;
+      stall_sends_.emplace_back();
+      MPI_Isend(kept.data(), static_cast<int>(kept.size()), MPI_CHAR, r, kStall, census_,
+                &stall_sends_.back());
+    }
+    emit_stall(std::move(missing), waited, "");
+    return;
+  }
+  if (arrived_[0] < seq_) emit_stall({0}, waited, "");
+}
+
+bool Communicator::take_stall_notice(double waited) const {
+  for (;;) {
+    int flag = 0;
+    MPI_Status st;
+    MPI_Iprobe(0, kStall, census_, &flag, &st);
+    if (!flag) return false;
+    int n = 0;
+    MPI_Get_count(&st, MPI_CHAR, &n);
+    std::string text(static_cast<size_t>(std::max(n, 0)), '\0');
+    MPI_Recv(text.data(), n, MPI_CHAR, 0, kStall, census_, MPI_STATUS_IGNORE);
+    const size_t nl = text.find('\n');
+    if (nl == std::string::npos || text.substr(0, nl) != std::to_string(seq_)) continue;  // old
+    std::vector<int> missing;
+    for (size_t at = nl + 1; at < text.size();) {
+      size_t comma = text.find(',', at);
+      if (comma == std::string::npos) comma = text.size();
+      missing.push_back(std::atoi(text.substr(at, comma - at).c_str()));
+      at = comma + 1;
+    }
+    emit_stall(std::move(missing), waited, "");
+    return true;
+  }
+}
+
+void Communicator::report_stalled(double waited, int64_t wait_id, const std::vector<int>& peers,
+                                  const std::string& what) const {
+  const double stall = stall_seconds();
+  if (stall <= 0 || waited <= stall || stall_reported_wait_ == wait_id) return;
+  stall_reported_wait_ = wait_id;
+  emit_stall(peers, waited, what);
 }
 
 void Communicator::guarded(const char* what, const std::function<void(MPI_Request*)>& start) const {
@@ -281,6 +554,10 @@ void Communicator::guarded(const char* what, const std::function<void(MPI_Reques
     broken_ = true;
     throw;
   }
+  const double stall = stall_seconds();
+  // 0: not yet reported; 1: rank 0 (or a missing rank 0) reported; 2: waiting for rank 0's
+  // notice; 3: done.
+  int stall_state = 0;
   Poller poll;
   for (;;) {
     int done = 0;
@@ -290,7 +567,27 @@ void Communicator::guarded(const char* what, const std::function<void(MPI_Reques
       check_mpi(rc, what);
     }
     if (done) break;
-    if (timeout_ > 0 && poll.elapsed() > timeout_) census_and_throw(what);
+    const double waited = poll.elapsed();
+    if (size_ > 1 && waited > 0.05) {
+      try {
+        throw_verdict_if_any(census_, kVerdict, rank_);  // the others gave up: we are late
+      } catch (...) {
+        broken_ = true;
+        throw;
+      }
+    }
+    if (timeout_ > 0 && waited > timeout_) census_and_throw(what);
+    if (stall > 0 && waited > stall && stall_state != 3) {
+      if (stall_state == 0) {
+        report_collective_stall(waited);
+        stall_state = rank_ == 0 || arrived_[0] < seq_ ? 3 : 2;
+      } else if (take_stall_notice(waited)) {
+        stall_state = 3;
+      } else if (waited > 2 * stall) {
+        emit_stall({}, waited, "rank 0 has arrived but has not said which ranks are missing");
+        stall_state = 3;
+      }
+    }
     poll.pause();
   }
   drain_arrivals();
@@ -386,7 +683,7 @@ MPI_Comm Communicator::duplicate() const {
 
 void Communicator::throw_stalled(const std::vector<int>& peers, const std::string& what) const {
   broken_ = true;
-  std::string who = peers.empty() ? "the other ranks" : ranks_phrase(peers);
+  std::string who = peers.empty() ? "the other ranks" : ranks_phrase(peers, hosts_);
   throw TimeoutError(
       (operation_.empty() ? "" : operation_ + ": ") + who + " made no progress in phase '" +
           phase_ + "' within " + seconds_str(timeout_) + " s (" + what + ")",

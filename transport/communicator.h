@@ -38,6 +38,38 @@ class Poller {
   int64_t polls_ = 0;
 };
 
+/// What a rank waiting in a stalled collective is told (see Communicator, "Stall reports").
+struct StallReport {
+  int rank = 0;                  ///< the waiting rank (in the communicator)
+  std::string host;              ///< its host
+  std::string operation;         ///< "shardload::load(ckpt)"
+  std::string phase;             ///< "plan", "transfer", ...
+  std::vector<int> waiting_for;  ///< ranks that have not arrived (empty: all arrived, MPI is slow)
+  std::vector<std::string> hosts;  ///< the host of each of them ("" when not known)
+  double waited_seconds = 0;
+  double timeout_seconds = 0;  ///< <= 0: none
+  std::string message;         ///< the line printed on stderr
+};
+using StallCallback = std::function<void(const StallReport&)>;
+
+/// The stall-report threshold and callback of every Communicator constructed on this thread
+/// while the scope lives (the innermost scope wins). `seconds` < 0: the default, min(30 s,
+/// timeout / 4) (or the environment's SHARDLOAD_STALL_REPORT_SECONDS); 0: no reports. Not
+/// collective (but all ranks should use the same value).
+class StallReportScope {
+ public:
+  StallReportScope(double seconds, StallCallback callback);
+  ~StallReportScope();
+  StallReportScope(const StallReportScope&) = delete;
+  StallReportScope& operator=(const StallReportScope&) = delete;
+
+ private:
+  double seconds_;
+  StallCallback callback_;
+  const StallReportScope* outer_;
+  friend class Communicator;
+};
+
 /// A private duplicate of the caller's communicator, with errors returned rather than fatal.
 ///
 /// Collective: all ranks of `comm` construct it together, and call every method in the same
@@ -48,11 +80,19 @@ class Poller {
 /// communicator. When a collective has not completed within the timeout, rank 0 knows which ranks
 /// never arrived and tells the others; every live rank then throws the same TimeoutError:
 /// "rank 1 did not reach phase 'open' within 20 s". When rank 0 itself is the one missing, the
-/// others name it.
+/// others name it. Every rank is named with its host ("rank 1 (host node7)"): the host names are
+/// gathered once, in the constructor.
+///
+/// Stall reports: when a collective has waited longer than the stall threshold (below the
+/// timeout; see StallReportScope), every waiting rank prints one line on stderr naming the
+/// ranks (and hosts) that have not arrived and the phase, and calls the scope's callback: rank 0
+/// knows who is missing and tells the waiting ranks, so that the culprit is known before the
+/// timeout ends the operation.
 class Communicator {
  public:
-  /// `timeout_seconds` <= 0: wait forever.
-  explicit Communicator(MPI_Comm comm, double timeout_seconds = 0);
+  /// `timeout_seconds` <= 0: wait forever. `operation` starts the timeout messages of the
+  /// construction itself (see set_operation).
+  explicit Communicator(MPI_Comm comm, double timeout_seconds = 0, std::string operation = {});
   ~Communicator();
   Communicator(const Communicator&) = delete;
   Communicator& operator=(const Communicator&) = delete;
@@ -67,6 +107,10 @@ class Communicator {
   MPI_Comm handle() const { return comm_; }
   /// The caller's communicator this one duplicates (for caching per-communicator state).
   MPI_Comm parent() const { return parent_; }
+  /// The host name of `rank` (gethostname() there), gathered at construction.
+  const std::string& host(int rank) const { return hosts_[static_cast<size_t>(rank)]; }
+  /// "rank 1 (host node7)", "ranks 2, 3 (host node7) and 5 (host node8)". Not collective.
+  std::string name_ranks(const std::vector<int>& ranks) const;
 
   /// The deadline of every later collective; <= 0 waits forever. Not collective (but all ranks
   /// should use the same value).
@@ -97,6 +141,14 @@ class Communicator {
   /// `peers` (ranks this rank needed something from). Not collective: the transfer calls it when
   /// it made no progress within the timeout; it names the peers and the phase.
   [[noreturn]] void throw_stalled(const std::vector<int>& peers, const std::string& what) const;
+  /// The stall report of a point-to-point or data-plane wait that has made no progress for
+  /// `waited` seconds, waiting on `peers`: reported once per `wait_id` (any number that changes
+  /// when the wait is another one) when `waited` passes the stall threshold. Not collective;
+  /// cheap to call on every poll.
+  void report_stalled(double waited, int64_t wait_id, const std::vector<int>& peers,
+                      const std::string& what) const;
+  /// The stall threshold in force (seconds; 0: no reports).
+  double stall_seconds() const;
 
  private:
   /// Issues `start` (a non-blocking collective filling the request) after announcing this
@@ -105,6 +157,11 @@ class Communicator {
   void announce() const;
   void drain_arrivals() const;
   [[noreturn]] void census_and_throw(const char* what) const;
+  /// The stall report of collective seq_ after `waited` seconds (called once per collective).
+  void report_collective_stall(double waited) const;
+  /// Rank != 0: takes rank 0's stall notice of the current collective, if it came.
+  bool take_stall_notice(double waited) const;
+  void emit_stall(std::vector<int> missing, double waited, const std::string& detail) const;
 
   MPI_Comm parent_ = MPI_COMM_NULL;  ///< the caller's
   MPI_Comm comm_ = MPI_COMM_NULL;    ///< the collectives
@@ -122,6 +179,12 @@ class Communicator {
   mutable std::deque<int64_t> send_buffers_;  ///< arrival notices in flight
   mutable std::vector<MPI_Request> sends_;
   mutable bool broken_ = false;  ///< a collective timed out: never wait on this communicator again
+  std::vector<std::string> hosts_;  ///< by rank
+  double stall_setting_ = -1;       ///< from the StallReportScope; < 0: the default
+  StallCallback stall_callback_;
+  mutable int64_t stall_reported_wait_ = -1;       ///< report_stalled's last wait_id
+  mutable std::deque<std::string> stall_notices_;  ///< rank 0: notices in flight
+  mutable std::vector<MPI_Request> stall_sends_;
 };
 
 }  // namespace shardload

@@ -41,6 +41,7 @@ from ._shardload import (  # noqa: F401  (re-exported)
     SaveResult,
     SizeMismatch,
     SplitRule,
+    StallReport,
     Uncovered,
     UsageError,
     VerdictError,
@@ -50,7 +51,7 @@ __version__ = _C.__version__
 __all__ = [
     "save", "load", "IncompatibleKeys", "Partition", "SplitRule", "Progress", "LoadOptions",
     "SaveOptions", "LoadResult", "SaveResult", "PhaseSeconds", "SizeMismatch", "Conversion",
-    "Uncovered", "Error", "FormatError", "VerdictError", "UsageError", "CommError",
+    "Uncovered", "Error", "FormatError", "VerdictError", "UsageError", "CommError", "StallReport",
 ]
 
 
@@ -76,9 +77,19 @@ class IncompatibleKeys(_TorchIncompatibleKeys):
 _finalize_registered = False
 
 
-def _start_mpi():
+def _start_mpi(timeout):
+    # MPI_Init waits for every rank: under the caller's timeout like every later step (None:
+    # the library's default, 600 s). Registered whoever starts MPI: after a shardload timeout,
+    # finalize_mpi ends the job with MPI_Abort (otherwise it finalises MPI only when shardload
+    # started it). An atexit function registered after mpi4py's import runs before mpi4py
+    # finalises.
     global _finalize_registered
-    if _C.ensure_mpi() and not _finalize_registered:
+    try:
+        seconds = 600.0 if timeout is None else float(timeout)
+    except (TypeError, ValueError):
+        seconds = 600.0  # the bad value is reported by the collective
+    _C.ensure_mpi(seconds)
+    if not _finalize_registered:
         _atexit.register(_C.finalize_mpi)
         _finalize_registered = True
 
@@ -159,8 +170,21 @@ def _prepare(obj, path, split, make_options):
         return source, text, rules, None, f"{type(e).__name__}: {e}"
 
 
+def _stall_seconds(value, error):
+    """(the stall threshold for the extension: -1 for the default, error text)."""
+    if value is None:
+        return -1.0, error
+    try:
+        v = float(value)
+        if not v >= 0:
+            raise ValueError("must be >= 0")
+        return v, error
+    except (TypeError, ValueError) as e:
+        return -1.0, error or f"TypeError: stall_report_seconds={value!r}: {e}"
+
+
 def save(module_or_state_dict, path, *, split=None, overwrite=False, metadata=None, comm=None,
-         timeout=None, progress=None, **options):
+         timeout=None, progress=None, on_stall=None, stall_report_seconds=None, **options):
     """Saves every rank's tensors as one checkpoint directory at ``path``. Collective: every rank
     of ``comm`` calls it with the same path and options.
 
@@ -168,11 +192,15 @@ def save(module_or_state_dict, path, *, split=None, overwrite=False, metadata=No
     once). ``overwrite``: replace an existing checkpoint (only by a complete new one).
     ``metadata``: {str: value}, stored as strings in the manifest. ``timeout``: seconds a rank
     waits for the others before the save fails naming them (None: the library's default, 600;
-    0: forever). ``progress``: True (rank 0 shows progress on stderr) or a callable receiving a
-    ``Progress``. Other keywords set ``SaveOptions`` fields. Returns a ``SaveResult``.
+    0: forever); it bounds every collective step of the call, the first agreement included.
+    ``progress``: True (rank 0 shows progress on stderr) or a callable receiving a ``Progress``.
+    ``on_stall``: a callable receiving a ``StallReport`` when a collective step has waited
+    longer than ``stall_report_seconds`` (None: min(30, timeout / 4); 0: never) for other ranks
+    (which ranks and hosts, which phase); the same line goes to stderr either way. Other
+    keywords set ``SaveOptions`` fields. Returns a ``SaveResult``.
     """
     handle = _comm_handle(comm)
-    _start_mpi()
+    _start_mpi(timeout)
 
     def make_options(_name):
         o = SaveOptions()
@@ -189,12 +217,14 @@ def save(module_or_state_dict, path, *, split=None, overwrite=False, metadata=No
         return _set_options(o, options)
 
     source, path, rules, opts, error = _prepare(module_or_state_dict, path, split, make_options)
-    return _C.save(source, path, rules, opts or SaveOptions(), progress, handle, error)
+    stall, error = _stall_seconds(stall_report_seconds, error)
+    return _C.save(source, path, rules, opts or SaveOptions(), progress, handle, error, on_stall,
+                   stall)
 
 
 def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=None,
          add_prefix=None, skip_size_mismatch=False, comm=None, timeout=None, progress=None,
-         select=None, **options):
+         select=None, on_stall=None, stall_report_seconds=None, **options):
     """Loads the checkpoint at ``path`` into every rank's tensors, in place. Collective: every
     rank of ``comm`` calls it with the same path and options.
 
@@ -207,7 +237,9 @@ def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=No
     ``split``: {regex: dim}, tensors this rank holds a slab of. ``strip_prefix``: a prefix of the
     checkpoint's keys to drop (``"module."`` from DDP); ``add_prefix``: one to put in front of
     them. ``timeout``: seconds a rank waits for the others (None: the library's default, 600;
-    0: forever). ``progress``: True or a callable receiving a ``Progress``. ``select``: for a
+    0: forever), in every collective step of the call, the first agreement included.
+    ``progress``: True or a callable receiving a ``Progress``. ``on_stall`` and
+    ``stall_report_seconds``: as for ``save``. ``select``: for a
     ``torch.save`` file as ``path``, the sub-dictionary of a nested training checkpoint to load
     (``"model"``, ``"state_dict"``; keys joined by ``"."``); scalar leaves are listed in
     ``result.notes``, never loaded. Other keywords set ``LoadOptions`` fields
@@ -219,7 +251,7 @@ def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=No
     the formats without checksums, ``result.checksums_reason`` says why).
     """
     handle = _comm_handle(comm)
-    _start_mpi()
+    _start_mpi(timeout)
 
     def make_options(name):
         o = LoadOptions()
@@ -237,6 +269,8 @@ def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=No
         return _set_options(o, options)
 
     source, path, rules, opts, error = _prepare(module_or_state_dict, path, split, make_options)
-    result = _C.load(source, path, rules, opts or LoadOptions(), progress, handle, error)
+    stall, error = _stall_seconds(stall_report_seconds, error)
+    result = _C.load(source, path, rules, opts or LoadOptions(), progress, handle, error, on_stall,
+                     stall)
     return IncompatibleKeys(result.missing_keys, result.unexpected_keys, result)
 

@@ -3,7 +3,8 @@
 // these calls). Each call builds this rank's Partition with the GIL held, then releases the GIL
 // for the collective: first a status reduction over what every rank prepared (so that a bad
 // argument on one rank is the same error on every rank, never a hang), then loader/'s save() or
-// load(). The GIL is taken again only inside the progress callback.
+// load(). The GIL is taken again only inside the progress and stall callbacks. The agreement runs
+// under the caller's timeout like everything after it: a rank that never calls is named.
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <optional>
@@ -125,33 +126,66 @@ class ProgressHook {
   std::optional<tools::ProgressDisplay> display_;
 };
 
+/// The on_stall= argument: a Python callable given each StallReport (with the GIL held; if it
+/// raises, the exception is reported as unraisable: a rank must not leave a collective alone).
+StallCallback stall_callback(py::handle on_stall) {
+  if (on_stall.is_none()) return {};
+  if (!PyCallable_Check(on_stall.ptr())) {
+    throw UsageError("on_stall= must be None or a callable, not " +
+                     std::string(py::str(py::type::of(on_stall).attr("__name__"))));
+  }
+  auto fn = std::shared_ptr<py::object>(
+      new py::object(py::reinterpret_borrow<py::object>(on_stall)), [](py::object* o) {
+        py::gil_scoped_acquire gil;
+        delete o;
+      });
+  return [fn](const StallReport& report) {
+    py::gil_scoped_acquire gil;
+    try {
+      (*fn)(report);
+    } catch (py::error_already_set& e) {
+      e.discard_as_unraisable("shardload on_stall callback");
+    }
+  };
+}
+
 int64_t bytes_of(const LoadResult& r) { return r.bytes_read_total; }
 int64_t bytes_of(const SaveResult& r) { return r.bytes_written_total; }
 
 /// The collective part of save and load: agree that every rank prepared, then run `call`.
+/// `timeout`: the caller's, for the agreement as for the rest; `on_stall`, `stall_seconds`: the
+/// stall reports of every collective of the call (StallReportScope).
 template <class Result, class Call>
 Result run_collective(const std::string& operation, const std::string& path, py::handle source,
                       const std::vector<SplitRule>& rules, py::handle progress, int64_t comm,
-                      const std::string& local_error, Call call) {
-  ensure_mpi();
+                      const std::string& local_error, double timeout, py::handle on_stall,
+                      double stall_seconds, Call call) {
+  ensure_mpi(timeout);
   MPI_Comm mpi_comm = communicator_of(comm);
   Prepared prepared = prepare(source, rules, local_error);
   std::optional<ProgressHook> hook;
+  StallCallback on_stall_cb;
   try {
     hook.emplace(progress, operation);
+    on_stall_cb = stall_callback(on_stall);
   } catch (const Error& e) {
     if (prepared.kind == ErrorKind::kNone) {
       prepared.kind = current_error_kind();
       prepared.error = e.what();
     }
   }
+  if (!hook) hook.emplace(py::none(), operation);
   Result result;
-  {
+  try {
     py::gil_scoped_release release;
-    Communicator c(mpi_comm);
-    PhaseRunner(c, "shardload." + operation + "(" + path + ")")
-        .reduce("prepare", prepared.kind, prepared.error);
+    StallReportScope stall_scope(stall_seconds, on_stall_cb);
+    const std::string name = "shardload." + operation + "(" + path + ")";
+    Communicator c(mpi_comm, timeout, name);
+    PhaseRunner(c, name).reduce("prepare", prepared.kind, prepared.error);
     result = call(*prepared.partition, mpi_comm, hook->callback(c.rank()));
+  } catch (const TimeoutError&) {
+    note_timeout();
+    throw;
   }
   hook->finish(bytes_of(result));
   return result;
@@ -159,10 +193,10 @@ Result run_collective(const std::string& operation, const std::string& path, py:
 
 LoadResult py_load(py::handle source, const std::string& path, const std::vector<SplitRule>& rules,
                    LoadOptions options, py::handle progress, int64_t comm,
-                   const std::string& local_error) {
+                   const std::string& local_error, py::handle on_stall, double stall_seconds) {
   return run_collective<LoadResult>(
-      "load", path, source, rules, progress, comm, local_error,
-      [&](Partition& partition, MPI_Comm mpi_comm, ProgressCallback callback) {
+      "load", path, source, rules, progress, comm, local_error, options.timeout_seconds, on_stall,
+      stall_seconds, [&](Partition& partition, MPI_Comm mpi_comm, ProgressCallback callback) {
         options.progress = std::move(callback);
         return load(partition, path, mpi_comm, options);
       });
@@ -170,10 +204,10 @@ LoadResult py_load(py::handle source, const std::string& path, const std::vector
 
 SaveResult py_save(py::handle source, const std::string& path, const std::vector<SplitRule>& rules,
                    SaveOptions options, py::handle progress, int64_t comm,
-                   const std::string& local_error) {
+                   const std::string& local_error, py::handle on_stall, double stall_seconds) {
   return run_collective<SaveResult>(
-      "save", path, source, rules, progress, comm, local_error,
-      [&](Partition& partition, MPI_Comm mpi_comm, ProgressCallback callback) {
+      "save", path, source, rules, progress, comm, local_error, options.timeout_seconds, on_stall,
+      stall_seconds, [&](Partition& partition, MPI_Comm mpi_comm, ProgressCallback callback) {
         options.progress = std::move(callback);
         return save(partition, path, mpi_comm, options);
       });
@@ -190,14 +224,33 @@ PYBIND11_MODULE(_shardload, m) {
   m.attr("WORLD") = kWorld;
   bind_types(m);
   bind_errors(m);
-  m.def("ensure_mpi", &ensure_mpi,
-        "Starts MPI unless it runs (mpi4py or another library started it); True when it did.");
+  m.def("ensure_mpi", &ensure_mpi, py::arg("timeout") = 0.0,
+        "Starts MPI unless it runs (mpi4py or another library started it); True when it did. "
+        "With a timeout (seconds), a start-up that other ranks hold up longer ends the process "
+        "with status 3, naming this rank and host on stderr.");
   m.def("finalize_mpi", &finalize_mpi_if_ours,
-        "MPI_Finalize, only when ensure_mpi() started MPI (registered with atexit).");
+        "At exit: MPI_Finalize, only when ensure_mpi() started MPI; after a shardload timeout in "
+        "this process, MPI_Abort instead (registered with atexit).");
+  py::class_<shardload::StallReport>(
+      m, "StallReport",
+      "What on_stall= receives when a collective has waited past the stall threshold: which "
+      "ranks (and hosts) have not arrived, in which phase.")
+      .def_readonly("rank", &shardload::StallReport::rank)
+      .def_readonly("host", &shardload::StallReport::host)
+      .def_readonly("operation", &shardload::StallReport::operation)
+      .def_readonly("phase", &shardload::StallReport::phase)
+      .def_readonly("waiting_for", &shardload::StallReport::waiting_for)
+      .def_readonly("hosts", &shardload::StallReport::hosts)
+      .def_readonly("waited_seconds", &shardload::StallReport::waited_seconds)
+      .def_readonly("timeout_seconds", &shardload::StallReport::timeout_seconds)
+      .def_readonly("message", &shardload::StallReport::message)
+      .def("__repr__", [](const shardload::StallReport& r) { return r.message; });
   m.def("load", &py_load, py::arg("source"), py::arg("path"), py::arg("rules"), py::arg("options"),
-        py::arg("progress"), py::arg("comm"), py::arg("local_error"),
+        py::arg("progress"), py::arg("comm"), py::arg("local_error"), py::arg("on_stall"),
+        py::arg("stall_seconds"),
         "Collective load into a Partition or a list of (key, tensor) pairs, in place.");
   m.def("save", &py_save, py::arg("source"), py::arg("path"), py::arg("rules"), py::arg("options"),
-        py::arg("progress"), py::arg("comm"), py::arg("local_error"),
+        py::arg("progress"), py::arg("comm"), py::arg("local_error"), py::arg("on_stall"),
+        py::arg("stall_seconds"),
         "Collective save of a Partition or a list of (key, tensor) pairs.");
 }

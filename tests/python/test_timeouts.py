@@ -117,7 +117,11 @@ def main():
             if rc is None:
                 continue
             check(rc != 0, f"{what}: exit 0")
-            check(expect in err, f"{what}: stderr lacks {expect!r}:\n{err[-800:]}")
+            # Every rank is named with its host: "rank 1 (host node7) did not reach ...".
+            head, tail = expect.split(" ", 2)[1], expect.split(" ", 2)[2]
+            pattern = rf"rank {head} \(host [^)]+\) {re.escape(tail)}"
+            check(re.search(pattern, err) is not None,
+                  f"{what}: stderr lacks {pattern!r}:\n{err[-800:]}")
             check(f"within {TIMEOUT} s" in err, f"{what}: stderr does not give the timeout")
             print(f"stop at {phase}:{rank}: ended in {secs:.1f} s, rc {rc}")
 
@@ -154,8 +158,9 @@ def main():
             rc, err, secs = run_load(bigckpt, bigref, during=stop_rank1)
             what = f"external SIGSTOP of rank 1 at {when}"
             check(rc is not None and rc != 0, f"{what}: rc {rc}")
-            check(re.search(r"rank 1 (did not reach|made no progress)|rank 0 of 2 did not get past",
-                            err) is not None, f"{what}: stderr does not name rank 1:\n{err[-800:]}")
+            check(re.search(r"rank 1 \(host [^)]+\) (did not reach|made no progress)|"
+                            r"rank 0 of 2 \(host [^)]+\) did not get past", err) is not None,
+                  f"{what}: stderr does not name rank 1:\n{err[-800:]}")
             print(f"{what}: ended in {secs:.1f} s, rc {rc}")
 
         # A rank killed (a segfault, an OOM kill): mpirun ends the job promptly, non-zero.
