@@ -37,8 +37,8 @@ PKGS=(openmpi-bin openmpi-common libopenmpi3 libopenmpi-dev libpmix2 libhwloc15 
 BASE_SONAMES='^(libc|libm|libdl|libpthread|librt|libresolv|libutil|ld-linux-x86-64|libstdc\+\+|libgcc_s)\.so'
 
 # Step limits in seconds, in the order the steps run (the sum is the whole check's limit).
-declare -A LIMIT=([preflight]=20 [unpack]=15 [configure]=45 [build]=170 [gpu_np1]=40 [gpu_np2]=50
-                  [gpu_np4]=60 [gpu_load]=70 [nccl_bcast]=25 [demo_cuda]=20 [cli_cuda]=15)
+declare -A LIMIT=([preflight]=20 [unpack]=15 [configure]=45 [build]=170 [gpu_np1]=40 [gpu_np2]=45
+                  [gpu_np4]=50 [gpu_load]=90 [nccl_bcast]=25 [demo_cuda]=15 [cli_cuda]=15)
 ORDER=(preflight unpack configure build gpu_np1 gpu_np2 gpu_np4 gpu_load nccl_bcast demo_cuda
        cli_cuda)
 BUDGET=530      # seconds: the deadline for the last step; the report takes a few more
@@ -122,6 +122,53 @@ if [ "${1:-}" = "--fetch" ]; then
   grep -qx '/.gpu-deps/' "$exclude" 2>/dev/null || echo '/.gpu-deps/' >>"$exclude"
   echo "gpu_check --fetch: $(find "$DEPS" -name '*.deb' | wc -l) packages, $(du -sh "$DEPS" | cut -f1) in" \
     "$DEPS; still needed from the GPU machine: $(tr '\n' ' ' <"$DEPS/system-sonames.txt")"
+  exit 0
+fi
+
+# --fetch-torch DIR [VERSION]: here, a torch wheel (default 2.11.0, the GPU machine's) and the
+# nvidia-* wheels its LibTorch links against, unpacked into DIR (outside the repository: several
+# GB), for --build-only with SHARDLOAD_TORCH_CMAKE=DIR/site/torch/share/cmake.
+if [ "${1:-}" = "--fetch-torch" ]; then
+  dir=${2:?usage: bash scripts/gpu_check.sh --fetch-torch DIR [VERSION]}
+  mkdir -p "$dir/whl" "$dir/site" && dir=$(cd "$dir" && pwd)
+  python3 - "$dir" "${3:-2.11.0}" <<'PYEOF' || exit 1
+import glob, re, subprocess, sys, zipfile
+d, version = sys.argv[1], sys.argv[2]
+pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+       "--python-version", "3.12", "--implementation", "cp", "-d", d + "/whl"] + sum(
+    (["--platform", p] for p in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64",
+                                 "manylinux_2_17_x86_64", "manylinux2014_x86_64")), [])
+def get(req):  # the pinned wheel, else the newest of the same major version
+    if subprocess.run(pip + [req]).returncode == 0:
+        return
+    name, _, pin = req.partition("==")
+    major = pin.split(".")[0]
+    print(f"gpu_check --fetch-torch: {req} is not on the index; the newest {name} {major}.x instead")
+    subprocess.run(pip + [f"{name}>={major},<{int(major) + 1}"], check=True)
+def requires(wheel, extras=None):  # (name, [extras], pin) of a wheel's pinned Linux needs
+    z = zipfile.ZipFile(wheel)
+    meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    for line in meta.splitlines():
+        m = re.match(r"Requires-Dist: ([A-Za-z0-9_.-]+)(\[[^]]*\])?\s*==\s*([0-9.]+)", line)
+        extra = re.search(r"extra == '([^']*)'", line)
+        if not m or "win32" in line and "linux" not in line:
+            continue
+        if (extra.group(1) in extras) if (extras and extra) else (not extras and not extra):
+            yield m.group(1), (m.group(2) or "[]")[1:-1].split(","), m.group(3).rstrip(".")
+get(f"torch=={version}")
+torch_whl = glob.glob(f"{d}/whl/torch-{version}*.whl")[0]
+for name, extras, pin in requires(torch_whl):
+    if name == "cuda-toolkit":
+        get(f"cuda-toolkit=={pin}")
+        tk = glob.glob(f"{d}/whl/cuda_toolkit-{pin}*.whl")[0]
+        for sub, _, subpin in requires(tk, set(extras)):
+            get(f"{sub}=={subpin}")
+    elif name.startswith("nvidia-"):
+        get(f"{name}=={pin}")
+for w in [torch_whl] + glob.glob(f"{d}/whl/nvidia_*.whl"):
+    zipfile.ZipFile(w).extractall(d + "/site")
+print(f"gpu_check --fetch-torch: {d}/site/torch/share/cmake")
+PYEOF
   exit 0
 fi
 
@@ -251,10 +298,12 @@ version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -1)" = "$2" ]; 
 preflight() {
   say "gpu_check ($MODE) $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), $(nproc) cores"
   if ((NEED_GPU)); then
-    if ! command -v nvidia-smi >/dev/null; then
+    local nvsmi
+    nvsmi=$(command -v nvidia-smi || ls /usr/local/nvidia/bin/nvidia-smi 2>/dev/null || true)
+    if [ -z "$nvsmi" ]; then
       problem "no GPU: nvidia-smi not found on PATH (this check needs a machine with an NVIDIA GPU;" \
         "bash scripts/gpu_check.sh --build-only builds without one)"
-    elif ! gpus=$(timeout 10 nvidia-smi --query-gpu=name,memory.total,driver_version,pci.bus_id \
+    elif ! gpus=$(timeout 10 "$nvsmi" --query-gpu=name,memory.total,driver_version,pci.bus_id \
       --format=csv,noheader 2>&1) || [ -z "$gpus" ]; then
       problem "no GPU: nvidia-smi found no usable device: $(echo "$gpus" | head -2 | tr '\n' ' ')"
     else
@@ -268,7 +317,7 @@ preflight() {
   else
     fact nvcc "$("$NVCC" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p') ($NVCC)"
   fi
-  CXX_BIN=${CXX:-$(command -v g++ || true)}
+  CXX_BIN=${CXX:-$(command -v g++ || command -v c++ || true)}
   if [ -z "$CXX_BIN" ]; then
     problem "no g++: a C++20 compiler is needed"
   elif ! version_ge "$("$CXX_BIN" -dumpfullversion 2>/dev/null || echo 0)" 10; then
