@@ -420,7 +420,15 @@ say "  preflight     pass     ${SECONDS_OF[preflight]} s (limit ${LIMIT[prefligh
 # ---------------------------------------------------------------------------------------------
 # 2. The private prefix: Debian's packages unpacked, not installed; wrappers that carry the
 #    library paths to mpirun (and its ranks) and to the MPI compiler wrapper alone.
-PREFIX=$WORK/deps
+# On the GPU machine both live in the work folder; --build-only keeps them beside each other
+# (the build records the prefix's paths), so that a second run rebuilds only what changed.
+if [ "$MODE" = build ]; then
+  BUILD=$(realpath -m "${BUILD_DIR:-$ROOT/build-gpu}")
+  PREFIX=$BUILD-deps
+else
+  BUILD=${BUILD_DIR:-$WORK/build}
+  PREFIX=$WORK/deps
+fi
 U=$PREFIX/usr
 LIB=$U/lib/$ARCH
 LIBPATH=$LIB:$PREFIX/lib/$ARCH:$LIB/openmpi/lib:$LIB/hdf5/serial:$LIB/pmix2/lib
@@ -455,8 +463,6 @@ if ! step unpack bash -c "unpack_deps '$PREFIX'" || ! make_wrappers; then
 fi
 MPIRUN=$PREFIX/wrap/mpirun
 # 3. Configure and build with Ninja against that LibTorch, NCCL required.
-BUILD=${BUILD_DIR:-$WORK/build}
-[ "$MODE" = build ] && BUILD=${BUILD_DIR:-$ROOT/build-gpu}
 step configure "$CMAKE_BIN" -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_MAKE_PROGRAM="$NINJA_BIN" \
   -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER="$CXX_BIN" \
   -DCUDAToolkit_ROOT="$(dirname "$(dirname "$NVCC")")" \
