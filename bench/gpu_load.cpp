@@ -3,6 +3,10 @@
 //
 //   mpirun -np 1 gpu_load [--gib 8] [--dir DIR] [--threads T] [--repeat N]
 //
+// At several ranks (all tensors replicated) it measures the NCCL route instead: every rank
+// receives what the others read. Each rank uses the device (node-local rank % visible devices),
+// the node-local rank coming from MPI_Comm_split_type(MPI_COMM_TYPE_SHARED).
+//
 // 1. makes a state dict of about GIB GiB on this rank's GPU (large matrices of several dtypes
 //    and many small tensors), saves it with shardload (from CUDA tensors), keeps the files in
 //    the page cache;
@@ -113,9 +117,13 @@ int main(int argc, char** argv) {
     MPI_Finalize();
     return 2;
   }
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
-  const at::Device device(
-      at::kCUDA, static_cast<int8_t>((local ? std::atoi(local) : 0) % hooks.deviceCount()));
+  // This rank's device: node-local rank (from MPI, whatever the launcher) % visible devices.
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
+  int local = 0;
+  MPI_Comm_rank(node, &local);
+  MPI_Comm_free(&node);
+  const at::Device device(at::kCUDA, static_cast<int8_t>(local % hooks.deviceCount()));
   const auto on_gpu = at::TensorOptions().device(device);
 
   // 1. The state dict, on the GPU: 1/16 of the bytes in 256 small tensors, the rest in large
@@ -181,7 +189,9 @@ int main(int argc, char** argv) {
     for (const auto& t : sd) zeros.push_back({t.key, at::zeros_like(t.tensor)});
     shardload::Partition p = shardload::Partition::from_global(zeros, {}, rank, ranks);
     hooks.deviceSynchronize(device.index());
-    shardload::LoadResult r = shardload::load(p, ckpt, MPI_COMM_WORLD);
+    shardload::LoadOptions options;
+    options.timeout_seconds = 120;  // a hang is a named error, not the step's limit
+    shardload::LoadResult r = shardload::load(p, ckpt, MPI_COMM_WORLD, options);
     hooks.deviceSynchronize(device.index());
     load_s.push_back(r.wall_seconds);
     transport = r.transport;
