@@ -43,6 +43,9 @@ MPIRUN = os.environ.get("MPIRUN", "mpirun")
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
            OMPI_MCA_rmaps_base_oversubscribe="1")
 LIMIT_S = 30
+# Wall seconds a bounded case may take, however loaded the machine (its CPU time is bounded
+# tighter): a command that waits on something (a FIFO, HDF5's 15 s deadline) goes past them.
+WAIT_S, WAIT_MPI_S = 12, 24
 MEASURE = False
 
 Case = collections.namedtuple("Case", "name path ops named max_s max_rss_mb",
@@ -157,10 +160,13 @@ def check_case(case, good, outdir):
         # time; a command that blocks is caught by LIMIT_S.
         ranks = int(cmd[2]) if cmd[0] == MPIRUN else 1
         max_cpu = case.max_s and round(case.max_s * ranks + baseline(cmd), 1)
+        max_wall = case.max_s and (WAIT_MPI_S if cmd[0] == MPIRUN else WAIT_S)
         if rc is None:
             problems.append(f"no answer within {LIMIT_S} s")
         elif max_cpu and cpu > max_cpu:
             problems.append(f"took {cpu:.1f} s of CPU, more than {max_cpu} s")
+        elif max_wall and secs > max_wall:
+            problems.append(f"took {secs:.1f} s, more than {max_wall} s (waiting on something?)")
         if case.max_rss_mb and rss_mb > case.max_rss_mb:
             problems.append(f"{rss_mb:.0f} MiB resident, more than {case.max_rss_mb} MiB")
         if rc is None:

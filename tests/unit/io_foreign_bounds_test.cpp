@@ -17,6 +17,7 @@
 #include "io/file_bytes.h"
 #include "io/foreign_tensors.h"
 #include "io/hf_index.h"
+#include "io/manifest.h"
 #include "io/pickle.h"
 #include "io/pt_reader.h"
 #include "io/safetensors_header.h"
@@ -218,6 +219,12 @@ TEST(ForeignBounds, NonRegularFilesAreRefusedAtOnceNamingThePath) {
   EXPECT_CONTAINS(error_of([&] { SafetensorsReader r(st); }), st);
   const std::string index = dir.file("model.safetensors.index.json");
   EXPECT_CONTAINS(error_of([&] { read_hf_index(index); }), "In " + index + ": not a regular file");
+  // HDF5 would open a FIFO manifest.h5 itself, blocking (then give up after its 15 s deadline).
+  fs::create_directories(dir.file("ckpt"));
+  const std::string manifest = dir.file("ckpt/manifest.h5");
+  ASSERT_EQ(::mkfifo(manifest.c_str(), 0644), 0);
+  EXPECT_CONTAINS(error_of([&] { read_manifest(dir.file("ckpt")); }),
+                  "In " + manifest + ": not a regular file (a FIFO)");
   EXPECT_CONTAINS(error_of([&] { FileBytes::open("/dev/null"); }), "a character device");
   EXPECT_CONTAINS(error_of([&] { FileBytes::open(dir.file("")); }), "a directory");
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
