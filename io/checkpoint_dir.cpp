@@ -276,8 +276,14 @@ void fsync_dir(const std::string& dir) noexcept {
 }
 
 std::optional<std::string> read_small_file(const std::string& path, size_t max_bytes) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  // O_NONBLOCK and fstat: a FIFO (or a device) is not a small file, and must not hang the open.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) return std::nullopt;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return std::nullopt;
+  }
   std::string text;
   char buf[4096];
   while (text.size() <= max_bytes) {

@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "io/checkpoint_dir.h"
+#include "io/file_bytes.h"
 #include "io/hf_index.h"
 #include "io/key_text.h"
 #include "io/pt_reader.h"
@@ -129,6 +130,8 @@ CheckpointSource find_checkpoint_source(const std::string& path, const std::stri
   const std::string ext = extension_of(path);
   const bool file_kind = ext == ".safetensors" || is_torch_save_path(path);
   if (file_kind && !path_exists(path)) throw FormatError(path + ": no such file");
+  // A FIFO, a socket or a device: refused at once (opening it could block forever).
+  if (path_exists(path) && !is_directory(path)) check_regular_file(path);
   if (is_regular_file(path)) {
     if (ext == ".safetensors") {
       s.format = SourceFormat::kSafetensors;

@@ -52,6 +52,10 @@ class ChunkReader {
   /// bounce buffer: io/file_bytes.h). Returns false where the file system refuses it; reads then
   /// stay buffered. Call before reads start (not thread-safe against them).
   virtual bool enable_direct_io() = 0;
+  /// The bytes of the file that hold the row's elements: its nbytes, but for a view of a
+  /// storage (a .pt tensor that is a stride-0 expansion holds far fewer than it has). Call after
+  /// prepare(row).
+  virtual uint64_t stored_bytes(const ChunkRecord& row) const { return row.nbytes; }
   /// Whether the rows carry checksums that reads with `verify` check (false for formats without
   /// any, such as .safetensors).
   virtual bool has_checksums() const { return true; }

@@ -14,6 +14,58 @@
 #include "core/error.h"
 
 namespace shardload {
+namespace {
+
+const char* file_type_name(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  return "of an unknown type";
+}
+
+}  // namespace
+
+int open_regular_file(const std::string& path) {
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever. A socket
+  // cannot be opened at all (ENXIO).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENXIO) throw FormatError("not a regular file (a socket or a device)");
+    throw FormatError(std::string("cannot open: ") + std::strerror(err));
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw FormatError(std::string("cannot stat: ") + std::strerror(err));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw FormatError(std::string("not a regular file (") + file_type_name(st.st_mode) + ")");
+  }
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw FormatError(std::string("cannot clear O_NONBLOCK: ") + std::strerror(err));
+  }
+  return fd;
+}
+
+void check_regular_file(const std::string& path) {
+  try {
+    ::close(open_regular_file(path));
+  } catch (...) {
+    rethrow_with_context(path + ": ");
+  }
+}
+
+FileBytes FileBytes::open(const std::string& path) {
+  return from_descriptor(open_regular_file(path), path);
+}
 
 FileBytes FileBytes::from_descriptor(int fd, const std::string& name) {
   FileBytes f;
@@ -22,7 +74,9 @@ FileBytes FileBytes::from_descriptor(int fd, const std::string& name) {
   if (::fstat(fd, &st) != 0) {
     throw FormatError(name + ": fstat failed: " + std::strerror(errno));
   }
-  if (!S_ISREG(st.st_mode)) throw FormatError(name + ": not a regular file");
+  if (!S_ISREG(st.st_mode)) {
+    throw FormatError(name + ": not a regular file (" + file_type_name(st.st_mode) + ")");
+  }
   f.size_ = static_cast<uint64_t>(st.st_size);
   return f;
 }

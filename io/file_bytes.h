@@ -10,11 +10,25 @@
 
 namespace shardload {
 
+/// Opens `path` read-only without blocking: O_NONBLOCK, so that opening a FIFO (which waits for
+/// a writer) or a device cannot hang, then fstat on that descriptor, which must be a regular
+/// file; O_NONBLOCK is then cleared. Returns the descriptor (the caller closes it). Throws
+/// FormatError "cannot open: <reason>" or "not a regular file (a FIFO)" (a socket, a character
+/// device, ...) at once; the caller adds the path.
+int open_regular_file(const std::string& path);
+
+/// open_regular_file, closed again: for paths a library opens itself (HDF5). Throws
+/// FormatError "<path>: ..." naming the path.
+void check_regular_file(const std::string& path);
+
 class FileBytes {
  public:
   FileBytes() = default;
   /// Takes ownership of `fd` (closed by the destructor); the size comes from fstat.
   static FileBytes from_descriptor(int fd, const std::string& name);
+  /// The regular file at `path`, opened without blocking (open_regular_file). Throws
+  /// FormatError as open_regular_file does.
+  static FileBytes open(const std::string& path);
   /// Holds `image` as the file's bytes.
   static FileBytes from_image(std::string image);
   ~FileBytes();

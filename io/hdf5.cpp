@@ -15,6 +15,7 @@
 
 #include "core/error.h"
 #include "core/shape.h"
+#include "io/file_bytes.h"
 #include "io/format.h"
 #include "io/vlen_check.h"
 
@@ -157,6 +158,8 @@ Handle vlen_string_type() {
 // ---- Opening files ---------------------------------------------------------------------------
 
 Handle open_file(const std::string& path) {
+  // HDF5 opens the path itself, blocking: a FIFO would hang it. Refused here, without blocking.
+  check_regular_file(path);
   Handle fapl = plist_handle(H5Pcreate(H5P_FILE_ACCESS));
   SHARDLOAD_H5(H5Pset_fapl_sec2(fapl.get()));
   return file_handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()));

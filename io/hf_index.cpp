@@ -12,6 +12,7 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "io/file_bytes.h"
 #include "io/key_text.h"
 
 namespace shardload {
@@ -175,8 +176,7 @@ HfIndex parse_hf_index(std::string_view json) {
 
 HfIndex read_hf_index(const std::string& path) {
   try {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw FormatError(std::string("cannot open: ") + std::strerror(errno));
+    const int fd = open_regular_file(path);
     struct Closer {
       int fd;
       ~Closer() { ::close(fd); }
@@ -184,7 +184,6 @@ HfIndex read_hf_index(const std::string& path) {
     struct stat st {};
     if (::fstat(fd, &st) != 0)
       throw FormatError(std::string("cannot stat: ") + std::strerror(errno));
-    if (!S_ISREG(st.st_mode)) throw FormatError("not a regular file");
     const auto size = static_cast<uint64_t>(st.st_size);
     if (size > kMaxHfIndexBytes) {
       throw FormatError("index of " + std::to_string(size) + " bytes (at most " +

@@ -133,6 +133,8 @@ Manifest read_manifest(const std::string& dir) {
   std::lock_guard lock(h5::library_mutex());
   h5::Deadline deadline(path);
   try {
+    // H5Fis_hdf5 opens the path itself, blocking: a FIFO is refused first, without blocking.
+    ::close(open_regular_file(path));
     if (SHARDLOAD_H5(H5Fis_hdf5(path.c_str())) <= 0) throw FormatError("not an HDF5 file");
     h5::Handle f = h5::open_file(path);
     FileBytes bytes = FileBytes::from_descriptor(h5::dup_descriptor(f.get()), path);

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "io/read_budget.h"
 
 namespace shardload {
 namespace {
@@ -67,7 +68,13 @@ std::string hex_byte(uint8_t b) {
 class Unpickler {
  public:
   Unpickler(std::string_view data, const PickleHooks& hooks, const PickleLimits& limits)
-      : data_(data), hooks_(hooks), limits_(limits) {}
+      : data_(data),
+        hooks_(hooks),
+        limits_(limits),
+        state_(limits.max_state_bytes ? limits.max_state_bytes : parse_budget(data.size()),
+               "pickle of " + std::to_string(data.size()) + " bytes: parsed state") {
+    static_assert(sizeof(PickleValue) + 32 <= kPickleValueBytes);
+  }
 
   PickleValuePtr run() {
     while (true) {
@@ -86,7 +93,7 @@ class Unpickler {
           if (stack_.size() != 1 || !marks_.empty()) fail("unbalanced stack at STOP");
           return stack_.back();
         case kMark:
-          count_value();
+          charge(kPickleSlotBytes, "a MARK");
           marks_.push_back(stack_.size());
           break;
         case kPop:
@@ -281,14 +288,19 @@ class Unpickler {
     }
   }
 
-  // Every push and MARK counts against the limit, so memory grows at most linearly with it.
-  void count_value() {
-    if (++values_ > limits_.max_values) {
-      fail("more than " + std::to_string(limits_.max_values) + " values");
+  // Everything the reader builds is charged against one budget of bytes before it is made.
+  void charge(uint64_t bytes, const char* what) {
+    try {
+      state_.charge(bytes, what);
+    } catch (const FormatError& e) {
+      fail(e.what());
     }
   }
 
-  static PickleValuePtr make_value(PickleValue::Kind kind) { return make_pickle_value(kind); }
+  PickleValuePtr make_value(PickleValue::Kind kind) {
+    charge(kPickleValueBytes, "a value");
+    return make_pickle_value(kind);
+  }
 
   // A container inside another is frozen: changing it would make the recorded depths stale,
   // and is the only way a pickle can build a cycle.
@@ -307,11 +319,13 @@ class Unpickler {
     child.nested = true;
   }
 
-  void check_items(const PickleValue& v, size_t more) const {
+  // Checks and charges `more` items for container `v`.
+  void check_items(const PickleValue& v, size_t more) {
     const size_t n = v.items.size() + v.entries.size() + more;
     if (n > limits_.max_items) {
       fail("a " + v.describe() + " of more than " + std::to_string(limits_.max_items) + " items");
     }
+    charge(uint64_t{more} * kPickleSlotBytes, "container items");
   }
 
   // Values a hook made or changed (from item `items` and entry `entries` on): their items and
@@ -319,14 +333,17 @@ class Unpickler {
   // depth is computed from their items.
   PickleValuePtr adopt(PickleValuePtr v, size_t items = 0, size_t entries = 0) {
     if (!v) fail("internal: a hook returned no value");
-    check_items(*v, 0);
-    for (size_t i = items; i < v->items.size(); ++i) {
-      count_value();
-      attach(*v, *v->items[i]);
+    const size_t fresh = v->items.size() - std::min(items, v->items.size()) +
+                         2 * (v->entries.size() - std::min(entries, v->entries.size()));
+    if (v->items.size() + v->entries.size() > limits_.max_items) {
+      fail("a " + v->describe() + " of more than " + std::to_string(limits_.max_items) + " items");
     }
+    // What the hook made: the value itself (a new one, or an object of its own), its items.
+    charge(kPickleValueBytes + (v->kind == PickleValue::Kind::kObject ? kPickleObjectBytes : 0),
+           "a value made by a hook");
+    charge(uint64_t{fresh} * kPickleSlotBytes, "container items");
+    for (size_t i = items; i < v->items.size(); ++i) attach(*v, *v->items[i]);
     for (size_t i = entries; i < v->entries.size(); ++i) {
-      count_value();
-      count_value();
       attach(*v, *v->entries[i].first);
       attach(*v, *v->entries[i].second);
     }
@@ -334,14 +351,9 @@ class Unpickler {
     return v;
   }
 
-  // Every byte of text made counts against the limit: from the input at most once, from hooks
+  // Every byte of text made counts against the budget: from the input at most once, from hooks
   // (which may copy one memoized string many times) each time.
-  void count_text(size_t n) {
-    text_bytes_ += n;
-    if (text_bytes_ > limits_.max_text_bytes) {
-      fail("more than " + std::to_string(limits_.max_text_bytes) + " bytes of strings");
-    }
-  }
+  void count_text(size_t n) { charge(n, "strings"); }
 
   uint8_t read_u8() {
     if (pos_ >= data_.size()) fail("truncated data");
@@ -378,7 +390,7 @@ class Unpickler {
 
   void push(PickleValuePtr v) {
     if (!v) fail("internal: null value");
-    count_value();
+    charge(kPickleSlotBytes, "a stack slot");
     stack_.push_back(std::move(v));
   }
 
@@ -435,6 +447,7 @@ class Unpickler {
     if (!hooks_.allow_global || !hooks_.allow_global(module, name)) {
       fail("global '" + module + "." + name + "' is not allowed");
     }
+    count_text(module.size() + name.size() + 1);
     auto v = make_value(PickleValue::Kind::kGlobal);
     v->text = module + "." + name;
     push(v);
@@ -465,9 +478,7 @@ class Unpickler {
       it->second = value;
       return;
     }
-    if (memo_.size() >= limits_.max_memo) {
-      fail("more than " + std::to_string(limits_.max_memo) + " memo entries");
-    }
+    charge(kPickleMemoBytes, "a memo entry");
     memo_.emplace(static_cast<uint32_t>(index), value);
   }
 
@@ -480,8 +491,7 @@ class Unpickler {
   std::string_view data_;
   const PickleHooks& hooks_;
   const PickleLimits& limits_;
-  size_t values_ = 0;
-  size_t text_bytes_ = 0;
+  ReadBudget state_;
   size_t pos_ = 0;
   size_t op_pos_ = 0;
   std::vector<PickleValuePtr> stack_;

@@ -5,9 +5,10 @@
 // decided by the caller's hooks. No LibTorch here; torch_file.cpp gives the torch meaning.
 //
 // The reader is bounded: it runs in one loop (no recursion), and the nesting depth of the values
-// it builds, their number, the memo and every length are checked against PickleLimits and the
-// remaining input before anything is allocated. The values form a DAG (a container cannot be
-// changed once it is inside another, so no cycle can be built) whose depth is known.
+// it builds, the bytes of all its state (values, stack, memo, strings: one budget) and every
+// length are checked against PickleLimits and the remaining input before anything is allocated. The
+// values form a DAG (a container cannot be changed once it is inside another, so no cycle can be
+// built) whose depth is known.
 #pragma once
 
 #include <any>
@@ -73,15 +74,23 @@ struct PickleLimits {
   /// Deepest nesting of tuples, lists and dicts (a state dict needs 3, a training checkpoint
   /// about 6; Python's own recursion limit is 1000).
   uint32_t max_depth = 200;
-  /// Values and MARKs created in all; a value costs about 200 bytes.
-  size_t max_values = size_t{1} << 24;
-  /// Memo entries.
-  size_t max_memo = size_t{1} << 24;
   /// Items of one tuple, list or dict.
   size_t max_items = size_t{1} << 24;
-  /// Bytes of all strings and bytes values made (input text, and what hooks make from it).
-  size_t max_text_bytes = size_t{1} << 30;
+  /// Bytes of parsed state, one budget for everything the reader builds: every value made
+  /// (kPickleValueBytes each, objects from hooks kPickleObjectBytes more), every stack slot
+  /// and container item (kPickleSlotBytes), every memo entry (kPickleMemoBytes), every byte
+  /// of strings. 0: parse_budget(the pickle's size) (io/read_budget.h); a torch.save file's
+  /// readers pass parse_budget(the file's size).
+  uint64_t max_state_bytes = 0;
 };
+
+/// What the state budget counts, in bytes, for one value, one object a hook made (an
+/// at::Tensor, a tensor's layout), one slot of the stack or of a container (with room for a
+/// vector's growth) and one memo entry.
+inline constexpr uint64_t kPickleValueBytes = 256;
+inline constexpr uint64_t kPickleObjectBytes = 512;
+inline constexpr uint64_t kPickleSlotBytes = 32;
+inline constexpr uint64_t kPickleMemoBytes = 64;
 
 /// What a restricted unpickling may do; every hook may throw FormatError to reject its input.
 struct PickleHooks {

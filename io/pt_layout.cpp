@@ -11,6 +11,7 @@
 #include "io/pickle.h"
 #include "io/pickle_data.h"
 #include "io/pickle_select.h"
+#include "io/read_budget.h"
 #include "io/safetensors_header.h"
 #include "io/zip_directory.h"
 
@@ -33,7 +34,6 @@ struct Storage {
   DType dtype = DType::kFloat32;
   uint64_t pos = 0;
   uint64_t bytes = 0;
-  bool compressed = false;
 };
 
 PickleValuePtr make_object(std::any object, std::string_view type_name) {
@@ -95,9 +95,14 @@ class LayoutReader {
       s->dtype = dtype;
       const ZipMember* m = member(s->record);
       if (!m) throw FormatError("record " + quote_text(s->record) + " is missing");
+      // A deflated member would have to be inflated (to sizes the file declares) before any
+      // byte of it could be read in place: refused, as torch.save never writes one.
+      if (m->method != 0) {
+        throw FormatError("storage record " + quote_text(s->record) +
+                          " is compressed; torch.save stores every record uncompressed");
+      }
       s->pos = m->data_offset;
       s->bytes = m->size;
-      s->compressed = m->method != 0;
       it = storages_.emplace(key_text, std::move(s)).first;
     }
     const Storage& s = *it->second;
@@ -147,7 +152,6 @@ class LayoutReader {
     t.record = s.record;
     t.record_pos = s.pos;
     t.record_bytes = s.bytes;
-    t.compressed = s.compressed;
     t.storage_offset = pickle_int(args[1], "storage offset");
     t.shape = pickle_dims(args[2], "tensor size");
     t.stride = pickle_dims(args[3], "tensor stride");
@@ -198,10 +202,6 @@ class LayoutReader {
 PtTensor named(const std::string& key, const PickleValuePtr& v) {
   PtTensor t = std::any_cast<PtTensor>(v->object);
   t.key = key;
-  if (t.compressed && t.nbytes() > 0) {
-    throw FormatError("key " + quote_text(key) + ": its storage record " + quote_text(t.record) +
-                      " is compressed; torch.save stores every record uncompressed");
-  }
   return t;
 }
 
@@ -242,6 +242,15 @@ PtLayout read_pt_layout(const FileBytes& file, const std::string& select) {
   }
   const auto members = scan_zip_directory(
       size, [&file](uint64_t offset, char* buf, size_t n) { file.read_at(offset, n, buf); });
+  // torch.save stores every record: a compressed member (of any method) is refused wherever it
+  // is, never inflated, so that no declared size can make a reader allocate.
+  for (const ZipMember& m : members) {
+    if (m.method != 0) {
+      throw FormatError("zip: member " + quote_text(m.name, 100) + " is compressed (method " +
+                        std::to_string(m.method) +
+                        "); torch.save stores every record uncompressed");
+    }
+  }
   const size_t slash = members.front().name.find('/');
   if (slash == std::string::npos) {
     throw FormatError("zip: member " + quote_text(members.front().name) +
@@ -260,7 +269,10 @@ PtLayout read_pt_layout(const FileBytes& file, const std::string& select) {
         "no data.pkl record: not a torch.save file (a TorchScript archive from torch.jit.save?)");
   }
   const std::string pickle = reader.read("data.pkl", kMaxPickleBytes);
-  const PickleValuePtr root = unpickle(pickle, reader.hooks());
+  // The parsed state may take a small multiple of the file's bytes (io/read_budget.h).
+  PickleLimits limits;
+  limits.max_state_bytes = parse_budget(size);
+  const PickleValuePtr root = unpickle(pickle, reader.hooks(), limits);
   PtLayout out;
   if (select.empty()) {
     for (const auto& [key, value] : flat_state_dict(root)) out.tensors.push_back(named(key, value));

@@ -25,7 +25,6 @@ struct PtTensor {
   std::string record;          ///< the zip member of its storage: "archive/data/3"
   uint64_t record_pos = 0;     ///< file position of the member's first byte
   uint64_t record_bytes = 0;   ///< the member's size
-  bool compressed = false;     ///< the member is deflated (torch.save never does so)
 
   /// numel(shape) * dtype_size(dtype).
   uint64_t nbytes() const;
@@ -48,7 +47,9 @@ struct PtLayout {
 };
 
 /// Reads the layout of the torch.save zip file in `file`: the central directory is checked
-/// first (zip_directory.h), then data.pkl (a stored member of at most 1 GiB) is read by the
+/// first (zip_directory.h), compressed records are refused wherever one is used (data.pkl,
+/// byteorder, a storage: torch.save writes none), then data.pkl (a stored member of at most
+/// 1 GiB) is read by the
 /// restricted unpickler, which loads only tensor rebuilders, typed storages and plain data
 /// constructors and never runs code from the file. Every view is checked against its member:
 /// dimensions (at most 64), checked products, the last element inside the storage. `select`

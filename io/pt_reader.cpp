@@ -1,8 +1,6 @@
 #include "io/pt_reader.h"
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/from_blob.h>
-#include <fcntl.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -12,25 +10,18 @@
 #include "core/error.h"
 #include "io/chunk_bytes.h"
 #include "io/file_bytes.h"
+#include "io/foreign_tensors.h"
 #include "io/key_text.h"
 #include "io/pt_layout.h"
 #include "io/safetensors_reader.h"
 #include "io/torch_dtype.h"
+#include "io/view_cover.h"
 
 namespace shardload {
 namespace {
 
 /// Lines of a note list shown before "... and N more".
 constexpr size_t kShown = 20;
-
-void check_bool_bytes(const unsigned char* p, uint64_t n, uint64_t first) {
-  for (uint64_t i = 0; i < n; ++i) {
-    if (p[i] > 1) {
-      throw FormatError("bool element " + std::to_string(first + i) + " holds byte value " +
-                        std::to_string(p[i]) + " (a bool is 0 or 1)");
-    }
-  }
-}
 
 /// `text` on one line: control characters (a str leaf may hold newlines) become spaces.
 std::string one_line(std::string text) {
@@ -85,42 +76,42 @@ struct PtReader::Impl {
     return c;
   }
 
-  /// A box of a view that is not contiguous: the part of the storage the box covers is read
-  /// once, then gathered in C order into `dst`.
+  /// A box of a view that is not contiguous: the part of the storage the box reaches is read
+  /// once, its covered bool bytes (and no others) are checked, then its elements are gathered
+  /// in C order into `dst`.
   void gather(const PtTensor& t, const Shape& offset, const Shape& shape, void* dst) const {
     if (numel(shape) == 0) return;
     const int64_t elsize = dtype_size(t.dtype);
-    int64_t first = t.storage_offset, last = t.storage_offset;
+    int64_t first = t.storage_offset;
     for (size_t d = 0; d < shape.size(); ++d) {
       if (offset[d] < 0 || shape[d] < 0 || offset[d] > t.shape[d] - shape[d]) {
         throw UsageError("box at " + shape_str(offset) + " of shape " + shape_str(shape) +
                          " does not lie inside the tensor of shape " + shape_str(t.shape));
       }
       first += offset[d] * t.stride[d];
-      last += (offset[d] + shape[d] - 1) * t.stride[d];
     }
     // Inside the storage: read_pt_layout checked the view's last element.
-    const int64_t span = last - first + 1;
-    std::vector<char> buffer(static_cast<size_t>(span * elsize));
-    bytes.read_at(t.record_pos + static_cast<uint64_t>(first * elsize), buffer.size(),
-                  buffer.data());
-    const auto options = at::TensorOptions().dtype(scalar_type_of(t.dtype));
-    at::Tensor from = at::from_blob(buffer.data(), {span}, options);
-    at::Tensor view = from.as_strided(shape, t.stride, 0);
-    at::from_blob(dst, shape, options).copy_(view);
+    const ViewCover cover(shape, t.stride);
+    std::vector<char> buffer(static_cast<size_t>(cover.span() * elsize));
+    const uint64_t pos = t.record_pos + static_cast<uint64_t>(first * elsize);
+    bytes.read_at(pos, buffer.size(), buffer.data());
     if (t.dtype == DType::kBool) {
-      check_bool_bytes(static_cast<const unsigned char*>(dst), static_cast<uint64_t>(numel(shape)),
-                       0);
+      check_bool_view(reinterpret_cast<const unsigned char*>(buffer.data()), shape, t.stride, pos);
     }
+    gather_view(buffer.data(), shape, t.stride, elsize, static_cast<char*>(dst));
+  }
+
+  /// Bytes of the file that the tensor's view covers, from its first element to its last.
+  uint64_t stored_bytes(const PtTensor& t) const {
+    return static_cast<uint64_t>(ViewCover(t.shape, t.stride).span()) *
+           static_cast<uint64_t>(dtype_size(t.dtype));
   }
 };
 
 PtReader::PtReader(const std::string& path, const std::string& select)
     : impl_(std::make_unique<Impl>()), path_(path) {
   try {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw FormatError(std::string("cannot open file: ") + std::strerror(errno));
-    impl_->bytes = FileBytes::from_descriptor(fd, "the file");
+    impl_->bytes = FileBytes::open(path);
     impl_->select = select;
     impl_->layout = read_pt_layout(impl_->bytes, select);
     impl_->tensor_of.reserve(impl_->layout.tensors.size());
@@ -225,32 +216,49 @@ void PtReader::verify_chunk(const ChunkRecord& row) const {
   try {
     const PtTensor& t = impl_->tensor(row);
     if (row.nbytes == 0) return;
-    ChunkBytes c = impl_->chunk_bytes(row);
-    if (!t.contiguous()) {
-      // A view (a stride-0 expansion may be far larger than its storage): the part of the
-      // storage it covers, from its first to its last element, is what the file holds.
-      int64_t last = t.storage_offset;
-      for (size_t d = 0; d < t.shape.size(); ++d) last += (t.shape[d] - 1) * t.stride[d];
-      c.nbytes = static_cast<uint64_t>(last - t.storage_offset + 1) *
-                 static_cast<uint64_t>(dtype_size(t.dtype));
-    }
-    if (!c.is_bool) {
+    const ViewCover cover(t.shape, t.stride);
+    const uint64_t span = impl_->stored_bytes(t);
+    if (t.dtype != DType::kBool) {
       char last;  // the bytes lie inside the file (it may have shrunk since it was opened)
-      c.file->read_at(c.pos + c.nbytes - 1, 1, &last);
+      impl_->bytes.read_at(t.data_pos() + span - 1, 1, &last);
       return;
     }
-    std::vector<unsigned char> window(std::min<uint64_t>(c.nbytes, kReadWindowBytes));
-    for (uint64_t p = 0; p < c.nbytes; p += window.size()) {
-      const uint64_t n = std::min<uint64_t>(window.size(), c.nbytes - p);
-      c.file->read_at(c.pos + p, n, window.data());
-      check_bool_bytes(window.data(), n, p);
-    }
+    // Exactly the stored bytes the view covers (a view may skip some, and a stride-0 expansion
+    // covers few), through a bounded window over its span.
+    check_view_cover(cover, t.shape);
+    std::vector<unsigned char> window(std::min<uint64_t>(span, kReadWindowBytes));
+    uint64_t lo = 0, hi = 0;  // the span's bytes [lo, hi) are in the window
+    cover.for_each_run([&](int64_t first, int64_t count) {
+      auto at = static_cast<uint64_t>(first);
+      const uint64_t end = at + static_cast<uint64_t>(count);
+      while (at < end) {
+        if (at < lo || at >= hi) {
+          lo = at;
+          hi = std::min<uint64_t>(span, lo + window.size());
+          impl_->bytes.read_at(t.data_pos() + lo, hi - lo, window.data());
+        }
+        const uint64_t stop = std::min(end, hi);
+        for (uint64_t k = at; k < stop; ++k) {
+          if (window[k - lo] > 1) {
+            throw FormatError("bool element " + std::to_string(k) +
+                              " of the stored bytes the view covers (byte " +
+                              std::to_string(t.data_pos() + k) + " of the file) holds byte value " +
+                              std::to_string(window[k - lo]) + " (a bool is 0 or 1)");
+          }
+        }
+        at = stop;
+      }
+    });
   } catch (const c10::Error& e) {
     throw FormatError("In " + path_ + ": reading key " + quote_text(row.key) + ": " +
                       e.what_without_backtrace());
   } catch (...) {
     rethrow_with_context("In " + path_ + ": reading key " + quote_text(row.key) + ": ");
   }
+}
+
+uint64_t PtReader::stored_bytes(const ChunkRecord& row) const {
+  return impl_->stored_bytes(impl_->tensor(row));
 }
 
 std::vector<std::string> PtReader::notes() const {

@@ -17,7 +17,9 @@ namespace shardload {
 /// the flat state dict or of the sub-dictionary `select` become rows. A tensor whose view is
 /// contiguous is a byte range of the file; any other view (a transpose, a stride-0 expansion)
 /// is gathered from the part of its storage it covers (memory: that part, at most the file's
-/// size). The format has no per-tensor checksums: `verify` checks nothing but bool values, and
+/// size), its bool bytes checked where it covers them before anything is copied. The file is
+/// opened without blocking and must be a regular file. The format has no per-tensor checksums:
+/// `verify` checks nothing but bool values (exactly the stored bytes each view covers), and
 /// has_checksums() is false.
 ///
 /// Thread-safety: everything after construction is safe to call from several threads.
@@ -43,6 +45,8 @@ class PtReader final : public ChunkReader {
   /// Reads the tensor through bounded memory (a view: the part of its storage it covers) and
   /// checks bool values: all there is to check.
   void verify_chunk(const ChunkRecord& row) const override;
+  /// The bytes of the storage the tensor's view spans (a stride-0 expansion: few).
+  uint64_t stored_bytes(const ChunkRecord& row) const override;
   bool enable_direct_io() override;
   bool has_checksums() const override { return false; }
   const std::string& path() const override { return path_; }

@@ -1,12 +1,7 @@
 #include "io/safetensors.h"
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 
-#include <cerrno>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string_view>
@@ -15,6 +10,8 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/file_bytes.h"
+#include "io/foreign_tensors.h"
 #include "io/key_text.h"
 #include "io/safetensors_header.h"
 #include "io/torch_dtype.h"
@@ -22,53 +19,17 @@
 namespace shardload {
 namespace {
 
-namespace fs = std::filesystem;
-
 std::optional<std::string_view> name_of(at::ScalarType type) {
   auto dtype = dtype_from_scalar_type(type);
   return dtype ? std::optional(safetensors_code(*dtype)) : std::nullopt;
-}
-
-/// Reads exactly `n` bytes at `offset`.
-void read_at(std::ifstream& in, uint64_t offset, char* buf, uint64_t n, const std::string& what) {
-  in.seekg(static_cast<std::streamoff>(offset));
-  in.read(buf, static_cast<std::streamsize>(n));
-  if (!in) throw FormatError("cannot read " + what);
 }
 
 }  // namespace
 
 TensorFileContents read_safetensors_contents(const std::string& path) {
   try {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw FormatError(std::string("cannot open file: ") + std::strerror(errno));
-    std::error_code ec;
-    const uint64_t file_size = fs::file_size(path, ec);
-    if (ec) throw FormatError("cannot stat file: " + ec.message());
-    if (file_size < 8) throw FormatError("file too short for a safetensors header");
-
-    unsigned char prefix[8];
-    read_at(in, 0, reinterpret_cast<char*>(prefix), 8, "the header length");
-    const uint64_t header_size = safetensors_header_length(prefix, file_size);
-    std::string json(header_size, '\0');
-    read_at(in, 8, json.data(), header_size, "the header");
-    const uint64_t data_start = 8 + header_size;
-    const SafetensorsHeader header = parse_safetensors_header(json, file_size - data_start);
-
-    TensorFileContents out;
-    out.metadata = header.metadata;
-    out.tensors.reserve(header.entries.size());
-    for (const SafetensorsEntry& e : header.entries) {
-      // Inside the file and not overlapping: the tensors together hold at most the file's size.
-      at::Tensor t = at::empty(e.shape, at::TensorOptions().dtype(scalar_type_of(e.dtype)));
-      if (e.end > e.begin) {
-        read_at(in, data_start + e.begin, static_cast<char*>(t.data_ptr()), e.end - e.begin,
-                "the data of key " + quote_text(e.key));
-      }
-      check_bool_values(e.key, t);
-      out.tensors.push_back({e.key, std::move(t)});
-    }
-    return out;
+    const FileBytes file = FileBytes::open(path);
+    return as_tensor_contents(read_safetensors_tensors(file));
   } catch (const c10::Error& e) {
     throw FormatError("In " + path + ": " + e.what_without_backtrace());
   } catch (...) {

@@ -16,6 +16,8 @@ namespace shardload {
 inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100'000'000;
 /// The most dimensions a tensor may have in a file read here.
 inline constexpr size_t kMaxTensorDims = 64;
+/// The most keys of a header's top level (tensors), and of its `__metadata__`.
+inline constexpr uint64_t kMaxSafetensorsKeys = uint64_t{1} << 21;
 
 /// One tensor of the header, checked.
 struct SafetensorsEntry {
@@ -40,11 +42,13 @@ struct SafetensorsHeader {
 uint64_t safetensors_header_length(const unsigned char (&prefix)[8], uint64_t file_size);
 
 /// Parses and checks the JSON header `json` of a file whose data section has `data_size`
-/// bytes: nesting (at most 3 levels, checked while parsing, before any deeper value is
-/// built), duplicate keys, every entry's dtype, shape (checked arithmetic, at most
-/// kMaxTensorDims dimensions) and data_offsets (inside the data section, matching shape and
-/// dtype, not overlapping another entry's), keys (valid UTF-8, no NUL), `__metadata__` (an
-/// object of strings). Throws FormatError naming the key.
+/// bytes, from parse events (no JSON tree; linear time but for the final sort by offset), each
+/// limit checked as its event arrives, before anything is kept: nesting (at most 3 levels),
+/// duplicate keys (hashed), at most kMaxSafetensorsKeys keys, arrays of at most kMaxTensorDims
+/// items, the bytes kept within parse_budget() of the header's size (io/read_budget.h); every
+/// entry's dtype, shape (checked arithmetic, at most kMaxTensorDims dimensions) and data_offsets
+/// (inside the data section, matching shape and dtype, not overlapping another entry's), keys
+/// (valid UTF-8, no NUL), `__metadata__` (an object of strings). Throws FormatError naming the key.
 SafetensorsHeader parse_safetensors_header(std::string_view json, uint64_t data_size);
 
 }  // namespace shardload

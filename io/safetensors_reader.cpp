@@ -54,9 +54,7 @@ struct SafetensorsReader::Impl {
 SafetensorsReader::SafetensorsReader(const std::string& path)
     : impl_(std::make_unique<Impl>()), path_(path) {
   try {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw FormatError(std::string("cannot open file: ") + std::strerror(errno));
-    impl_->bytes = FileBytes::from_descriptor(fd, "the file");
+    impl_->bytes = FileBytes::open(path);
     const uint64_t size = impl_->bytes.size();
     if (size < 8) throw FormatError("file too short for a safetensors header");
     unsigned char prefix[8];

@@ -406,6 +406,8 @@ ShardReader::ShardReader(const std::string& path) : impl_(std::make_unique<Impl>
   h5::Deadline deadline(path);
   try {
     if (::access(path.c_str(), R_OK) != 0) throw FormatError("file is missing or unreadable");
+    // H5Fis_hdf5 opens the path itself, blocking: a FIFO is refused first, without blocking.
+    ::close(open_regular_file(path));
     if (SHARDLOAD_H5(H5Fis_hdf5(path.c_str())) <= 0) throw FormatError("not an HDF5 file");
     impl_->file = h5::open_file(path);
     impl_->bytes = FileBytes::from_descriptor(h5::dup_descriptor(impl_->file.get()), path);

@@ -1,13 +1,18 @@
 #include "io/tensor_file.h"
 
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
 #include <filesystem>
 
 #include "core/error.h"
+#include "io/foreign_tensors.h"
 #include "io/key_text.h"
 #include "io/safetensors.h"
+#include "io/torch_dtype.h"
 #include "io/torch_file.h"
 
 namespace shardload {
@@ -73,6 +78,27 @@ void write_tensor_file(const std::string& path, const TensorList& tensors,
       break;
   }
   unknown_kind(path);
+}
+
+TensorFileContents as_tensor_contents(ForeignContents contents) {
+  TensorFileContents out;
+  out.tensors.reserve(contents.tensors.size());
+  for (ForeignTensor& f : contents.tensors) {
+    const auto options = at::TensorOptions().dtype(scalar_type_of(f.dtype));
+    at::Tensor t;
+    if (f.nbytes == 0) {
+      t = at::empty(f.shape, options);
+    } else {
+      // The buffer lives as long as the tensor (and any other tensor of its storage).
+      t = at::from_blob(
+          f.data, f.shape, [owner = std::move(f.owner)](void*) {}, options);
+    }
+    out.tensors.push_back({std::move(f.key), std::move(t)});
+  }
+  out.metadata = std::move(contents.metadata);
+  out.skipped = std::move(contents.skipped);
+  out.other_tensors = std::move(contents.other_tensors);
+  return out;
 }
 
 void check_bool_values(const std::string& key, const at::Tensor& tensor) {

@@ -9,6 +9,8 @@
 
 namespace shardload {
 
+struct ForeignContents;
+
 /// A tensor with its state-dict key.
 struct NamedTensor {
   std::string key;
@@ -50,8 +52,10 @@ bool is_tensor_file(const std::string& path);
 
 /// Reads a state dict from a `.pt`/`.pth`/`.bin` file written by torch.save (zip format) or a
 /// `.safetensors` file, choosing by extension. Tensors come back as contiguous CPU tensors.
-/// Every size in the file is checked before anything is allocated from it; bool tensors must
-/// hold only 0 and 1; keys must be valid UTF-8 without NUL. Throws FormatError naming the file
+/// The file is opened without blocking and must be a regular file. Every size in the file is
+/// checked before anything is allocated from it, within one memory budget (io/read_budget.h);
+/// bool tensors must hold only 0 and 1 in the stored bytes they cover; keys must be valid UTF-8
+/// without NUL. Throws FormatError naming the file
 /// (and the key, where one is involved); a nested checkpoint's error lists the sub-dictionaries
 /// that hold tensors, to pick one with `options.select`.
 TensorList read_tensor_file(const std::string& path);
@@ -67,6 +71,10 @@ TensorFileContents read_tensor_file(const std::string& path, const TensorFileOpt
 /// place for it and ignores it.
 void write_tensor_file(const std::string& path, const TensorList& tensors,
                        const std::vector<std::pair<std::string, std::string>>& metadata = {});
+
+/// The tensors of a whole-file read (foreign_tensors.h) as CPU at::Tensors over the same
+/// buffers (no copy), with the metadata, what was skipped and the tensors not selected.
+TensorFileContents as_tensor_contents(ForeignContents contents);
 
 /// Throws FormatError "key 'K': ..." when bool tensor `tensor` holds a byte other than 0 or 1
 /// (PyTorch would read such a byte as a bool that is neither true nor false).

@@ -8,13 +8,13 @@
 
 namespace shardload {
 
-/// Reads a torch.save zip file. The zip's central directory is checked first (member count,
-/// sizes against the file, zip_directory.h), then the pickle is read by a bounded, restricted
-/// unpickler that loads only tensor rebuilders, typed storages and plain data constructors
-/// (pickle_data.h) and never runs code from the file. Storages referenced but missing, views
-/// reaching outside their storage, shapes whose products overflow, and views whose
-/// materialization would take more than max(1 GiB, the file's size) beyond the storages
-/// (stride-0 expansions) are refused before allocation. Views come back contiguous, on the CPU.
+/// Reads a torch.save zip file: read_pt_tensors (foreign_tensors.h) on the file opened without
+/// blocking (a FIFO, a socket or a device is refused at once): the zip directory checked,
+/// compressed records refused, data.pkl by the bounded, restricted unpickler that loads only
+/// tensor rebuilders, typed storages and plain data constructors (pickle_data.h) and never runs
+/// code from the file, every view checked against its storage, bool bytes checked where a view
+/// covers them, views copied contiguous within the file's budget (io/read_budget.h). Tensors
+/// come back contiguous, on the CPU; those of one storage may share its memory.
 /// With `select` empty the file must be a flat state dict (dict or OrderedDict of str -> tensor
 /// or nn.Parameter); otherwise `select` picks a sub-dictionary (TensorFileOptions::select,
 /// pickle_select.h). Throws FormatError "In <path>: ..." (with the key where one is involved),

@@ -16,6 +16,8 @@
 
 #include "core/error.h"
 #include "io/checkpoint_source.h"
+#include "io/key_text.h"
+#include "io/read_budget.h"
 #include "io/torch_dtype.h"
 #include "loader/checkpoint_info.h"
 #include "loader/shard_files.h"
@@ -69,6 +71,20 @@ class Side {
   const ChunkRecord& first(const std::string& key) const {
     return info_.index[chunks_.at(key).front()];
   }
+  /// Refuses a chunk whose elements are absurd for the bytes its file holds for it (a .pt view
+  /// expanded with stride 0 to 2^40 elements from 4 bytes): comparing it would run for hours.
+  void check_stored(const ChunkRecord& row) {
+    const ChunkReader& reader = files_.get(row.file);
+    reader.prepare(row);
+    const uint64_t stored = reader.stored_bytes(row);
+    if (row.nbytes > stored && row.nbytes - stored > kViewFloorBytes) {
+      throw FormatError("In " + reader.path() + ": key " + quote_text(row.key) + ": a view of " +
+                        std::to_string(numel(row.shape)) + " elements (" +
+                        std::to_string(row.nbytes) + " bytes) over " + std::to_string(stored) +
+                        " stored bytes (a stride-0 expansion?): diff compares views of at most " +
+                        std::to_string(kViewFloorBytes) + " bytes more than they store");
+    }
+  }
   /// Reads `box` (global coordinates, inside `row`'s chunk) into a fresh tensor, verified.
   at::Tensor read(const ChunkRecord& row, const Box& box) {
     Shape in_chunk(box.offset.size());
@@ -106,17 +122,58 @@ double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return d.max().item<double>();
 }
 
+/// Calls fn(window) for the pieces of `box`, in C order, of at most `max_elems` elements where
+/// one row allows (split_for_budget's pieces), one at a time: no list of them is built.
+template <class Fn>
+void for_each_window(const Box& box, int64_t max_elems, Fn&& fn) {
+  const int64_t n = box_numel(box);
+  if (n <= 0) return;
+  if (n <= max_elems || box.shape.empty()) return fn(box);
+  // The outermost dimension `cut` at which one row (the elements of the dimensions after it)
+  // fits; slabs of `rows` rows along it, for each index of the dimensions before it.
+  const int ndim = static_cast<int>(box.shape.size());
+  int cut = ndim - 1;
+  int64_t row = 1;
+  for (int64_t inner = 1, d = ndim - 1; d >= 0; --d) {
+    if (inner > max_elems) break;
+    cut = static_cast<int>(d);
+    row = inner;
+    inner *= box.shape[d];
+  }
+  const int64_t rows = std::max<int64_t>(1, max_elems / row);
+  Shape index(cut, 0);
+  while (true) {
+    for (int64_t start = 0; start < box.shape[cut]; start += rows) {
+      Box piece = box;
+      for (int d = 0; d < cut; ++d) {
+        piece.offset[d] = box.offset[d] + index[d];
+        piece.shape[d] = 1;
+      }
+      piece.offset[cut] = box.offset[cut] + start;
+      piece.shape[cut] = std::min(rows, box.shape[cut] - start);
+      fn(piece);
+    }
+    int d = cut - 1;
+    for (; d >= 0; --d) {
+      if (++index[d] < box.shape[d]) break;
+      index[d] = 0;
+    }
+    if (d < 0) return;
+  }
+}
+
 Compared compare(const std::string& key, Side& a, Side& b) {
   const ChunkRecord& fa = a.first(key);
   const ChunkRecord& fb = b.first(key);
   Compared c{key, fa.dtype, fb.dtype, fa.global_shape};
   c.identical = fa.dtype == fb.dtype;
-  const int64_t elem = std::max(dtype_size(fa.dtype), dtype_size(fb.dtype));
+  for (const ChunkRecord* ca : a.chunks(key)) a.check_stored(*ca);
+  for (const ChunkRecord* cb : b.chunks(key)) b.check_stored(*cb);
   for (const ChunkRecord* ca : a.chunks(key)) {
     for (const ChunkRecord* cb : b.chunks(key)) {
       auto common = intersect(Box{ca->offset, ca->shape}, Box{cb->offset, cb->shape});
       if (!common) continue;
-      for (const Box& window : split_for_budget(*common, elem, kWindowElements * elem)) {
+      for_each_window(*common, kWindowElements, [&](const Box& window) {
         const at::Tensor x = a.read(*ca, window);
         const at::Tensor y = b.read(*cb, window);
         if (c.identical && x.nbytes() > 0 &&
@@ -124,7 +181,7 @@ Compared compare(const std::string& key, Side& a, Side& b) {
           c.identical = false;
         }
         c.max_abs_diff = std::max(c.max_abs_diff, max_abs_diff(x, y));
-      }
+      });
     }
   }
   return c;

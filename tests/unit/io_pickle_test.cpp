@@ -88,14 +88,17 @@ std::string error_of(const std::string& data, const PickleHooks& hooks,
 
 TEST(PickleBounds, RefusesDeepTuplesAndListsWithoutRecursion) {
   const size_t n = 1'000'000;  // would overflow the stack of a recursive reader or destructor
+  // Room for a million values, so that the depth limit is what refuses them.
+  PickleLimits limits;
+  limits.max_state_bytes = uint64_t{2} << 30;
   const std::string tuples = pickle_of(std::string(n, '(') + ")" + std::string(n, 't'));
-  EXPECT_CONTAINS(error_of(tuples, no_hooks()), "nested deeper than 200 levels");
+  EXPECT_CONTAINS(error_of(tuples, no_hooks(), limits), "nested deeper than 200 levels");
   const std::string lists = pickle_of(std::string(n, ']') + std::string(n - 1, 'a'));
-  EXPECT_CONTAINS(error_of(lists, no_hooks()), "nested deeper than 200 levels");
+  EXPECT_CONTAINS(error_of(lists, no_hooks(), limits), "nested deeper than 200 levels");
   // d1, None, d2, None, d3, ...: each SETITEM puts the dict on top into the one below.
   std::string dicts = "}";
   for (size_t i = 1; i < n; ++i) dicts += "N}";
-  EXPECT_CONTAINS(error_of(pickle_of(dicts + std::string(n - 1, 's')), no_hooks()),
+  EXPECT_CONTAINS(error_of(pickle_of(dicts + std::string(n - 1, 's')), no_hooks(), limits),
                   "nested deeper than 200 levels");
 }
 
@@ -124,20 +127,27 @@ TEST(PickleBounds, RefusesChangingANestedContainer) {
   EXPECT_CONTAINS(error_of(dict_cycle, no_hooks()), "contains itself");
 }
 
-TEST(PickleBounds, RefusesTooManyValuesMemoEntriesAndItems) {
+TEST(PickleBounds, OneBudgetOfBytesForValuesStackAndMemo) {
   PickleLimits limits;
-  limits.max_values = 10;
+  // 20 values and their stack slots: more than 4 KiB of state.
+  limits.max_state_bytes = 4096;
   EXPECT_CONTAINS(error_of(pickle_of("(" + std::string(20, 'N') + "t"), no_hooks(), limits),
-                  "more than 10 values");
-  // DUP pushes no new value, but every push counts.
-  EXPECT_CONTAINS(error_of(pickle_of("N" + std::string(20, '2')), no_hooks(), limits),
-                  "more than 10 values");
-  limits = {};
-  limits.max_memo = 3;
-  EXPECT_CONTAINS(error_of(pickle_of(raw("Nq\x00q\x01q\x02q\x03")), no_hooks(), limits),
-                  "more than 3 memo entries");
+                  "parsed state: 256 more bytes for a value would pass the limit of 4096 bytes");
+  // DUP makes no new value, but every stack slot is charged.
+  const uint64_t slots = 4096 / kPickleSlotBytes;
+  EXPECT_CONTAINS(error_of(pickle_of("N" + std::string(slots, '2')), no_hooks(), limits),
+                  "a stack slot");
+  // Memo entries are charged too, and add up with the values in the same budget: 3 values and
+  // 40 memo entries fit 4 KiB alone, not together with 10 more values.
+  std::string memo = "N";
+  for (int i = 0; i < 40; ++i) memo += "q" + std::string(1, static_cast<char>(i));
+  EXPECT_NO_THROW(unpickle(pickle_of(memo), no_hooks(), limits));
+  EXPECT_CONTAINS(error_of(pickle_of("(" + std::string(10, 'N') + "t0" + memo), no_hooks(), limits),
+                  "a memo entry");
   // Rewriting an entry is not a new one.
-  EXPECT_NO_THROW(unpickle(pickle_of(raw("Nq\x00q\x00q\x00q\x00")), no_hooks(), limits));
+  std::string rewrite = "N";
+  for (int i = 0; i < 100; ++i) rewrite += raw("q\x00");
+  EXPECT_NO_THROW(unpickle(pickle_of(rewrite), no_hooks(), limits));
   limits = {};
   limits.max_items = 5;
   EXPECT_CONTAINS(error_of(pickle_of("(" + std::string(6, 'N') + "t"), no_hooks(), limits),
@@ -249,8 +259,9 @@ TEST(PickleData, CopiesByConstructorsCountAgainstTheLimits) {
   od += "e0";
   for (int i = 0; i < 20; ++i) od += raw("h\x01h\x00\x85R0");
   PickleLimits limits;
-  limits.max_values = 1000;
-  EXPECT_CONTAINS(error_of(pickle_of(od + "N"), data_hooks(), limits), "more than 1000 values");
+  limits.max_state_bytes = 4000 * kPickleSlotBytes;
+  EXPECT_CONTAINS(error_of(pickle_of(od + "N"), data_hooks(), limits),
+                  "would pass the limit of " + std::to_string(limits.max_state_bytes));
   EXPECT_NO_THROW(unpickle(pickle_of(od + "N"), data_hooks()));
   // A memoized 1000-byte str encoded to bytes 20 times.
   std::string enc = raw("c_codecs\nencode\nq\x01X") + le32(1000) + std::string(1000, 'a') +
@@ -259,9 +270,9 @@ TEST(PickleData, CopiesByConstructorsCountAgainstTheLimits) {
                         "000");
   for (int i = 0; i < 20; ++i) enc += raw("h\x01h\x00h\x02\x86R0");
   limits = {};
-  limits.max_text_bytes = 5000;
+  limits.max_state_bytes = 20000;
   EXPECT_CONTAINS(error_of(pickle_of(enc + "N"), data_hooks(), limits),
-                  "more than 5000 bytes of strings");
+                  "would pass the limit of 20000 bytes");
 }
 
 // ----- selection in nested checkpoints

@@ -462,7 +462,7 @@ TEST(Safetensors, BadHeadersNameFileAndKey) {
       {R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
        R"("v":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}})",
        "overlaps"},
-      {R"({"w": [1, 2)", "not valid JSON"},
+      {R"({"w":{"dtype":"F32")", "not valid JSON"},
       {R"([1, 2])", "not a JSON object"},
   };
   for (size_t i = 0; i < cases.size(); ++i) {
@@ -613,8 +613,10 @@ TEST(TorchFileBounds, RefusesBoolBytesOtherThanZeroAndOne) {
           "mask", [](PickleWriter& w) { rebuilt_tensor(w, "BoolStorage", "0", 3, 0, {3}, {1}); }),
       {{"data/0", std::string("\x01\x02\x00", 3)}});
   std::string what = read_error(pt);
-  EXPECT_NE(what.find("key 'mask': bool tensor holds byte 2 at element 1"), std::string::npos)
+  EXPECT_NE(what.find("key 'mask': bool element 1 of the stored bytes the view covers"),
+            std::string::npos)
       << what;
+  EXPECT_NE(what.find("holds byte value 2"), std::string::npos) << what;
   const std::string st = dir.file("bool.safetensors");
   write_safetensors_raw(st, R"({"mask":{"dtype":"BOOL","shape":[2],"data_offsets":[0,2]}})",
                         std::string("\x00\xff", 2));
