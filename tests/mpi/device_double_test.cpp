@@ -119,6 +119,34 @@ TEST(DeviceDouble, HundredsOfOddTensorsInFourKibMessagesAcrossSplitsAndReshards)
   expect_device_route_matches(full, ckpt, {{"^t[0-9]*[13579]$", 1, {}}}, small);
 }
 
+TEST(DeviceDouble, GroupsAgreeWhenRanksHoldDifferentMessages) {
+  // Rank 0 alone holds "extra" (64 KiB in 4 KiB messages: groups that only rank 0 takes part
+  // in), then every rank holds the rest: the groups after them must carry the same numbers on
+  // every rank, which the double checks delivery by delivery.
+  SharedDir dir("double-groups");
+  const at::Tensor extra = make_tensor(61, at::kFloat, {128, 128});
+  const TensorList shared = {{"a", make_tensor(62, at::kFloat, {40, 30})},
+                             {"b", make_tensor(63, at::kBFloat16, {7, 300})}};
+  auto partition = [&](bool zeros) {
+    Partition p;
+    if (world_rank() == 0) p.add("extra", zeros ? at::zeros_like(extra) : extra);
+    for (const auto& t : shared) p.add(t.key, zeros ? at::zeros_like(t.tensor) : t.tensor);
+    return p;
+  };
+  const std::string ckpt = dir.path + "/ckpt";
+  save(partition(false), ckpt, MPI_COMM_WORLD);
+  LoadOptions options;
+  options.timeout_seconds = 60;
+  options.message_bytes = 4096;
+  options.staging_bytes = 64 << 10;
+  Partition target = partition(true);
+  {
+    ScopedDeviceDouble device;
+    EXPECT_EQ(load(target, ckpt, MPI_COMM_WORLD, options).transport, "double");
+  }
+  expect_same(target, partition(false));
+}
+
 TEST(DeviceDouble, SubsetMessagesBetweenReplicasOfASplit) {
   if (world_size() != 4) GTEST_SKIP() << "2 replicas x 2-way split needs 4 ranks";
   SharedDir dir("double-subset");
