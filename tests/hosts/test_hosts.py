@@ -56,7 +56,9 @@ def job(net, work, hosts, per_host, argv, limit=180, env=None):
 
 
 def rank_lines(out, what):
-    return [l.split() for l in out.splitlines() if l.startswith("RANK ") and f" {what}" in l]
+    # mpirun forwards the ranks' lines as they come: two may share one line of our stdout.
+    lines = out.replace("RANK ", "\nRANK ").splitlines()
+    return [l.split() for l in lines if l.startswith("RANK ") and f" {what}" in l]
 
 
 def show(rc, out, err):

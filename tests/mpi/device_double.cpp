@@ -35,13 +35,16 @@ class Stream {
  public:
   Stream(int max_delay_us, unsigned seed)
       : max_delay_us_(max_delay_us), rng_(seed), worker_([this] { loop(); }) {}
-  ~Stream() {
+  ~Stream() { join(); }
+
+  /// Stops the worker after what is queued (nothing, after abort()) and waits for it.
+  void join() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       stopping_ = true;
     }
     wake_.notify_all();
-    worker_.join();
+    if (worker_.joinable()) worker_.join();
   }
 
   /// Enqueues `work`; returns its sequence number (1, 2, ...).
@@ -142,8 +145,9 @@ class DoubleTransport : public DeviceTransport {
         stream_(std::make_shared<Stream>(
             options.max_delay_us, static_cast<unsigned>(rank * 7919 + std::random_device{}()))) {}
   ~DoubleTransport() override {
+    // The worker may be inside a delivery that reads stream_: stop it before anything goes.
     stream_->abort();
-    stream_.reset();  // joins the worker before the communicator goes
+    stream_->join();
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (comm_ != MPI_COMM_NULL && !finalized) MPI_Comm_free(&comm_);
@@ -234,29 +238,12 @@ class DoubleTransport : public DeviceTransport {
 
  private:
   /// Runs on the worker: every delivery of one group, its header (the sender's group number and
-  /// size) first and checked by every receiver.
+  /// size) first and checked by every receiver. Point-to-point only, so that a delivery abandoned
+  /// after a failure can be cancelled: no receive may write into a buffer after it is gone.
   void deliver(const std::vector<Op>& ops, int64_t group) {
     for (const Op& op : ops) {
-      int64_t header[2] = {group, op.nbytes};
-      const bool everyone = static_cast<int>(op.ranks.size()) == size_;
-      std::vector<MPI_Request> reqs;
-      auto post = [&](void* buf, int64_t n, int tag) {
-        if (everyone) {
-          reqs.emplace_back();
-          MPI_Ibcast(buf, static_cast<int>(n), MPI_BYTE, op.root, comm_, &reqs.back());
-        } else if (rank_ == op.root) {
-          for (int r : op.ranks) {
-            if (r == op.root) continue;
-            reqs.emplace_back();
-            MPI_Isend(buf, static_cast<int>(n), MPI_BYTE, r, tag, comm_, &reqs.back());
-          }
-        } else {
-          reqs.emplace_back();
-          MPI_Irecv(buf, static_cast<int>(n), MPI_BYTE, op.root, tag, comm_, &reqs.back());
-        }
-      };
-      post(header, sizeof header, kTagHeader);
-      wait_all(reqs);
+      std::vector<int64_t> header = {group, op.nbytes};
+      post_and_wait(op, header.data(), static_cast<int64_t>(sizeof(int64_t) * 2), kTagHeader);
       if (header[0] != group || header[1] != op.nbytes) {
         throw CommError("group signature mismatch: rank " + std::to_string(op.root) +
                         " delivered " + std::to_string(header[1]) + " bytes in group " +
@@ -264,22 +251,47 @@ class DoubleTransport : public DeviceTransport {
                         " expected " + std::to_string(op.nbytes) + " bytes in group " +
                         std::to_string(group));
       }
-      reqs.clear();
-      post(op.data, op.nbytes, kTagData);
-      wait_all(reqs);
+      post_and_wait(op, op.data, op.nbytes, kTagData);
     }
   }
 
-  void wait_all(std::vector<MPI_Request>& reqs) {
+  void post_and_wait(const Op& op, void* buf, int64_t n, int tag) {
+    std::vector<MPI_Request> reqs;
+    bool receiving = false;
+    if (rank_ == op.root) {
+      for (int r : op.ranks) {
+        if (r == op.root) continue;
+        reqs.emplace_back();
+        MPI_Isend(buf, static_cast<int>(n), MPI_BYTE, r, tag, comm_, &reqs.back());
+      }
+    } else {
+      receiving = true;
+      reqs.emplace_back();
+      MPI_Irecv(buf, static_cast<int>(n), MPI_BYTE, op.root, tag, comm_, &reqs.back());
+    }
     const auto start = std::chrono::steady_clock::now();
     for (;;) {
       int done = 0;
       MPI_Testall(static_cast<int>(reqs.size()), reqs.data(), &done, MPI_STATUSES_IGNORE);
       if (done) return;
-      if (stream_->aborted()) throw CommError("aborted");
-      if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() >
-          kStallSeconds) {
-        throw CommError("a delivery made no progress in " + std::to_string(kStallSeconds) + " s");
+      const bool stalled =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() >
+          kStallSeconds;
+      if (stream_->aborted() || stalled) {
+        // Nothing may write into `buf` once we return: cancel the receive and wait for the
+        // cancellation; sends only read, they are left to MPI.
+        for (MPI_Request& req : reqs) {
+          if (req == MPI_REQUEST_NULL) continue;
+          if (receiving) {
+            MPI_Cancel(&req);
+            MPI_Wait(&req, MPI_STATUS_IGNORE);
+          } else {
+            MPI_Request_free(&req);
+          }
+        }
+        throw CommError(stalled ? "a delivery made no progress in " +
+                                      std::to_string(kStallSeconds) + " s"
+                                : std::string("aborted"));
       }
       std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
