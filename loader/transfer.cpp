@@ -730,7 +730,8 @@ TransferOutcome Transfer::Impl::run() {
       const double timeout = in.comm.timeout();
       const double stall = in.comm.stall_seconds();
       const double waited = idle.elapsed();
-      if ((timeout > 0 && waited > timeout) || (stall > 0 && waited > stall)) {
+      if (release_next < alloc_next &&
+          ((timeout > 0 && waited > timeout) || (stall > 0 && waited > stall))) {
         // The oldest unfinished message names whom this rank is waiting for.
         const Slot& s = *slots[release_next];
         std::vector<int> peers;
