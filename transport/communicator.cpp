@@ -411,7 +411,10 @@ void Communicator::announce() const {
 }
 
 void Communicator::drain_arrivals() const {
-  // Stall notices of collectives that have completed (they may arrive after the completion).
+  // Stall notices of collectives that have completed (they may arrive after the completion) are
+  // dropped; one of the current collective is kept for take_stall_notice: this rank may be
+  // about to report its own stall (report_collective_stall drains first), and rank 0's notice
+  // may have come a moment before.
   for (int flag = 1; rank_ != 0 && flag;) {
     MPI_Status st;
     MPI_Iprobe(0, kStall, census_, &flag, &st);
@@ -420,6 +423,7 @@ void Communicator::drain_arrivals() const {
     MPI_Get_count(&st, MPI_CHAR, &n);
     std::string text(static_cast<size_t>(std::max(n, 0)), '\0');
     MPI_Recv(text.data(), n, MPI_CHAR, 0, kStall, census_, MPI_STATUS_IGNORE);
+    if (text.rfind(std::to_string(seq_) + "\n", 0) == 0) early_notice_ = std::move(text);
   }
   for (;;) {
     int flag = 0;
@@ -513,14 +517,18 @@ void Communicator::report_collective_stall(double waited) const {
 
 bool Communicator::take_stall_notice(double waited) const {
   for (;;) {
-    int flag = 0;
-    MPI_Status st;
-    MPI_Iprobe(0, kStall, census_, &flag, &st);
-    if (!flag) return false;
-    int n = 0;
-    MPI_Get_count(&st, MPI_CHAR, &n);
-    std::string text(static_cast<size_t>(std::max(n, 0)), '\0');
-    MPI_Recv(text.data(), n, MPI_CHAR, 0, kStall, census_, MPI_STATUS_IGNORE);
+    std::string text = std::move(early_notice_);
+    early_notice_.clear();
+    if (text.empty()) {
+      int flag = 0;
+      MPI_Status st;
+      MPI_Iprobe(0, kStall, census_, &flag, &st);
+      if (!flag) return false;
+      int n = 0;
+      MPI_Get_count(&st, MPI_CHAR, &n);
+      text.assign(static_cast<size_t>(std::max(n, 0)), '\0');
+      MPI_Recv(text.data(), n, MPI_CHAR, 0, kStall, census_, MPI_STATUS_IGNORE);
+    }
     const size_t nl = text.find('\n');
     if (nl == std::string::npos || text.substr(0, nl) != std::to_string(seq_)) continue;  // old
     std::vector<int> missing;

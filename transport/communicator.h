@@ -184,6 +184,8 @@ class Communicator {
   StallCallback stall_callback_;
   mutable int64_t stall_reported_wait_ = -1;       ///< report_stalled's last wait_id
   mutable std::deque<std::string> stall_notices_;  ///< rank 0: notices in flight
+  /// Rank != 0: rank 0's notice of the current collective, taken while draining.
+  mutable std::string early_notice_;
   mutable std::vector<MPI_Request> stall_sends_;
 };
 

@@ -122,7 +122,9 @@ def mpirun(mode, work, extra_env=None, during=None, limit=120, ranks=2):
 
 
 def lines(out, rank, what):
-    return [l for l in out.splitlines() if l.startswith(f"RANK {rank} {what}")]
+    # mpirun may forward two ranks' lines on one line ("RANK 1 OK 3.0RANK 0 OK 3.0"): split them.
+    split = [part for l in out.splitlines() for part in re.split(r"(?=RANK \d+ )", l)]
+    return [l for l in split if l.startswith(f"RANK {rank} {what}")]
 
 
 def stopped_child(pid, limit=60):
