@@ -8,7 +8,7 @@ set -euo pipefail
 
 TORCH_VERSION=2.15.0
 PY=${SHARDLOAD_PYTHON:-python3}
-DEBS=(build-essential cmake ccache libopenmpi-dev openmpi-bin libhdf5-dev libxxhash-dev
+DEBS=(build-essential cmake ccache pkg-config libopenmpi-dev libpmix-dev openmpi-bin libhdf5-dev libxxhash-dev
       libcli11-dev nlohmann-json3-dev zlib1g-dev libgtest-dev clang-format
       clang libclang-rt-14-dev)
 

@@ -1,22 +1,23 @@
 // `shardload`: one binary, one subcommand per task. Exit codes: 0 success, 1 verdict error,
 // 2 usage error, 3 unreadable/corrupt/invalid checkpoint or input file.
 #include <mpi.h>
-#include <unistd.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdlib>
 #include <iostream>
 #include <map>
-#include <mutex>
 #include <string>
 #include <thread>
 
 #include "core/error.h"
 #include "tools/commands.h"
 #include "transport/job_end.h"
+#include "transport/launcher.h"
 
 namespace {
+
+/// What a rank that MPI_Init or MPI_Finalize waits for may be doing.
+constexpr const char* kAbsent = "stuck or gone, or its host unreachable";
 
 /// True when mpirun (or another PMIx launcher) started this process.
 bool launched_by_mpirun() {
@@ -38,47 +39,6 @@ double timeout_argument(int argc, char** argv) {
   return timeout;
 }
 
-/// Runs `body` (MPI_Init or MPI_Finalize) under a watchdog: both wait for every rank of the job,
-/// so a rank that never starts or ends (or stops on a dead node) would hold the others there
-/// forever, outside shardload's own deadlines. After the timeout, the ranks that got there say
-/// so and leave; mpirun then ends the job.
-template <typename Body>
-void watched(const char* what, double timeout, Body&& body) {
-  std::mutex mutex;
-  std::condition_variable done_cv;
-  bool done = false;
-  std::thread watchdog;
-  if (timeout > 0) {
-    watchdog = std::thread([&] {
-      std::unique_lock<std::mutex> lock(mutex);
-      if (done_cv.wait_for(lock, std::chrono::duration<double>(timeout), [&] { return done; })) {
-        return;
-      }
-      const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
-      const char* size = std::getenv("OMPI_COMM_WORLD_SIZE");
-      char host[256] = {};
-      if (::gethostname(host, sizeof host - 1) != 0) host[0] = '?';
-      std::cerr << "shardload: error: rank " << (rank ? rank : "?") << " of " << (size ? size : "?")
-                << " (host " << host << ") did not get past " << what << " within " << timeout
-                << " s: another rank is stuck or gone (each rank that got there prints this "
-                   "line; the ranks missing from these lines are the stuck ones)"
-                << std::endl;
-      // mpirun ends the job when this rank exits, unless it waits for an unreachable node.
-      shardload::end_launcher_after(20);
-      std::_Exit(3);
-    });
-  }
-  body();
-  if (watchdog.joinable()) {
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      done = true;
-    }
-    done_cv.notify_all();
-    watchdog.join();
-  }
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -91,11 +51,18 @@ int main(int argc, char** argv) {
   }
   const double timeout = timeout_argument(argc, argv);
   if (mpi) {
-    watched("MPI_Init", timeout, [&] {
-      int provided = 0;
-      // Only the main thread calls MPI; the load's reader threads do not.
-      MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
-    });
+    // MPI_Init and MPI_Finalize wait for every rank of the job, outside shardload's deadlines:
+    // a rank that never starts or ends (or stops on a dead node, or behind a cut link) would
+    // hold the others there forever. After the timeout, the ranks that got there name the ones
+    // the launcher has no word from and leave; mpirun then ends the job.
+    shardload::run_job_step_watched(
+        "MPI_Init", timeout,
+        [&] {
+          int provided = 0;
+          // Only the main thread calls MPI; the load's reader threads do not.
+          MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+        },
+        kAbsent);
   }
   int rc = 0;
   {
@@ -137,7 +104,9 @@ int main(int argc, char** argv) {
       }
     }
   }
-  if (mpi) watched("MPI_Finalize", timeout, [] { MPI_Finalize(); });
+  if (mpi)
+    shardload::run_job_step_watched(
+        "MPI_Finalize", timeout, [] { MPI_Finalize(); }, kAbsent);
   return rc;
 }
 

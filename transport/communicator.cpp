@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "transport/launcher.h"
 
 namespace shardload {
 namespace {
@@ -72,6 +73,13 @@ std::vector<std::string> cached_hosts(MPI_Comm comm, int rank, int size) {
     auto it = host_cache().find(world[r]);
     if (it != host_cache().end()) hosts[r] = it->second;
   }
+  // A rank this process has not met yet (one that never reaches a collective, say) is named
+  // with the host its launcher placed it on.
+  const auto& placed = launcher_hosts();
+  for (size_t r = 0; r < hosts.size(); ++r) {
+    const auto w = static_cast<size_t>(world[r]);
+    if (hosts[r].empty() && world[r] >= 0 && w < placed.size()) hosts[r] = placed[w];
+  }
   hosts[static_cast<size_t>(rank)] = this_host();
   return hosts;
 }
@@ -95,34 +103,6 @@ std::string seconds_str(double s) {
     std::snprintf(buf, sizeof buf, "%.3g", s);
   }
   return buf;
-}
-
-/// "rank 1 (host h2)", "ranks 2, 3 (host h2) and 5 (host h3)": grouped by host in the order of
-/// first appearance; hosts that are not known ("") are left out.
-std::string ranks_phrase(const std::vector<int>& ranks, const std::vector<std::string>& hosts) {
-  auto host_of = [&](int r) {
-    return r >= 0 && static_cast<size_t>(r) < hosts.size() ? hosts[static_cast<size_t>(r)]
-                                                           : std::string();
-  };
-  std::vector<std::pair<std::string, std::vector<int>>> groups;
-  for (int r : ranks) {
-    const std::string h = host_of(r);
-    auto it =
-        std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == h; });
-    if (it == groups.end()) {
-      groups.push_back({h, {r}});
-    } else {
-      it->second.push_back(r);
-    }
-  }
-  std::string s = ranks.size() == 1 ? "rank " : "ranks ";
-  for (size_t g = 0; g < groups.size(); ++g) {
-    if (g) s += g + 1 == groups.size() ? " and " : ", ";
-    const auto& [h, rs] = groups[g];
-    for (size_t i = 0; i < rs.size(); ++i) s += (i ? ", " : "") + std::to_string(rs[i]);
-    if (!h.empty()) s += " (host " + h + ")";
-  }
-  return s;
 }
 
 /// Receives the arrival notices (`tag`) that have come, counting them per sender (rank 0) or

@@ -4,15 +4,14 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
-#include <mutex>
 #include <thread>
 
 #include "core/error.h"
 #include "transport/communicator.h"
 #include "transport/job_end.h"
+#include "transport/launcher.h"
 
 namespace shardload::python {
 namespace {
@@ -48,42 +47,16 @@ bool ensure_mpi(double timeout_seconds) {
   SHARDLOAD_MPI(MPI_Finalized(&finalized));
   if (finalized) throw CommError("shardload: MPI has already been finalized in this process");
   if (initialized) return false;
-  std::mutex mutex;
-  std::condition_variable done_cv;
-  bool done = false;
-  std::thread watchdog;
-  if (timeout_seconds > 0) {
-    watchdog = std::thread([&] {
-      std::unique_lock<std::mutex> lock(mutex);
-      if (done_cv.wait_for(lock, std::chrono::duration<double>(timeout_seconds),
-                           [&] { return done; })) {
-        return;
-      }
-      const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
-      const char* size = std::getenv("OMPI_COMM_WORLD_SIZE");
-      char host[256] = {};
-      if (::gethostname(host, sizeof host - 1) != 0) host[0] = '?';
-      std::fprintf(stderr,
-                   "shardload: error: rank %s of %s (host %s) did not get past MPI_Init within "
-                   "%g s: another rank is stuck or gone, or never called shardload (each rank that "
-                   "got there prints this line; the ranks missing from these lines are the stuck "
-                   "ones)\n",
-                   rank ? rank : "?", size ? size : "?", host, timeout_seconds);
-      std::fflush(stderr);
-      end_launcher_after(20);
-      std::_Exit(3);
-    });
-  }
-  int provided = 0;
-  const int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
-  if (watchdog.joinable()) {
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      done = true;
-    }
-    done_cv.notify_all();
-    watchdog.join();
-  }
+  int rc = MPI_SUCCESS;
+  // MPI_Init waits for every process of the job: after the deadline the ranks that got there
+  // name the ones the launcher has no word from and leave (transport/launcher.h).
+  run_job_step_watched(
+      "MPI_Init", timeout_seconds,
+      [&] {
+        int provided = 0;
+        rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
+      },
+      "it has not called shardload, is stuck or gone, or its host is unreachable");
   SHARDLOAD_MPI(rc);
   started_here = true;
   return true;

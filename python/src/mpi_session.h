@@ -13,7 +13,8 @@ namespace shardload::python {
 /// Collective in MPI's sense: every process of the job calls it before its first save or load.
 /// MPI_Init waits for every process of the job: when it has not returned within
 /// `timeout_seconds` (> 0; the caller's timeout), this process prints that it did not get past
-/// MPI_Init (naming its rank and host) and exits with status 3, as the command line does: a rank
+/// MPI_Init (naming its rank and host, and the ranks and hosts its launcher has no word from)
+/// and exits with status 3, as the command line does: a rank
 /// that never starts MPI would otherwise hold the others there forever, outside any deadline.
 bool ensure_mpi(double timeout_seconds = 0);
 
