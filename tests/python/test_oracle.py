@@ -10,7 +10,8 @@ its RuntimeError), and the state dict it leaves behind after a successful load.
 
 shardload gets the same pair as files: `torch.save(model.state_dict(), model.pt)` is REF (the
 target keys, shapes, dtypes and initial values) and `torch.save(ckpt_sd, ckpt.pt)` is turned into
-a checkpoint directory with `shardload convert`. Then, under `mpirun -np N`,
+a checkpoint directory with `shardload convert`. Then, under `mpirun -np N` (one process without
+mpirun when N is 1),
 
     shardload load CKPT --into model.pt --json --out result.pt [--no-strict] [--split REGEX=DIM]
 
@@ -513,7 +514,9 @@ def show(proc, limit=3000):
 
 
 def load_cmd(ranks, ckpt_dir, ref, strict, json_mode, out, extra_args):
-    cmd = [MPIRUN, "-np", str(ranks), "--oversubscribe", BIN, "load", ckpt_dir, "--into", ref]
+    # One rank: a singleton (the same load without mpirun's start and teardown).
+    launcher = [MPIRUN, "-np", str(ranks), "--oversubscribe"] if ranks > 1 else []
+    cmd = launcher + [BIN, "load", ckpt_dir, "--into", ref]
     if json_mode:
         cmd.append("--json")
     if out:
