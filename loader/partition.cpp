@@ -35,7 +35,25 @@ const SplitRule* match(const std::vector<CompiledRule>& rules, const std::string
   return nullptr;
 }
 
+/// A tensor that has no bytes of its own to store or to load into is refused here, where the
+/// partition is made (phase 'prepare' of the Python API, before anything is written), with one
+/// line naming the key and the reason, rather than in phase 'write' with LibTorch's stack trace.
+void check_storable(const std::string& key, const at::Tensor& t) {
+  if (!t.defined()) throw UsageError("key '" + key + "': an undefined tensor has no data");
+  if (t.is_nested()) {
+    throw UsageError("key '" + key +
+                     "': a nested tensor has no single shape to store (store its components, "
+                     "e.g. t.unbind())");
+  }
+  if (t.is_meta()) {
+    throw UsageError("key '" + key +
+                     "': a meta tensor has no data (materialise it first, e.g. "
+                     "module.to_empty(device=...))");
+  }
+}
+
 Declaration base_declaration(const std::string& key, const at::Tensor& t) {
+  check_storable(key, t);
   Declaration d;
   d.key = key;
   d.dtype = dtype_of(t, key);

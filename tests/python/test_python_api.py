@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 
 from mpi4py import MPI  # before shardload: mpi4py starts MPI, shardload must take it as it is
 
@@ -449,6 +450,22 @@ def case_errors_on_every_rank(tmp):
         check("'bad key'" in str(e) and f"rank {SIZE - 1}" in str(e) and e.exit_code == 2,
               f"bad value: {str(e)!r}")
     check(not os.path.exists(os.path.join(tmp, "never")), "nothing written after the error")
+    # Tensors without data of their own: refused before anything is written, in one line naming
+    # the key and the reason (not LibTorch's stack trace from phase 'write').
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "the nested tensor API is in prototype stage"
+        nested = torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])
+    for key, value, reason in (("m", torch.empty(2, 3, device="meta"), "meta tensor"),
+                               ("n", nested, "nested tensor")):
+        try:
+            shardload.save({"w": torch.zeros(3), key: value}, os.path.join(tmp, "never"))
+            check(False, f"a {reason} did not raise")
+        except shardload.UsageError as e:
+            text = str(e)
+            check(f"key '{key}'" in text and reason in text and "phase 'prepare'" in text
+                  and len(text) < 400 and "Exception raised from" not in text,
+                  f"{reason}: {text!r}")
+    check(not os.path.exists(os.path.join(tmp, "never")), "nothing written after the refusals")
     # A bad split regex and an unknown option: the same on every rank.
     for kwargs, needle in (({"split": {"(": 0}}, "("), ({"no_such_option": 1}, "no_such_option"),
                            ({"split": {"w": "x"}}, "dim")):
