@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -41,7 +42,7 @@ constexpr const char* kStartedKey = "shardload.started";
 
 /// This process's hold on the PMIx client library (reference counted by PMIx: MPI holds its own).
 struct Pmix {
-  std::mutex mutex;
+  std::timed_mutex mutex;
   bool held = false;
   pmix_proc_t me{};
   bool hosts_loaded = false;
@@ -176,9 +177,11 @@ std::string stuck_line(const char* what, double timeout, const char* absent,
   std::string head = "shardload: error: rank " + rank + " of " + size + " (host " + host +
                      ") did not get past " + what + " within " + secs + " s: ";
 #if SHARDLOAD_WITH_PMIX
-  if (ask_launcher) {
-    Pmix& p = pmix();
-    std::lock_guard<std::mutex> lock(p.mutex);
+  // The lock is held while this rank talks to the launcher before MPI_Init: when that itself is
+  // what hangs, the line names only this rank.
+  Pmix& p = pmix();
+  std::unique_lock<std::timed_mutex> lock(p.mutex, std::defer_lock);
+  if (ask_launcher && lock.try_lock_for(std::chrono::seconds(1))) {
     if (p.held) {
       load_hosts(p);
       const std::vector<int> unheard = unheard_ranks(p, 2.0);
@@ -211,7 +214,7 @@ std::string stuck_line(const char* what, double timeout, const char* absent,
 const std::vector<std::string>& launcher_hosts() {
 #if SHARDLOAD_WITH_PMIX
   Pmix& p = pmix();
-  std::lock_guard<std::mutex> lock(p.mutex);
+  std::lock_guard<std::timed_mutex> lock(p.mutex);
   if (!p.hosts_loaded) {
     // A hold of our own only while MPI holds one too (asking after MPI_Finalize would reconnect a
     // finished process to its daemon).
@@ -235,25 +238,10 @@ const std::vector<std::string>& launcher_hosts() {
 
 void run_job_step_watched(const char* what, double timeout, const std::function<void()>& body,
                           const char* absent) {
-  bool ask_launcher = false;
-#if SHARDLOAD_WITH_PMIX
-  int initialized = 0;
-  MPI_Initialized(&initialized);
-  if (!initialized) {
-    // Before MPI_Init: tell the launcher this rank has started, and keep the hold on PMIx until
-    // MPI_Init returns, for the watchdog's questions.
-    Pmix& p = pmix();
-    std::lock_guard<std::mutex> lock(p.mutex);
-    if (acquire(p)) {
-      int one = 1;
-      pmix_value_t value;
-      PMIX_VALUE_LOAD(&value, &one, PMIX_INT);
-      ask_launcher = PMIx_Put(PMIX_GLOBAL, kStartedKey, &value) == PMIX_SUCCESS &&
-                     PMIx_Commit() == PMIX_SUCCESS;
-      PMIX_VALUE_DESTRUCT(&value);
-    }
-  }
-#endif
+  // Set once the launcher has this rank's started key: only then can the watchdog ask it about
+  // the others. The watchdog starts first, so that talking to the launcher is under the
+  // deadline too.
+  std::atomic<bool> ask_launcher{false};
   std::mutex mutex;
   std::condition_variable done_cv;
   bool done = false;
@@ -266,7 +254,7 @@ void run_job_step_watched(const char* what, double timeout, const std::function<
           return;
         }
       }
-      const std::string line = stuck_line(what, timeout, absent, ask_launcher);
+      const std::string line = stuck_line(what, timeout, absent, ask_launcher.load());
       std::fprintf(stderr, "%s\n", line.c_str());
       std::fflush(stderr);
       // mpirun ends the job when this rank exits, unless it waits for an unreachable node.
@@ -274,6 +262,24 @@ void run_job_step_watched(const char* what, double timeout, const std::function<
       std::_Exit(3);
     });
   }
+#if SHARDLOAD_WITH_PMIX
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) {
+    // Before MPI_Init: tell the launcher this rank has started, and keep the hold on PMIx until
+    // MPI_Init returns, for the watchdog's questions.
+    Pmix& p = pmix();
+    std::lock_guard<std::timed_mutex> lock(p.mutex);
+    if (acquire(p)) {
+      int one = 1;
+      pmix_value_t value;
+      PMIX_VALUE_LOAD(&value, &one, PMIX_INT);
+      ask_launcher = PMIx_Put(PMIX_GLOBAL, kStartedKey, &value) == PMIX_SUCCESS &&
+                     PMIx_Commit() == PMIX_SUCCESS;
+      PMIX_VALUE_DESTRUCT(&value);
+    }
+  }
+#endif
   body();
   if (watchdog.joinable()) {
     {
@@ -286,7 +292,7 @@ void run_job_step_watched(const char* what, double timeout, const std::function<
 #if SHARDLOAD_WITH_PMIX
   {
     Pmix& p = pmix();
-    std::lock_guard<std::mutex> lock(p.mutex);
+    std::lock_guard<std::timed_mutex> lock(p.mutex);
     release(p);  // launcher_hosts() asks again, under MPI's hold, when a message needs the hosts
   }
 #endif
