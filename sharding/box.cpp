@@ -97,16 +97,17 @@ Box even_split(const Shape& global, int64_t dim, int parts, int index) {
   return box;
 }
 
-std::vector<Box> split_for_budget(const Box& box, int64_t elem_size, int64_t max_bytes) {
+void for_each_budget_piece(const Box& box, int64_t elem_size, int64_t max_bytes,
+                           const std::function<void(const Box&)>& fn) {
   check_box_rank(box, "split_for_budget");
   if (elem_size <= 0) {
     throw UsageError("split_for_budget: element size " + std::to_string(elem_size) +
                      " is not positive");
   }
   const int64_t n = box_numel(box);
-  if (n <= 0) return {};
+  if (n <= 0) return;
   const int64_t max_elems = std::max<int64_t>(1, max_bytes / elem_size);
-  if (n <= max_elems) return {box};
+  if (n <= max_elems) return fn(box);
 
   // The outermost dimension `cut` at which one "row" (all elements of the dimensions after it)
   // fits; slabs of `rows` rows along it are the pieces, one set of slabs per index of the
@@ -125,7 +126,6 @@ std::vector<Box> split_for_budget(const Box& box, int64_t elem_size, int64_t max
   }
   const int64_t rows = std::max<int64_t>(1, max_elems / row);
 
-  std::vector<Box> pieces;
   Shape index(cut, 0);  // current index in the dimensions before `cut`, C order
   while (true) {
     for (int64_t start = 0; start < box.shape[cut]; start += rows) {
@@ -136,15 +136,21 @@ std::vector<Box> split_for_budget(const Box& box, int64_t elem_size, int64_t max
       }
       piece.offset[cut] = box.offset[cut] + start;
       piece.shape[cut] = std::min(rows, box.shape[cut] - start);
-      pieces.push_back(std::move(piece));
+      fn(piece);
     }
     int d = cut - 1;
     for (; d >= 0; --d) {
       if (++index[d] < box.shape[d]) break;
       index[d] = 0;
     }
-    if (d < 0) break;
+    if (d < 0) return;
   }
+}
+
+std::vector<Box> split_for_budget(const Box& box, int64_t elem_size, int64_t max_bytes) {
+  std::vector<Box> pieces;
+  for_each_budget_piece(box, elem_size, max_bytes,
+                        [&](const Box& piece) { pieces.push_back(piece); });
   return pieces;
 }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -43,5 +44,9 @@ Box even_split(const Shape& global, int64_t dim, int parts, int index);
 /// (a single element larger than max_bytes is a piece of its own). Their union is `box`.
 /// An empty box gives no pieces; a box that fits gives itself.
 std::vector<Box> split_for_budget(const Box& box, int64_t elem_size, int64_t max_bytes);
+/// The same pieces, in the same order, handed to `fn` one at a time: no list of them is built
+/// (a box of 2^40 one-element pieces costs no memory).
+void for_each_budget_piece(const Box& box, int64_t elem_size, int64_t max_bytes,
+                           const std::function<void(const Box&)>& fn);
 
 }  // namespace shardload

@@ -122,46 +122,6 @@ double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return d.max().item<double>();
 }
 
-/// Calls fn(window) for the pieces of `box`, in C order, of at most `max_elems` elements where
-/// one row allows (split_for_budget's pieces), one at a time: no list of them is built.
-template <class Fn>
-void for_each_window(const Box& box, int64_t max_elems, Fn&& fn) {
-  const int64_t n = box_numel(box);
-  if (n <= 0) return;
-  if (n <= max_elems || box.shape.empty()) return fn(box);
-  // The outermost dimension `cut` at which one row (the elements of the dimensions after it)
-  // fits; slabs of `rows` rows along it, for each index of the dimensions before it.
-  const int ndim = static_cast<int>(box.shape.size());
-  int cut = ndim - 1;
-  int64_t row = 1;
-  for (int64_t inner = 1, d = ndim - 1; d >= 0; --d) {
-    if (inner > max_elems) break;
-    cut = static_cast<int>(d);
-    row = inner;
-    inner *= box.shape[d];
-  }
-  const int64_t rows = std::max<int64_t>(1, max_elems / row);
-  Shape index(cut, 0);
-  while (true) {
-    for (int64_t start = 0; start < box.shape[cut]; start += rows) {
-      Box piece = box;
-      for (int d = 0; d < cut; ++d) {
-        piece.offset[d] = box.offset[d] + index[d];
-        piece.shape[d] = 1;
-      }
-      piece.offset[cut] = box.offset[cut] + start;
-      piece.shape[cut] = std::min(rows, box.shape[cut] - start);
-      fn(piece);
-    }
-    int d = cut - 1;
-    for (; d >= 0; --d) {
-      if (++index[d] < box.shape[d]) break;
-      index[d] = 0;
-    }
-    if (d < 0) return;
-  }
-}
-
 Compared compare(const std::string& key, Side& a, Side& b) {
   const ChunkRecord& fa = a.first(key);
   const ChunkRecord& fb = b.first(key);
@@ -173,7 +133,7 @@ Compared compare(const std::string& key, Side& a, Side& b) {
     for (const ChunkRecord* cb : b.chunks(key)) {
       auto common = intersect(Box{ca->offset, ca->shape}, Box{cb->offset, cb->shape});
       if (!common) continue;
-      for_each_window(*common, kWindowElements, [&](const Box& window) {
+      for_each_budget_piece(*common, 1, kWindowElements, [&](const Box& window) {
         const at::Tensor x = a.read(*ca, window);
         const at::Tensor y = b.read(*cb, window);
         if (c.identical && x.nbytes() > 0 &&
