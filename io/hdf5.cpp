@@ -511,6 +511,29 @@ std::vector<uint64_t> read_u64(hid_t loc, const char* name, const ColumnLimits& 
   return read_numbers<uint64_t>(loc, name, H5T_NATIVE_UINT64, limits);
 }
 
+void write_bytes(hid_t loc, const char* name, const std::string& bytes) {
+  Handle space = simple_space(bytes.size());
+  Handle ds = dataset_handle(
+      H5Dcreate2(loc, name, H5T_STD_U8LE, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+  if (!bytes.empty()) {
+    SHARDLOAD_H5(H5Dwrite(ds.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes.data()));
+  }
+}
+
+std::string read_bytes(hid_t loc, const char* name, const ColumnLimits& limits) {
+  Column c = open_column(loc, name, H5T_INTEGER, limits);
+  if (H5Tget_size(c.type.get()) != 1) {
+    throw FormatError(std::string("'") + name + "' holds " + element_type(c.type.get()).describe() +
+                      " elements, expected bytes");
+  }
+  std::string bytes(static_cast<size_t>(c.rows), '\0');
+  if (c.rows > 0) {
+    SHARDLOAD_H5(
+        H5Dread(c.ds.get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes.data()));
+  }
+  return bytes;
+}
+
 // ---- Attributes ------------------------------------------------------------------------------
 
 void write_attr(hid_t obj, const char* name, const std::string& value) {

@@ -170,6 +170,9 @@ void write_u64(hid_t loc, const char* name, const std::vector<uint64_t>& values)
 /// Reads a checked 1-D column of any integer type, converted to int64 / uint64.
 std::vector<int64_t> read_i64(hid_t loc, const char* name, const ColumnLimits& limits);
 std::vector<uint64_t> read_u64(hid_t loc, const char* name, const ColumnLimits& limits);
+/// Writes a 1-D dataset of bytes (uint8) / reads a checked one (any 1-byte integer type).
+void write_bytes(hid_t loc, const char* name, const std::string& bytes);
+std::string read_bytes(hid_t loc, const char* name, const ColumnLimits& limits);
 
 // ---- Attributes: one value each ------------------------------------------------------------
 

@@ -4,11 +4,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "core/error.h"
 #include "io/checkpoint_dir.h"
+#include "io/checksum.h"
 #include "io/file_bytes.h"
 #include "io/format.h"
 #include "io/hdf5.h"
@@ -39,6 +41,12 @@ void write_manifest(const std::string& dir, const Manifest& m) {
     h5::write_strings(meta.get(), "keys", keys);
     h5::write_strings(meta.get(), "values", values);
     meta.reset();
+    if (!m.values.empty()) {
+      const std::string blob = encode_values(m.values);
+      h5::write_bytes(f.get(), "values", blob);
+      h5::write_attr(f.get(), "values_checksum",
+                     static_cast<int64_t>(checksum(blob.data(), blob.size())));
+    }
     SHARDLOAD_H5(H5Fflush(f.get(), H5F_SCOPE_GLOBAL));
     f.close("H5Fclose");
     fsync_file(path);
@@ -113,6 +121,19 @@ Manifest parse_manifest(hid_t f, const FileBytes& bytes) {
     auto values = h5::read_strings(meta.get(), "values", meta_limits, vlen);
     for (size_t i = 0; i < keys.size(); ++i) m.metadata.emplace_back(keys[i], values[i]);
   }
+  if (h5::link_exists(f, "values")) {
+    const auto limit = static_cast<int64_t>(std::min<uint64_t>(kMaxValueBytes, file_size));
+    const std::string blob = h5::read_bytes(f, "values", h5::ColumnLimits{limit, file_size});
+    if (!h5::has_attr(f, "values_checksum")) {
+      throw FormatError("'values' has no attribute 'values_checksum'");
+    }
+    const auto stored = static_cast<uint64_t>(h5::read_attr_i64(f, "values_checksum"));
+    if (const uint64_t got = checksum(blob.data(), blob.size()); got != stored) {
+      throw FormatError("'values' checksum mismatch (stored " + std::to_string(stored) +
+                        ", computed " + std::to_string(got) + "): the plain values are corrupt");
+    }
+    m.values = decode_values(blob, "'values'");
+  }
   return m;
 }
 
@@ -165,11 +186,16 @@ std::string serialize_manifest(const Manifest& m) {
   j["num_ranks"] = m.num_ranks;
   j["created"] = m.created;
   j["metadata"] = m.metadata;
-  return j.dump();
+  if (!m.values.empty()) {
+    const std::string blob = encode_values(m.values);
+    j["values"] = nlohmann::json::binary(std::vector<uint8_t>(blob.begin(), blob.end()));
+  }
+  const std::vector<uint8_t> cbor = nlohmann::json::to_cbor(j);
+  return std::string(cbor.begin(), cbor.end());
 }
 
 Manifest deserialize_manifest(const std::string& bytes) {
-  auto j = nlohmann::json::parse(bytes);
+  auto j = nlohmann::json::from_cbor(bytes);
   Manifest m;
   m.format_version = j.at("format_version");
   m.library_version = j.at("library_version");
@@ -178,6 +204,11 @@ Manifest deserialize_manifest(const std::string& bytes) {
   m.num_ranks = j.at("num_ranks");
   m.created = j.at("created");
   m.metadata = j.at("metadata").get<std::vector<std::pair<std::string, std::string>>>();
+  if (j.contains("values")) {
+    const auto& blob = j.at("values").get_binary();
+    m.values = decode_values(
+        std::string_view(reinterpret_cast<const char*>(blob.data()), blob.size()), "'values'");
+  }
   return m;
 }
 

@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/value.h"
 #include "io/format.h"
 
 namespace shardload {
@@ -19,6 +20,9 @@ struct Manifest {
   int64_t num_ranks = 1;                 ///< ranks of the job that saved it
   std::string created;                   ///< UTC time of the save, ISO 8601
   std::vector<std::pair<std::string, std::string>> metadata;  ///< caller's (key, value) strings
+  /// The state's plain values (step, scheduler state, ...), typed: the `values` dataset, its
+  /// XXH3-64 in the `values_checksum` attribute (docs/FORMAT.md). Empty when the save had none.
+  ValueList values;
 };
 
 /// Name of the manifest file inside a checkpoint directory.
