@@ -14,6 +14,7 @@
 #include <set>
 
 #include "io/checkpoint_source.h"
+#include "io/checksum.h"
 #include "loader/checkpoint_path.h"
 #include "loader/collective.h"
 #include "loader/declarations.h"
@@ -78,6 +79,52 @@ void accept_legacy_scalars(const std::vector<ChunkRecord>& index,
       }
     }
   }
+}
+
+/// The plain values of the verdict (LoadOptions::value_keys against the manifest's values):
+/// missing and unexpected keys join the plan's, after its tensors' keys; the values asked for
+/// and found go to `result`. Pure but for one allgather that checks every rank asks for the same
+/// keys: the verdict must be the same everywhere.
+void match_values(const Manifest& manifest, const LoadOptions& options, const Communicator& comm,
+                  PhaseRunner& phases, LoadPlan& plan, LoadResult& result) {
+  std::string joined;
+  for (const auto& k : options.value_keys) joined += k + '\0';
+  const auto mine = static_cast<int64_t>(checksum(joined.data(), joined.size()));
+  const auto all = comm.allgather(mine);
+  phases.run("plan", [&] {
+    for (size_t r = 0; r < all.size(); ++r) {
+      if (all[r] != all[0]) {
+        throw UsageError("ranks 0 and " + std::to_string(r) +
+                         " hold different plain values (value_keys); every rank's state must "
+                         "have the same ones");
+      }
+    }
+    KeyMapper mapper(options);
+    std::map<std::string, const Value*> stored;
+    for (const auto& [key, value] : manifest.values) {
+      std::string mapped = mapper.checkpoint_to_model(key);
+      if (mapper.selected(mapped)) stored.emplace(std::move(mapped), &value);
+    }
+    std::set<std::string> asked;
+    for (const auto& key : options.value_keys) {
+      if (!mapper.selected(key) || !asked.insert(key).second) continue;
+      auto it = stored.find(key);
+      if (it == stored.end()) {
+        plan.missing_keys.push_back(key);
+        continue;
+      }
+      if (it->second->holds_pickle() && !options.allow_pickle) {
+        throw UsageError("value '" + key +
+                         "' was saved pickled; loading it runs code from the "
+                         "checkpoint, so it needs allow_pickle=True (LoadOptions::allow_pickle)");
+      }
+      result.values.emplace_back(key, *it->second);
+    }
+    for (const auto& [key, value] : manifest.values) {
+      std::string mapped = mapper.checkpoint_to_model(key);
+      if (mapper.selected(mapped) && !asked.count(mapped)) plan.unexpected_keys.push_back(mapped);
+    }
+  });
 }
 
 }  // namespace
@@ -197,6 +244,7 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
     accept_legacy_scalars(index, needs.lists);
     plan = plan_load(index, needs, PlanOptions{options.message_bytes});
   });
+  match_values(manifest, options, comm, phases, plan, result);
   result.seconds.plan = seconds_since(t);
   // What the transfer needs of the plan phase: this rank's needs, and the partition entry each
   // lands in.

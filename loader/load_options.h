@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/value.h"
 #include "loader/progress.h"
 #include "sharding/load_plan.h"
 
@@ -48,6 +49,13 @@ struct LoadOptions {
   /// level; TensorFileOptions::select). Empty: the file must be a flat state dict. Other formats
   /// refuse it (UsageError).
   std::string select;
+  /// The plain values the caller's state holds (model-side keys; SaveOptions::values). Each is
+  /// a key of the verdict like a tensor's: missing when the checkpoint has no such value; the
+  /// checkpoint's values that no key asks for are unexpected. Every rank passes the same keys.
+  std::vector<std::string> value_keys;
+  /// Whether a pickled value (saved with allow_pickle) may be loaded; otherwise asking for one
+  /// fails the load before any tensor changes (UsageError naming the key).
+  bool allow_pickle = false;
 };
 
 /// Seconds spent in each phase on this rank.
@@ -95,6 +103,9 @@ struct LoadResult {
   /// What the load did besides reading (identical on every rank): e.g. a checkpoint that a
   /// killed save had left beside the path, put back (docs/GUARANTEES.md).
   std::vector<std::string> notes;
+  /// The checkpoint's plain values for LoadOptions::value_keys that it holds (model-side keys),
+  /// in value_keys order (identical on every rank).
+  ValueList values;
 };
 
 /// Thrown on every rank when the verdict fails; carries the full result.

@@ -87,6 +87,18 @@ void Partition::add_split(std::string key, at::Tensor local, int64_t dim, std::v
   entries_.push_back({std::move(key), std::move(local), std::move(d)});
 }
 
+std::vector<int> match_rules(const std::vector<SplitRule>& rules,
+                             const std::vector<std::string>& keys) {
+  auto compiled = compile(rules);
+  std::vector<int> out;
+  out.reserve(keys.size());
+  for (const auto& key : keys) {
+    const SplitRule* rule = match(compiled, key);
+    out.push_back(rule ? static_cast<int>(rule - rules.data()) : -1);
+  }
+  return out;
+}
+
 Partition Partition::from_tensors(const TensorList& tensors, const std::vector<SplitRule>& rules) {
   auto compiled = compile(rules);
   Partition p;

@@ -30,6 +30,12 @@ struct SplitRule {
   std::vector<int> group;  ///< ranks sharing the tensor, in order; empty = all ranks
 };
 
+/// For each key, the index of the first rule whose pattern matches it (a search, as in
+/// Partition::from_tensors), or -1 when none does. For partitions built key by key, where a key
+/// follows another's rule (an optimizer's state tensor its parameter's).
+std::vector<int> match_rules(const std::vector<SplitRule>& rules,
+                             const std::vector<std::string>& keys);
+
 /// The tensors one rank holds. Not collective; save() and load() are.
 class Partition {
  public:

@@ -1,13 +1,16 @@
 #include "loader/save.h"
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <map>
 #include <memory>
+#include <set>
 
 #include "core/crash_point.h"
 #include "core/error.h"
 #include "io/checkpoint_dir.h"
+#include "io/checksum.h"
 #include "io/manifest.h"
 #include "io/run_dir.h"
 #include "io/shard_file.h"
@@ -29,6 +32,38 @@ void check_key(const std::string& key) {
   }
 }
 
+/// The plain values are the job's: the same on every rank. One allgather of their checksums;
+/// only when they differ, rank 0's are shared to name the first key that differs.
+void check_values_agree(const Communicator& comm, PhaseRunner& phases, const ValueList& values,
+                        const std::string& blob) {
+  const auto mine = static_cast<int64_t>(checksum(blob.data(), blob.size()));
+  const auto all = comm.allgather(mine);
+  if (std::all_of(all.begin(), all.end(), [&](int64_t c) { return c == all[0]; })) return;
+  std::string first = comm.rank() == 0 ? blob : std::string();
+  comm.broadcast(first, 0);
+  phases.run("declare", [&] {
+    if (mine == all[0]) return;
+    const ValueList theirs = decode_values(first, "rank 0's values");
+    std::string what = "its plain values differ from rank 0's";
+    for (size_t i = 0; i < std::max(values.size(), theirs.size()); ++i) {
+      if (i >= values.size()) {
+        what = "it has no plain value '" + theirs[i].first + "' where rank 0 has one";
+      } else if (i >= theirs.size() || values[i].first != theirs[i].first) {
+        what = "plain value '" + values[i].first + "' is not rank 0's key at that place";
+      } else if (!(values[i].second == theirs[i].second)) {
+        what = "plain value '" + values[i].first + "' is " + values[i].second.repr(80) +
+               ", rank 0 has " + theirs[i].second.repr(80);
+      } else {
+        continue;
+      }
+      break;
+    }
+    throw UsageError(what +
+                     " (plain values are the job's, the same on every rank; key a "
+                     "rank's own values by its rank)");
+  });
+}
+
 }  // namespace
 
 SaveResult save(const Partition& partition, const std::string& path, MPI_Comm mpi_comm,
@@ -44,14 +79,29 @@ SaveResult save(const Partition& partition, const std::string& path, MPI_Comm mp
   DeclaredLayouts declared;
   RankGroups holdings;
   SavePlan plan;
+  std::string value_blob;
   phases.run("declare", [&] {
+    std::set<std::string_view> tensor_keys;
     for (const auto& e : partition.entries()) {
       check_key(e.key);
       if (shape_of(e.tensor) != e.declaration.local_shape) {
         throw UsageError("key '" + e.key + "': tensor shape changed since it was added");
       }
+      if (!options.values.empty()) tensor_keys.insert(e.key);
     }
+    std::set<std::string_view> value_keys;
+    for (const auto& [key, value] : options.values) {
+      check_key(key);
+      if (tensor_keys.count(key)) {
+        throw UsageError("key '" + key + "' is both a tensor and a plain value");
+      }
+      if (!value_keys.insert(key).second) {
+        throw UsageError("plain value '" + key + "' is given twice");
+      }
+    }
+    value_blob = encode_values(options.values);
   });
+  check_values_agree(comm, phases, options.values, value_blob);
   declared = exchange_declarations(comm, partition.declarations());
   phases.run("plan", [&] {
     holdings = resolve_declarations(declared);
@@ -140,6 +190,7 @@ SaveResult save(const Partition& partition, const std::string& path, MPI_Comm mp
     m.num_ranks = ranks;
     m.created = utc_timestamp();
     m.metadata = options.metadata;
+    m.values = options.values;
     write_manifest(staging_dir, m);
     crash_point("manifest-written", rank);
     staging->commit();

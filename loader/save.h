@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/value.h"
 #include "loader/partition.h"
 #include "loader/progress.h"
 
@@ -18,6 +19,11 @@ struct SaveOptions {
   bool overwrite = false;
   /// Caller's metadata (step, epoch, ...), stored as strings in the manifest.
   std::vector<std::pair<std::string, std::string>> metadata;
+  /// The state's plain values (a step, a scheduler's state, hyper-parameters), stored typed in
+  /// the manifest (docs/FORMAT.md) and loaded back by key (LoadOptions::value_keys). They are
+  /// the job's: every rank passes the same ones (a difference is a UsageError naming the key and
+  /// ranks), and no key may also be a tensor's.
+  ValueList values;
   /// Seconds a rank waits for the others at a phase boundary before the save fails, naming the
   /// ranks that did not arrive. <= 0: wait forever.
   double timeout_seconds = 600;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "core/error.h"              // IWYU pragma: export
+#include "core/value.h"              // IWYU pragma: export
 #include "io/tensor_file.h"          // IWYU pragma: export
 #include "loader/checkpoint_info.h"  // IWYU pragma: export
 #include "loader/load.h"             // IWYU pragma: export

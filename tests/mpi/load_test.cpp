@@ -1,5 +1,6 @@
 // Collective load: read once, the global verdict (identical on every rank), transactional
 // failure, dtype conversion, prefix mapping and key filter, and the transport's large messages.
+#include <cmath>
 #include <filesystem>
 #include <map>
 
@@ -103,6 +104,60 @@ TEST(Load, VerdictIsGlobalIdenticalAndAFailedLoadChangesNothing) {
   EXPECT_TRUE(same_bits(p.entries()[4].tensor, at::full({3}, 7.0)));  // missing keeps its values
   EXPECT_TRUE(same_bits(p.entries()[2].tensor, at::zeros({6})));      // skipped mismatch too
   EXPECT_TRUE(same_bits(p.entries()[0].tensor, f.full[0].tensor));
+}
+
+TEST(Load, PlainValuesAreKeysOfTheVerdictAndComeBackTyped) {
+  SharedDir dir{"values"};
+  const std::string ckpt = dir.path + "/ckpt";
+  const ValueList values = {
+      {"step", Value::of_int(1000)},
+      {"sched.base_lrs", Value::list({Value::of_float(0.1), Value::of_float(-0.0)})},
+      {"data", Value::dict({Value::of_str("epoch"), Value::of_int(3), Value::of_str("name"),
+                            Value::of_str("shard-\xce\xb1")})}};
+  Partition p;
+  p.add("w", make_tensor(1, at::kFloat, {4}));
+  save(p, ckpt, MPI_COMM_WORLD, {.values = values});
+
+  LoadOptions options;
+  options.value_keys = {"step", "data", "sched.base_lrs"};
+  LoadResult r = load(p, ckpt, MPI_COMM_WORLD, options);
+  ASSERT_EQ(r.values.size(), 3u);
+  EXPECT_EQ(r.values[0].first, "step");
+  EXPECT_TRUE(r.values[0].second == values[0].second);
+  EXPECT_TRUE(r.values[1].second == values[2].second);
+  EXPECT_TRUE(r.values[2].second == values[1].second);
+  EXPECT_TRUE(std::signbit(r.values[2].second.items[1].real));
+
+  // A value the checkpoint lacks is missing, one it has that no key asks for unexpected.
+  options.value_keys = {"step", "epoch"};
+  try {
+    load(p, ckpt, MPI_COMM_WORLD, options);
+    ADD_FAILURE() << "strict load should fail";
+  } catch (const LoadVerdictError& e) {
+    EXPECT_EQ(e.result().missing_keys, std::vector<std::string>{"epoch"});
+    EXPECT_EQ(e.result().unexpected_keys, (std::vector<std::string>{"sched.base_lrs", "data"}));
+  }
+
+  // Ranks that ask for different keys, or save different values, fail on every rank.
+  options.value_keys = {"step"};
+  if (world_size() > 1 && world_rank() == 1) options.value_keys.push_back("data");
+  if (world_size() > 1) EXPECT_THROW(load(p, ckpt, MPI_COMM_WORLD, options), UsageError);
+  ValueList mine = values;
+  mine[0].second = Value::of_int(world_rank());
+  if (world_size() > 1) {
+    EXPECT_THROW(save(p, dir.path + "/never", MPI_COMM_WORLD, {.values = mine}), UsageError);
+  }
+  // A key both a tensor's and a value's, and a pickle loaded without allow_pickle.
+  EXPECT_THROW(save(p, dir.path + "/never", MPI_COMM_WORLD, {.values = {{"w", Value::none()}}}),
+               UsageError);
+  EXPECT_FALSE(std::filesystem::exists(dir.path + "/never"));
+  save(p, dir.path + "/pickled", MPI_COMM_WORLD, {.values = {{"obj", Value::of_pickle("\x80.")}}});
+  LoadOptions pickled;
+  pickled.value_keys = {"obj"};
+  EXPECT_THROW(load(p, dir.path + "/pickled", MPI_COMM_WORLD, pickled), UsageError);
+  pickled.allow_pickle = true;
+  EXPECT_TRUE(load(p, dir.path + "/pickled", MPI_COMM_WORLD, pickled).values.at(0).second ==
+              Value::of_pickle("\x80."));
 }
 
 TEST(Load, DtypesConvertLikeCopy) {
