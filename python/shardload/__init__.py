@@ -27,6 +27,7 @@ import torch as _torch  # first: the extension uses torch's own Tensor conversio
 from torch.nn.modules.module import _IncompatibleKeys as _TorchIncompatibleKeys
 
 from . import _shardload as _C
+from . import _state
 from ._shardload import (  # noqa: F401  (re-exported)
     CommError,
     Conversion,
@@ -156,18 +157,31 @@ def _set_options(options, fields):
     return options
 
 
-def _prepare(obj, path, split, make_options):
-    """This rank's (source, path, rules, options, error text); a failure here is not raised alone
-    but handed to the collective, which raises it on every rank."""
-    source, text, rules = [], "", []
+class _Prepared:
+    """This rank's arguments for the extension. ``error``: a failure met here, not raised alone
+    but handed to the collective, which raises it on every rank. ``flat``: a training state's
+    flattened form (shardload/_state.py), else None."""
+
+    def __init__(self):
+        self.source, self.path, self.rules, self.options, self.error = [], "", [], None, ""
+        self.flat = None
+
+
+def _prepare(obj, path, split, make_options, for_load):
+    p = _Prepared()
     try:
-        text = _os.fsdecode(_os.fspath(path))
-        source, name = _source_of(obj)
-        rules = _split_rules(split)
-        options = make_options(name)
-        return source, text, rules, options, ""
+        p.path = _os.fsdecode(_os.fspath(path))
+        p.rules = _split_rules(split)
+        if _state.is_training_state(obj):
+            p.flat = _state.flatten(obj, for_load)
+            p.source, name = p.flat.partition(p.rules), "state"
+            p.rules = []  # applied by flat.partition, key by key
+        else:
+            p.source, name = _source_of(obj)
+        p.options = make_options(name)
     except Exception as e:  # noqa: BLE001  (reported on every rank by the collective)
-        return source, text, rules, None, f"{type(e).__name__}: {e}"
+        p.error = f"{type(e).__name__}: {e}"
+    return p
 
 
 def _stall_seconds(value, error):
@@ -184,7 +198,8 @@ def _stall_seconds(value, error):
 
 
 def save(module_or_state_dict, path, *, split=None, overwrite=False, metadata=None, comm=None,
-         timeout=None, progress=None, on_stall=None, stall_report_seconds=None, **options):
+         timeout=None, progress=None, on_stall=None, stall_report_seconds=None,
+         allow_pickle=False, **options):
     """Saves every rank's tensors as one checkpoint directory at ``path``. Collective: every rank
     of ``comm`` calls it with the same path and options.
 
@@ -216,15 +231,16 @@ def save(module_or_state_dict, path, *, split=None, overwrite=False, metadata=No
             o.timeout_seconds = float(timeout)
         return _set_options(o, options)
 
-    source, path, rules, opts, error = _prepare(module_or_state_dict, path, split, make_options)
-    stall, error = _stall_seconds(stall_report_seconds, error)
-    return _C.save(source, path, rules, opts or SaveOptions(), progress, handle, error, on_stall,
-                   stall)
+    p = _prepare(module_or_state_dict, path, split, make_options, for_load=False)
+    stall, error = _stall_seconds(stall_report_seconds, p.error)
+    return _C.save(p.source, p.path, p.rules, p.options or SaveOptions(), progress, handle, error,
+                   on_stall, stall, p.flat.values if p.flat and not error else None,
+                   bool(allow_pickle))
 
 
 def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=None,
          add_prefix=None, skip_size_mismatch=False, comm=None, timeout=None, progress=None,
-         select=None, on_stall=None, stall_report_seconds=None, **options):
+         select=None, on_stall=None, stall_report_seconds=None, allow_pickle=False, **options):
     """Loads the checkpoint at ``path`` into every rank's tensors, in place. Collective: every
     rank of ``comm`` calls it with the same path and options.
 
@@ -268,9 +284,20 @@ def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=No
             o.select = select
         return _set_options(o, options)
 
-    source, path, rules, opts, error = _prepare(module_or_state_dict, path, split, make_options)
-    stall, error = _stall_seconds(stall_report_seconds, error)
-    result = _C.load(source, path, rules, opts or LoadOptions(), progress, handle, error, on_stall,
-                     stall)
+    p = _prepare(module_or_state_dict, path, split, make_options, for_load=True)
+    stall, error = _stall_seconds(stall_report_seconds, p.error)
+    if p.options is not None:
+        p.options.allow_pickle = bool(allow_pickle)
+        if p.flat is not None:
+            p.options.value_keys = [key for key, _ in p.flat.values]
+    try:
+        result = _C.load(p.source, p.path, p.rules, p.options or LoadOptions(), progress, handle,
+                         error, on_stall, stall)
+    except BaseException:
+        if p.flat is not None:
+            p.flat.undo()  # a failed load changes nothing, a fresh optimizer's state included
+        raise
+    if p.flat is not None:
+        p.flat.restore(result.values, result.missing_keys)
     return IncompatibleKeys(result.missing_keys, result.unexpected_keys, result)
 

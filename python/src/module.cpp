@@ -13,6 +13,7 @@
 #include "loader/shardload.h"
 #include "python/src/bindings.h"
 #include "python/src/mpi_session.h"
+#include "python/src/values.h"
 #include "shardload/config.h"
 #include "tools/progress_display.h"
 #include "transport/communicator.h"
@@ -202,9 +203,28 @@ LoadResult py_load(py::handle source, const std::string& path, const std::vector
       });
 }
 
+/// `values`: (key, object) pairs of plain values, made typed Values here (a failure is this
+/// rank's error in the collective's first agreement, like every other bad argument).
 SaveResult py_save(py::handle source, const std::string& path, const std::vector<SplitRule>& rules,
-                   SaveOptions options, py::handle progress, int64_t comm,
-                   const std::string& local_error, py::handle on_stall, double stall_seconds) {
+                   SaveOptions options, py::handle progress, int64_t comm, std::string local_error,
+                   py::handle on_stall, double stall_seconds, py::handle values,
+                   bool allow_pickle) {
+  if (local_error.empty() && !values.is_none()) {
+    try {
+      for (py::handle item : values) {
+        auto pair = item.cast<py::tuple>();
+        if (pair.size() != 2) throw UsageError("values: expected (key, object) pairs");
+        std::string key = pair[0].cast<std::string>();
+        options.values.emplace_back(key, to_value(pair[1], key, allow_pickle));
+      }
+    } catch (const Error& e) {
+      local_error = e.what();
+    } catch (const py::error_already_set& e) {  // pickle.dumps failed
+      local_error = std::string("UsageError: a value could not be pickled: ") + e.what();
+    } catch (const std::exception& e) {
+      local_error = e.what();
+    }
+  }
   return run_collective<SaveResult>(
       "save", path, source, rules, progress, comm, local_error, options.timeout_seconds, on_stall,
       stall_seconds, [&](Partition& partition, MPI_Comm mpi_comm, ProgressCallback callback) {
@@ -251,6 +271,9 @@ PYBIND11_MODULE(_shardload, m) {
         "Collective load into a Partition or a list of (key, tensor) pairs, in place.");
   m.def("save", &py_save, py::arg("source"), py::arg("path"), py::arg("rules"), py::arg("options"),
         py::arg("progress"), py::arg("comm"), py::arg("local_error"), py::arg("on_stall"),
-        py::arg("stall_seconds"),
-        "Collective save of a Partition or a list of (key, tensor) pairs.");
+        py::arg("stall_seconds"), py::arg("values") = py::none(), py::arg("allow_pickle") = false,
+        "Collective save of a Partition or a list of (key, tensor) pairs, with the plain "
+        "values (key, object) of the state.");
+  m.def("match_rules", &shardload::match_rules, py::arg("rules"), py::arg("keys"),
+        "For each key, the index of the first split rule whose pattern it matches, or -1.");
 }

@@ -4,6 +4,7 @@
 
 #include "loader/shardload.h"
 #include "python/src/bindings.h"
+#include "python/src/values.h"
 
 namespace py = pybind11;
 
@@ -75,13 +76,20 @@ void bind_types(py::module_& m) {
       .def_readwrite("direct_io", &LoadOptions::direct_io)
       .def_readwrite("reader_threads", &LoadOptions::reader_threads)
       .def_readwrite("timeout_seconds", &LoadOptions::timeout_seconds)
-      .def_readwrite("select", &LoadOptions::select);
+      .def_readwrite("select", &LoadOptions::select)
+      .def_readwrite("value_keys", &LoadOptions::value_keys)
+      .def_readwrite("allow_pickle", &LoadOptions::allow_pickle);
 
   py::class_<SaveOptions>(m, "SaveOptions", "Options of shardload.save (see loader/save.h).")
       .def(py::init<>())
       .def_readwrite("overwrite", &SaveOptions::overwrite)
       .def_readwrite("metadata", &SaveOptions::metadata)
-      .def_readwrite("timeout_seconds", &SaveOptions::timeout_seconds);
+      .def_readwrite("timeout_seconds", &SaveOptions::timeout_seconds)
+      .def_readwrite("step", &SaveOptions::step,
+                     ">= 0: the path is a run directory ROOT, saved as ROOT/step-N, ROOT/latest "
+                     "naming it when complete")
+      .def_readwrite("keep_last", &SaveOptions::keep_last,
+                     "with step: keep only this many highest step-N checkpoints (0: all)");
 
   py::class_<PhaseSeconds>(m, "PhaseSeconds", "Seconds spent in each phase of a load, this rank.")
       .def_readonly("open", &PhaseSeconds::open)
@@ -140,7 +148,27 @@ void bind_types(py::module_& m) {
       .def_readonly("checksums_reason", &LoadResult::checksums_reason,
                     "why checksums_verified is False ('' when it is True)")
       .def_readonly("format", &LoadResult::format, "'shardload', 'safetensors' or 'torch'")
+      .def_property_readonly(
+          "values",
+          [](const LoadResult& r) {
+            py::list out;
+            for (const auto& [key, value] : r.values) {
+              out.append(py::make_tuple(key, from_value(value)));
+            }
+            return out;
+          },
+          "the checkpoint's plain values asked for by value_keys: (key, object) pairs")
       .def_readonly("notes", &LoadResult::notes, "what the load did or found besides reading")
+      .def_property_readonly(
+          "values",
+          [](const LoadResult& r) {
+            py::list out;
+            for (const auto& [key, value] : r.values) {
+              out.append(py::make_tuple(key, from_value(value)));
+            }
+            return out;
+          },
+          "the checkpoint's plain values that value_keys asked for: (key, object) pairs")
       .def("__repr__", &repr);
 
   py::class_<SaveResult>(m, "SaveResult")
@@ -149,6 +177,8 @@ void bind_types(py::module_& m) {
       .def_readonly("bytes_written_total", &SaveResult::bytes_written_total, "by all ranks")
       .def_readonly("chunks_written", &SaveResult::chunks_written, "by this rank")
       .def_readonly("seconds", &SaveResult::seconds, "wall time, max over ranks")
+      .def_readonly("path", &SaveResult::path, "the checkpoint written (ROOT/step-N with step)")
+      .def_readonly("notes", &SaveResult::notes, "what the save did besides writing")
       .def("__repr__", [](const SaveResult& r) {
         std::ostringstream s;
         s << "SaveResult(num_shards=" << r.num_shards

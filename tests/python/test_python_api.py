@@ -439,10 +439,11 @@ def case_errors_on_every_rank(tmp):
     except shardload.FormatError as e:
         check(e.exit_code == 3 and missing in str(e) and isinstance(e, RuntimeError),
               f"missing checkpoint: {e!r}")
-    # A bad value on the last rank only: every rank raises the same UsageError naming the key.
+    # A bad value on the last rank only (not a tensor, nor a plain value of a training state):
+    # every rank raises the same UsageError naming the key.
     state = {"w": torch.zeros(3)}
     if RANK == SIZE - 1:
-        state["bad key"] = 3
+        state["bad key"] = object()
     try:
         shardload.save(state, os.path.join(tmp, "never"))
         check(False, "a non-tensor value did not raise")

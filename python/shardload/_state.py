@@ -1,0 +1,264 @@
+"""A training state as one checkpoint: modules, optimizers, LR schedulers, tensors and plain
+values, nested in dicts, lists and tuples, flattened into keys that shardload saves and loads in
+one collective call, then put back in place.
+
+Keys are joined with ".": ``model.fc1.weight`` for a module at ``state["model"]``,
+``optim.state.fc1.weight.exp_avg`` for an optimizer's state by the name of its parameter,
+``optim.param_groups`` for its hyper-parameters (parameters by name), ``sched.last_epoch`` for a
+scheduler's state, ``data.epoch`` for a plain value in a nested dict. Tensors are loaded in place;
+plain values (None, bool, int, float, str, bytes and lists, tuples and dicts of them) are typed
+values of the format, never pickled unless ``allow_pickle=True``. An optimizer's state tensors of
+its parameter's shape are declared like the parameter (split by the parameter's rule), so they
+reshard with the model; the rest of its state (``step``) is replicated.
+"""
+from collections.abc import Mapping as _Mapping
+
+import torch as _torch
+
+from . import _shardload as _C
+
+
+def is_training_state(obj):
+    """Whether ``obj`` needs the nested path: a dict that is not a flat dict of tensors."""
+    if not isinstance(obj, _Mapping):
+        return isinstance(obj, _torch.optim.Optimizer)
+    return not all(isinstance(k, str) and isinstance(v, _torch.Tensor) for k, v in obj.items())
+
+
+def _stateful(obj):
+    return callable(getattr(obj, "state_dict", None)) and callable(
+        getattr(obj, "load_state_dict", None))
+
+
+def _holds_tensor(obj, depth=0):
+    if isinstance(obj, _torch.Tensor):
+        return True
+    if depth > 64:
+        return False
+    if isinstance(obj, (list, tuple)):
+        return any(_holds_tensor(x, depth + 1) for x in obj)
+    if isinstance(obj, _Mapping):
+        return any(_holds_tensor(x, depth + 1) for x in obj.values())
+    return False
+
+
+class _Slot:
+    """Where a loaded plain value goes: ``container[index]`` (a tuple is rebuilt in its parent)."""
+
+    def __init__(self, container, index, parent=None):
+        self.container, self.index, self.parent = container, index, parent
+
+
+class Flat:
+    """A state flattened: tensors (key, tensor, key of the tensor whose split rule it follows),
+    plain values (key, object) and where each goes back, and the optimizers and stateful objects
+    to restore after a load."""
+
+    def __init__(self, for_load):
+        self.for_load = for_load
+        self.initialized = []  # optimizers whose state load() created (undone if it fails)
+        self.tensors = []      # (key, tensor, follows: a key or None)
+        self.values = []       # (key, object)
+        self.slots = {}        # value key -> _Slot
+        self.optimizers = []   # (key, optimizer, [(param, name)] in param_groups order, state)
+        self.statefuls = []    # (key, object, its state_dict() copy whose leaves are restored)
+        self.modules = []      # (key, module)
+
+    def key(self, prefix, name):
+        return f"{prefix}.{name}" if prefix else str(name)
+
+    # ------------------------------------------------------------------------------- flatten
+    def add(self, obj, prefix, slot, depth=0):
+        if depth > 64:
+            raise ValueError(f"key '{prefix}': the state nests deeper than 64 levels")
+        if isinstance(obj, _torch.nn.Module):
+            self.modules.append((prefix, obj))
+            for key, tensor in obj.state_dict(prefix=self.key(prefix, "")).items():
+                if not isinstance(tensor, _torch.Tensor):
+                    raise ValueError(f"key '{key}': module {type(obj).__name__} returns extra "
+                                     f"state ({type(tensor).__name__}) in its state_dict, which "
+                                     "shardload does not restore; save it as a value of the state")
+                self.tensors.append((key, tensor, None))
+        elif isinstance(obj, _torch.optim.Optimizer):
+            if self.for_load and init_optimizer_state(obj):
+                self.initialized.append(obj)
+            self.optimizers.append((prefix, obj))
+        elif _stateful(obj):
+            state = obj.state_dict()
+            if not isinstance(state, dict):
+                raise ValueError(f"key '{prefix}': {type(obj).__name__}.state_dict() returned "
+                                 f"a {type(state).__name__}, not a dict")
+            state = dict(state)
+            self.statefuls.append((prefix, obj, state))
+            self.add_mapping(state, prefix, depth)
+        elif isinstance(obj, _torch.Tensor):
+            self.tensors.append((prefix, obj, None))
+        elif isinstance(obj, _Mapping) and obj and all(isinstance(k, str) for k in obj):
+            self.add_mapping(obj, prefix, depth)
+        elif isinstance(obj, (list, tuple)) and _holds_tensor(obj):
+            items = list(obj) if isinstance(obj, tuple) else obj
+            for i, item in enumerate(items):
+                self.add(item, self.key(prefix, i), _Slot(items, i, (slot, obj)), depth + 1)
+        else:
+            if _holds_tensor(obj):
+                raise ValueError(f"key '{prefix}': a dict with keys that are not str holds "
+                                 "tensors; use str keys")
+            self.values.append((prefix, obj))
+            self.slots[prefix] = slot
+
+    def add_mapping(self, mapping, prefix, depth):
+        for name, value in mapping.items():
+            self.add(value, self.key(prefix, name), _Slot(mapping, name), depth + 1)
+
+    def add_optimizers(self):
+        """The optimizers' state by parameter name (after every module of the state is known)."""
+        names, tensor_key = {}, {}
+        single = len(self.modules) == 1
+        for prefix, module in self.modules:
+            for name, param in module.named_parameters():
+                full = self.key(prefix, name)
+                names.setdefault(id(param), name if single else full)
+                tensor_key.setdefault(id(param), full)
+        added = []
+        for prefix, opt in self.optimizers:
+            params = []
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if id(p) not in names:
+                        raise ValueError(
+                            f"key '{prefix}': the optimizer holds a parameter of shape "
+                            f"{tuple(p.shape)} that no module of the state has; put the module "
+                            "in the same state so its parameters have names")
+                    params.append((p, names[id(p)]))
+            for p, name in params:
+                for field, value in opt.state.get(p, {}).items():
+                    key = f"{self.key(prefix, 'state')}.{name}.{field}"
+                    if isinstance(value, _torch.Tensor):
+                        follows = tensor_key[id(p)] if value.shape == p.shape else None
+                        self.tensors.append((key, value, follows))
+                    else:
+                        self.values.append((key, value))
+                        self.slots[key] = _Slot(opt.state[p], field)
+            groups = []
+            for group in opt.param_groups:
+                g = {k: v for k, v in group.items() if k != "params"}
+                g["params"] = [names[id(p)] for p in group["params"]]
+                groups.append(g)
+            key = self.key(prefix, "param_groups")
+            self.values.append((key, groups))
+            self.slots[key] = None  # read by restore(), not put in place
+            added.append((prefix, opt, params))
+        self.optimizers = added
+
+    def partition(self, rules):
+        """This rank's Partition: a tensor split by the first rule its key matches, an optimizer
+        state tensor by its parameter's."""
+        keys = [follows or key for key, _, follows in self.tensors]
+        which = _C.match_rules(rules, keys) if rules else [-1] * len(keys)
+        p = _C.Partition()
+        for (key, tensor, _), r in zip(self.tensors, which):
+            if r < 0:
+                p.add(key, tensor)
+            else:
+                p.add_split(key, tensor, rules[r].dim, rules[r].group)
+        return p
+
+    # ------------------------------------------------------------------------------- restore
+    def restore(self, loaded, missing):
+        """Puts the loaded plain values in place and hands optimizers and stateful objects
+        their state (the tensors are already loaded in place)."""
+        groups_of = {}
+        for key, value in loaded:
+            slot = self.slots.get(key, "absent")
+            if slot is None:
+                groups_of[key] = value
+            elif slot != "absent":
+                self.put(slot, value)
+        missing = set(missing)
+        for prefix, opt, params in self.optimizers:
+            key = self.key(prefix, "param_groups")
+            if key in groups_of:
+                self.restore_optimizer(prefix, opt, params, groups_of[key], missing)
+        for _prefix, obj, state in self.statefuls:
+            obj.load_state_dict(state)
+
+    def undo(self):
+        """After a failed load: the optimizers' state that load() created is dropped again."""
+        for opt in self.initialized:
+            opt.state.clear()
+
+    def put(self, slot, value):
+        slot.container[slot.index] = value
+        if slot.parent is not None:
+            parent_slot, original = slot.parent
+            if isinstance(original, tuple):
+                rebuilt = type(original)(slot.container) if type(original) is tuple else \
+                    type(original)(*slot.container)
+                if parent_slot is not None:
+                    self.put(parent_slot, rebuilt)
+
+    def restore_optimizer(self, prefix, opt, params, saved_groups, missing):
+        by_name = {name: i for i, (_, name) in enumerate(params)}
+        index = {id(p): i for i, (p, _) in enumerate(params)}
+        if not isinstance(saved_groups, list) or len(saved_groups) != len(opt.param_groups):
+            raise ValueError(f"key '{prefix}.param_groups': the checkpoint's optimizer has "
+                             f"{len(saved_groups) if isinstance(saved_groups, list) else '?'} "
+                             f"param groups, this one {len(opt.param_groups)}")
+        groups = []
+        for g, (saved, group) in enumerate(zip(saved_groups, opt.param_groups)):
+            mine = [index[id(p)] for p in group["params"]]
+            theirs = saved.get("params") if isinstance(saved, dict) else None
+            if not isinstance(theirs, list) or sorted(theirs, key=str) != sorted(
+                    (params[i][1] for i in mine), key=str):
+                raise ValueError(f"key '{prefix}.param_groups': group {g} holds other parameters "
+                                 "in the checkpoint than in this optimizer")
+            groups.append(dict(saved, params=mine))
+        state = {}
+        for p, name in params:
+            fields = {f: v for f, v in opt.state.get(p, {}).items()}
+            base = f"{self.key(prefix, 'state')}.{name}."
+            if fields and all(base + f in missing for f in fields):
+                continue  # no state in the checkpoint for this parameter (strict=False)
+            if fields:
+                state[by_name[name]] = fields
+        opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def init_optimizer_state(opt):
+    """Creates an optimizer's state the way its first step would, without moving a parameter:
+    zero gradients, a step at learning rate 0 (as torch.distributed.checkpoint does), so that a
+    fresh optimizer has the tensors a checkpoint's state is loaded into."""
+    if opt.state:
+        return False
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if any(p.grad is not None for p in params):
+        return False
+    for p in params:
+        if p.requires_grad:
+            p.grad = _torch.zeros_like(p)
+    lrs = []
+    for g in opt.param_groups:
+        if "lr" in g:
+            lrs.append(g["lr"])
+            g["lr"] = _torch.tensor(0.0) if isinstance(g["lr"], _torch.Tensor) else 0.0
+    with _torch.no_grad():
+        before = [p.detach().clone() for p in params]
+        opt.step()
+        for p, b in zip(params, before):
+            p.copy_(b)  # lr 0 leaves them as they were; exactly so, whatever the optimizer
+    for g in opt.param_groups:
+        if "lr" in g:
+            g["lr"] = lrs.pop(0)
+    opt.zero_grad(set_to_none=True)
+    return True
+
+
+def flatten(obj, for_load):
+    """The Flat of a training state (a dict, or an optimizer alone)."""
+    flat = Flat(for_load)
+    if isinstance(obj, _torch.optim.Optimizer):
+        raise ValueError("an optimizer's state is keyed by its parameters' names: pass "
+                         "{'model': model, 'optim': optimizer}, not the optimizer alone")
+    flat.add_mapping(obj, "", 0)
+    flat.add_optimizers()
+    return flat

@@ -1,0 +1,319 @@
+#!/usr/bin/env python3
+"""A training state, not only a model: `shardload.save(state, ...)` / `shardload.load(state, ...)`
+of {"model": module, "optim": optimizer, "sched": scheduler, "step": int, "rng": {...},
+"data": {...}}, with PyTorch itself as the oracle.
+
+Two launches, so that nothing of the saving process survives into the loading one:
+  * `--role save` at 2 ranks trains a small model with AdamW and a warm-up + cosine LR schedule
+    (dropout and data drawn from torch's RNG) for K steps and saves the whole state into a run
+    directory (ROOT/step-K, `latest`); it also saves four optimizers (SGD with momentum, Adam,
+    AdamW with amsgrad, Adagrad) over models split Megatron-style across its 2 ranks, each rank's
+    optimizer state the slab of a global state; and tries the refusals (a value that is not
+    plain, pickles, values that differ between ranks, an optimizer without its module).
+  * `--role resume` at 4 ranks loads, in fresh objects, at 4 ranks, at 1 and 3 ranks at once
+    (two sub-communicators), and at 2 + 2: the resumed run's next K losses and final parameters
+    equal an uninterrupted run's bit for bit, the step, RNG, plain values and schedule come back
+    with their types, and each rank's optimizer state is bit for bit its slab of the global state.
+
+Run as a test without arguments (it launches both with mpirun). Prints "N passed, M failed".
+"""
+import copy
+import fractions
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROLE = sys.argv[sys.argv.index("--role") + 1] if "--role" in sys.argv else None
+
+if ROLE is None:  # the driver
+    ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1")
+    tmp = tempfile.mkdtemp(prefix="shardload_training_")
+    failed = 0
+    try:
+        for role, ranks in (("save", 2), ("resume", 4)):
+            cmd = ["mpirun", "-np", str(ranks), "--oversubscribe", sys.executable, __file__,
+                   "--role", role, "--dir", tmp]
+            run = subprocess.run(cmd, env=ENV, timeout=400, capture_output=True, text=True)
+            sys.stdout.write(run.stdout)
+            sys.stderr.write(run.stderr[-6000:])
+            if run.returncode != 0:
+                print(f"FAILED: {role} at {ranks} ranks exited {run.returncode}", flush=True)
+                failed += 1
+                break
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    sys.exit(1 if failed else 0)
+
+from mpi4py import MPI  # noqa: E402  (before shardload: shardload takes MPI as mpi4py started it)
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import shardload  # noqa: E402
+
+torch.set_num_threads(1)  # the same arithmetic in every process, whatever the rank count
+DIR = sys.argv[sys.argv.index("--dir") + 1]
+WORLD = MPI.COMM_WORLD
+RANK = WORLD.rank
+PASSED, FAILED = [0], [0]
+K = 4  # steps before the save, and after the resume
+SPLIT = {r"fc1\.(weight|bias)$": 0, r"fc2\.weight$": 1}
+
+
+def check(cond, what):
+    if cond:
+        PASSED[0] += 1
+    else:
+        FAILED[0] += 1
+        print(f"FAIL [rank {RANK}] {what}", file=sys.stderr, flush=True)
+    return bool(cond)
+
+
+def same(a, b):
+    """Same dtype, shape and bytes."""
+    return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+            and a.shape == b.shape and torch.equal(
+                a.detach().contiguous().reshape(-1).view(torch.uint8),
+                b.detach().contiguous().reshape(-1).view(torch.uint8)))
+
+
+# ---- the resumed run -------------------------------------------------------------------------
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.norm = nn.LayerNorm(16)
+        self.drop = nn.Dropout(0.2)
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(self.drop(torch.relu(self.norm(self.fc1(x)))))
+
+
+def make_run(seed):
+    torch.manual_seed(seed)
+    model = Net()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-2, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, [
+        torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=3),
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)], milestones=[3])
+    return model, opt, sched
+
+
+def train_step(model, opt, sched):
+    x, y = torch.randn(16, 8), torch.randn(16, 4)
+    loss = nn.functional.mse_loss(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
+def state_of(model, opt, sched, step):
+    return {"model": model, "optim": opt, "sched": sched, "step": step,
+            "rng": {"torch": torch.get_rng_state()},
+            "data": {"epoch": 3, "offset": 81920, "name": "shard-\u03b1", "seen": (1, 2.5, None),
+                     "weights": [0.25, -0.0]}}
+
+
+# ---- optimizers over split models ------------------------------------------------------------
+OPTIMIZERS = {
+    "sgd": (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-2}),
+    "adam": (torch.optim.Adam, {"lr": 1e-2}),
+    "adamw": (torch.optim.AdamW, {"lr": 1e-2, "amsgrad": True, "weight_decay": 0.1}),
+    "adagrad": (torch.optim.Adagrad, {"lr": 0.1}),
+}
+
+
+class Mlp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 12)
+        self.fc2 = nn.Linear(12, 8)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def global_trained(name):
+    """The global model and optimizer after 3 steps (the same in every process)."""
+    torch.manual_seed(11)
+    model = Mlp()
+    cls, kwargs = OPTIMIZERS[name]
+    opt = cls(model.parameters(), **kwargs)
+    for _ in range(3):
+        loss = model(torch.randn(5, 8)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model, opt
+
+
+def slab(tensor, key, rank, size):
+    """This rank's slab of a global tensor under SPLIT (the rest whole)."""
+    for dim, pattern in ((0, "fc1."), (1, "fc2.weight")):
+        if key.startswith(pattern) and (pattern != "fc1." or key in ("fc1.weight", "fc1.bias")):
+            return torch.tensor_split(tensor, size, dim=dim)[rank].clone()
+    return tensor.clone()
+
+
+def local_model(global_model, rank, size, fill=None):
+    model = copy.deepcopy(global_model)
+    for key, p in model.named_parameters():
+        p.data = slab(p.data, key, rank, size)
+        if fill is not None:
+            p.data.fill_(fill)
+    return model
+
+
+def split_state(rank, size, trained):
+    """{"m_<opt>": slab model, "<opt>": its optimizer}; with `trained`, the optimizer state is
+    the slab of the global one, else the optimizer is fresh and the model's values are 0."""
+    state = {}
+    for name, (cls, kwargs) in OPTIMIZERS.items():
+        g_model, g_opt = global_trained(name)
+        model = local_model(g_model, rank, size, fill=None if trained else 0.0)
+        opt = cls(model.parameters(), **kwargs)
+        if trained:
+            names = [k for k, _ in g_model.named_parameters()]
+            sd = g_opt.state_dict()
+            sd["state"] = {i: {f: slab(v, names[i], rank, size)
+                               if isinstance(v, torch.Tensor) and v.dim() > 0 else v
+                               for f, v in s.items()} for i, s in sd["state"].items()}
+            opt.load_state_dict(sd)
+        state["m_" + name], state[name] = model, opt
+    state["step"] = 3
+    return state
+
+
+def check_split_state(state, rank, size, what):
+    for name in OPTIMIZERS:
+        g_model, g_opt = global_trained(name)
+        model, opt = state["m_" + name], state[name]
+        params = dict(model.named_parameters())
+        g_params = dict(g_model.named_parameters())
+        for key, p in params.items():
+            check(same(p, slab(g_params[key], key, rank, size)),
+                  f"{what}: {name} model {key} is not its slab")
+            want = g_opt.state[g_params[key]]
+            got = opt.state.get(p, {})
+            check(sorted(got) == sorted(want), f"{what}: {name} {key} state {sorted(got)} != "
+                  f"{sorted(want)}")
+            for field, value in want.items():
+                expect = slab(value, key, rank, size) if value.dim() > 0 else value
+                check(same(got.get(field), expect),
+                      f"{what}: {name} {key}.{field} is not the slab of the global state")
+        for got, want in zip(opt.param_groups, g_opt.param_groups):
+            check({k: v for k, v in got.items() if k != "params"} ==
+                  {k: v for k, v in want.items() if k != "params"},
+                  f"{what}: {name} param group hyper-parameters differ")
+
+
+def expect_error(cls, needles, what, fn):
+    try:
+        fn()
+        check(False, f"{what}: did not raise")
+    except cls as e:
+        text = str(e)
+        check(all(n in text for n in needles), f"{what}: {text[:600]!r}")
+
+
+# ---- the roles -------------------------------------------------------------------------------
+def role_save():
+    model, opt, sched = make_run(0)
+    for _ in range(K):
+        train_step(model, opt, sched)
+    root = os.path.join(DIR, "run")
+    result = shardload.save(state_of(model, opt, sched, K), root, step=K)
+    check(result.path.endswith(f"step-{K}"), f"saved into {result.path}")
+
+    split = split_state(RANK, WORLD.size, trained=True)
+    shardload.save(split, os.path.join(DIR, "split"), split=SPLIT)
+
+    # Refusals: collective, the same UsageError on every rank, nothing written.
+    never = os.path.join(DIR, "never")
+    expect_error(shardload.UsageError, ["'data.blob'", "allow_pickle", "object"],
+                 "a value that is not plain",
+                 lambda: shardload.save({"model": model, "data": {"blob": object()}}, never))
+    expect_error(shardload.UsageError, ["'step'", "rank 0"], "values that differ",
+                 lambda: shardload.save({"model": model, "step": RANK}, never))
+    expect_error(shardload.UsageError, ["'optim'", "no module"], "an optimizer without its module",
+                 lambda: shardload.save({"optim": opt}, never))
+    check(not os.path.exists(never), "nothing written after the refusals")
+    # A pickled value: only with allow_pickle, on save and on load.
+    pickled = os.path.join(DIR, "pickled")
+    shardload.save({"model": model, "ratio": fractions.Fraction(1, 3)}, pickled,
+                   allow_pickle=True)
+    state = {"model": model, "ratio": None}
+    expect_error(shardload.UsageError, ["'ratio'", "allow_pickle"], "loading a pickle",
+                 lambda: shardload.load(state, pickled))
+    check(state["ratio"] is None, "nothing restored after the refusal")
+    shardload.load(state, pickled, allow_pickle=True)
+    check(state["ratio"] == fractions.Fraction(1, 3), f"pickled value back: {state['ratio']!r}")
+
+
+def role_resume():
+    groups = [("4 ranks", WORLD)]
+    for what, color in (("1 + 3 ranks", 0 if RANK == 0 else 1), ("2 + 2 ranks", RANK // 2)):
+        groups.append((what, WORLD.Split(color, RANK)))
+    for what, comm in groups:
+        what = f"{what} (rank {comm.rank} of {comm.size})"
+        # The uninterrupted run.
+        model, opt, sched = make_run(0)
+        want_losses = [train_step(model, opt, sched) for _ in range(2 * K)]
+        want_params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        # The resumed one: other initial values, a fresh optimizer and schedule.
+        model, opt, sched = make_run(1)
+        state = state_of(model, opt, sched, 0)
+        state["data"] = {"epoch": 0, "offset": 0, "name": "", "seen": (), "weights": []}
+        keys = shardload.load(state, os.path.join(DIR, "run"), comm=comm)
+        check(tuple(keys) == ([], []), f"{what}: verdict {keys!r}")
+        check(type(state["step"]) is int and state["step"] == K, f"{what}: step {state['step']!r}")
+        check(state["data"] == {"epoch": 3, "offset": 81920, "name": "shard-\u03b1",
+                                "seen": (1, 2.5, None), "weights": [0.25, -0.0]}
+              and str(state["data"]["weights"][1]) == "-0.0", f"{what}: data {state['data']!r}")
+        check(sched.last_epoch == K, f"{what}: scheduler at {sched.last_epoch}")
+        torch.set_rng_state(state["rng"]["torch"])
+        got_losses = [train_step(model, opt, sched) for _ in range(K)]
+        check(got_losses == want_losses[K:],
+              f"{what}: losses {got_losses} != uninterrupted {want_losses[K:]}")
+        for key, value in model.state_dict().items():
+            check(same(value, want_params[key]), f"{what}: {key} differs from the uninterrupted run")
+
+        # Optimizer state resharded: saved at 2 ranks, loaded at comm.size.
+        state = split_state(comm.rank, comm.size, trained=False)
+        keys = shardload.load(state, os.path.join(DIR, "split"), split=SPLIT, comm=comm)
+        check(tuple(keys) == ([], []), f"{what}: split verdict {keys!r}")
+        check_split_state(state, comm.rank, comm.size, what)
+
+    # The verdict covers values: a value the checkpoint lacks is missing (strict: nothing
+    # changes), one it has that the state lacks is unexpected.
+    model, opt, sched = make_run(1)
+    state = state_of(model, opt, sched, 0)
+    state["extra"] = {"lr_scale": 1.5}
+    del state["data"]
+    expect_error(shardload.VerdictError, ["Missing key(s)", '"extra.lr_scale"', '"data.epoch"'],
+                 "strict with other values", lambda: shardload.load(state, os.path.join(DIR, "run")))
+    check(state["step"] == 0, "strict failure restored nothing")
+    keys = shardload.load(state, os.path.join(DIR, "run"), strict=False)
+    check(keys.missing_keys == ["extra.lr_scale"] and "data.epoch" in keys.unexpected_keys,
+          f"non-strict verdict {keys!r}")
+    check(state["extra"] == {"lr_scale": 1.5} and state["step"] == K, "non-strict restore")
+
+
+if __name__ == "__main__":
+    try:
+        {"save": role_save, "resume": role_resume}[ROLE]()
+    except Exception:  # noqa: BLE001
+        import traceback
+        traceback.print_exc()
+        FAILED[0] += 1
+    passed = WORLD.allreduce(PASSED[0])
+    failed = WORLD.allreduce(FAILED[0])
+    if RANK == 0:
+        print(f"{ROLE}: {passed} passed, {failed} failed", flush=True)
+    sys.exit(1 if failed else 0)
