@@ -10,7 +10,10 @@ Run under ``mpirun -np N python3 train.py``; every rank calls the same functions
     keys.result.bytes_read_total                 # the full LoadResult
 
 A module's tensors are its ``state_dict()`` (PyTorch's names, parameters and persistent buffers),
-loaded in place; a dict of tensors works the same, and so does a ``Partition`` built by hand.
+loaded in place; a dict of tensors works the same, and so does a ``Partition`` built by hand. A
+training state, ``{"model": model, "optim": opt, "sched": sched, "step": n, ...}``, is saved and
+restored whole: optimizer state by parameter name (resharded with the model), schedulers through
+their own ``load_state_dict``, plain values typed (no pickle unless ``allow_pickle=True``).
 ``split={regex: dim}`` declares the tensors whose key matches (``re.search``; the first matching
 pattern wins) as this rank's slab of a tensor split along ``dim`` across the ranks of ``comm``.
 ``comm`` is an mpi4py communicator (default: the world); shardload starts MPI itself when mpi4py
@@ -205,7 +208,11 @@ def save(module_or_state_dict, path, *, split=None, overwrite=False, metadata=No
 
     ``split``: {regex: dim}, tensors this rank holds a slab of (the rest are replicated and written
     once). ``overwrite``: replace an existing checkpoint (only by a complete new one).
-    ``metadata``: {str: value}, stored as strings in the manifest. ``timeout``: seconds a rank
+    ``metadata``: {str: value}, stored as strings in the manifest. ``step=N``: ``path`` is a run
+    directory, saved as ``path/step-N`` and named by ``path/latest`` once complete
+    (``keep_last=K`` keeps the K highest). ``allow_pickle``: store values of a training state that
+    are not plain (None, bool, int, float, str, bytes, lists, tuples, dicts) pickled, instead of
+    refusing them. ``timeout``: seconds a rank
     waits for the others before the save fails naming them (None: the library's default, 600;
     0: forever); it bounds every collective step of the call, the first agreement included.
     ``progress``: True (rank 0 shows progress on stderr) or a callable receiving a ``Progress``.
@@ -260,6 +267,11 @@ def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=No
     (``"model"``, ``"state_dict"``; keys joined by ``"."``); scalar leaves are listed in
     ``result.notes``, never loaded. Other keywords set ``LoadOptions`` fields
     (``verify_checksums``, ``direct_io``, ``key_filter``, ``name``, ...).
+
+    A training state (a dict holding modules, optimizers, schedulers, tensors and plain values)
+    is restored in place: tensors loaded into, optimizers and schedulers through their own
+    ``load_state_dict``, plain values replaced in their dicts. ``allow_pickle``: a pickled value
+    of the checkpoint may be unpickled (else asking for one is a ``UsageError``).
 
     ``path`` may be a shardload checkpoint, a run directory, a Hugging Face directory
     (``model.safetensors.index.json`` and its shards, or ``model.safetensors``), a

@@ -101,8 +101,14 @@ class Flat:
                 self.add(item, self.key(prefix, i), _Slot(items, i, (slot, obj)), depth + 1)
         else:
             if _holds_tensor(obj):
+                hint = ""
+                if prefix.split(".")[-1] == "state" and isinstance(obj, _Mapping) and all(
+                        isinstance(k, int) for k in obj):
+                    hint = (" (an optimizer's state_dict() keys its state by parameter index: "
+                            "put the optimizer itself in the state beside its module, "
+                            "{'model': model, 'optim': optimizer}, to key it by parameter name)")
                 raise ValueError(f"key '{prefix}': a dict with keys that are not str holds "
-                                 "tensors; use str keys")
+                                 f"tensors; use str keys{hint}")
             self.values.append((prefix, obj))
             self.slots[prefix] = slot
 
@@ -224,15 +230,50 @@ class Flat:
         opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+def _zero_state(opt):
+    """The state a first step creates, made directly for the optimizers whose state we know
+    (SGD, Adam, AdamW, as their `_init_group` makes it); None for any other (or a fused or
+    capturable group). The load overwrites it; only its shapes and dtypes matter."""
+    kind = type(opt)
+    if kind not in (_torch.optim.SGD, _torch.optim.Adam, _torch.optim.AdamW):
+        return None
+    made = {}
+    for g in opt.param_groups:
+        if g.get("fused") or g.get("capturable") or g.get("differentiable"):
+            return None
+        for p in g["params"]:
+            if not p.requires_grad:
+                continue
+            if kind is _torch.optim.SGD:
+                if g.get("momentum", 0) != 0:
+                    made[p] = {"momentum_buffer": _torch.zeros_like(p)}
+                continue
+            state = {"step": _torch.tensor(0.0, dtype=_torch.float64 if _torch.get_default_dtype()
+                                           == _torch.float64 else _torch.float32),
+                     "exp_avg": _torch.zeros_like(p, memory_format=_torch.preserve_format),
+                     "exp_avg_sq": _torch.zeros_like(p, memory_format=_torch.preserve_format)}
+            if g.get("amsgrad"):
+                state["max_exp_avg_sq"] = _torch.zeros_like(p,
+                                                            memory_format=_torch.preserve_format)
+            made[p] = state
+    return made
+
+
 def init_optimizer_state(opt):
-    """Creates an optimizer's state the way its first step would, without moving a parameter:
-    zero gradients, a step at learning rate 0 (as torch.distributed.checkpoint does), so that a
-    fresh optimizer has the tensors a checkpoint's state is loaded into."""
+    """Creates an optimizer's state the way its first step would, without moving a parameter,
+    so that a fresh optimizer has the tensors a checkpoint's state is loaded into: directly for
+    SGD, Adam and AdamW; for any other, zero gradients and a step at learning rate 0 (as
+    torch.distributed.checkpoint does), the parameters put back exactly."""
     if opt.state:
         return False
     params = [p for g in opt.param_groups for p in g["params"]]
     if any(p.grad is not None for p in params):
         return False
+    made = _zero_state(opt)
+    if made is not None:
+        for p, state in made.items():
+            opt.state[p] = state
+        return bool(made)
     for p in params:
         if p.requires_grad:
             p.grad = _torch.zeros_like(p)

@@ -6,10 +6,10 @@ of {"model": module, "optim": optimizer, "sched": scheduler, "step": int, "rng":
 Two launches, so that nothing of the saving process survives into the loading one:
   * `--role save` at 2 ranks trains a small model with AdamW and a warm-up + cosine LR schedule
     (dropout and data drawn from torch's RNG) for K steps and saves the whole state into a run
-    directory (ROOT/step-K, `latest`); it also saves four optimizers (SGD with momentum, Adam,
-    AdamW with amsgrad, Adagrad) over models split Megatron-style across its 2 ranks, each rank's
-    optimizer state the slab of a global state; and tries the refusals (a value that is not
-    plain, pickles, values that differ between ranks, an optimizer without its module).
+    directory (ROOT/step-K, `latest`); it also saves five optimizers (SGD with momentum, Adam,
+    AdamW with amsgrad, Adagrad, RMSprop) over models split Megatron-style across its 2 ranks,
+    each rank's optimizer state the slab of a global state; and tries the refusals (a value that
+    is not plain, pickles, values that differ between ranks, an optimizer without its module).
   * `--role resume` at 4 ranks loads, in fresh objects, at 4 ranks, at 1 and 3 ranks at once
     (two sub-communicators), and at 2 + 2: the resumed run's next K losses and final parameters
     equal an uninterrupted run's bit for bit, the step, RNG, plain values and schedule come back
@@ -126,6 +126,8 @@ OPTIMIZERS = {
     "adam": (torch.optim.Adam, {"lr": 1e-2}),
     "adamw": (torch.optim.AdamW, {"lr": 1e-2, "amsgrad": True, "weight_decay": 0.1}),
     "adagrad": (torch.optim.Adagrad, {"lr": 0.1}),
+    # Not one whose state shardload makes directly: created by a step at learning rate 0.
+    "rmsprop": (torch.optim.RMSprop, {"lr": 1e-2, "momentum": 0.5}),
 }
 
 
