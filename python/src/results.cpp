@@ -148,16 +148,6 @@ void bind_types(py::module_& m) {
       .def_readonly("checksums_reason", &LoadResult::checksums_reason,
                     "why checksums_verified is False ('' when it is True)")
       .def_readonly("format", &LoadResult::format, "'shardload', 'safetensors' or 'torch'")
-      .def_property_readonly(
-          "values",
-          [](const LoadResult& r) {
-            py::list out;
-            for (const auto& [key, value] : r.values) {
-              out.append(py::make_tuple(key, from_value(value)));
-            }
-            return out;
-          },
-          "the checkpoint's plain values asked for by value_keys: (key, object) pairs")
       .def_readonly("notes", &LoadResult::notes, "what the load did or found besides reading")
       .def_property_readonly(
           "values",
