@@ -81,50 +81,51 @@ void accept_legacy_scalars(const std::vector<ChunkRecord>& index,
   }
 }
 
-/// The plain values of the verdict (LoadOptions::value_keys against the manifest's values):
-/// missing and unexpected keys join the plan's, after its tensors' keys; the values asked for
-/// and found go to `result`. Pure but for one allgather that checks every rank asks for the same
-/// keys: the verdict must be the same everywhere.
-void match_values(const Manifest& manifest, const LoadOptions& options, const Communicator& comm,
-                  PhaseRunner& phases, LoadPlan& plan, LoadResult& result) {
+/// A checksum of this rank's LoadOptions::value_keys, gathered from every rank before the plan
+/// (match_values() checks that they agree: the verdict must be the same everywhere).
+std::vector<int64_t> gather_value_keys(const LoadOptions& options, const Communicator& comm) {
   std::string joined;
   for (const auto& k : options.value_keys) joined += k + '\0';
-  const auto mine = static_cast<int64_t>(checksum(joined.data(), joined.size()));
-  const auto all = comm.allgather(mine);
-  phases.run("plan", [&] {
-    for (size_t r = 0; r < all.size(); ++r) {
-      if (all[r] != all[0]) {
-        throw UsageError("ranks 0 and " + std::to_string(r) +
-                         " hold different plain values (value_keys); every rank's state must "
-                         "have the same ones");
-      }
+  return comm.allgather(static_cast<int64_t>(checksum(joined.data(), joined.size())));
+}
+
+/// The plain values of the verdict (LoadOptions::value_keys against the manifest's values):
+/// missing and unexpected keys join the plan's, after its tensors' keys; the values asked for
+/// and found go to `result`. Pure; runs inside the plan phase. `all`: gather_value_keys().
+void match_values(const Manifest& manifest, const LoadOptions& options,
+                  const std::vector<int64_t>& all, LoadPlan& plan, LoadResult& result) {
+  for (size_t r = 0; r < all.size(); ++r) {
+    if (all[r] != all[0]) {
+      throw UsageError("ranks 0 and " + std::to_string(r) +
+                       " hold different plain values (value_keys); every rank's state must "
+                       "have the same ones");
     }
-    KeyMapper mapper(options);
-    std::map<std::string, const Value*> stored;
-    for (const auto& [key, value] : manifest.values) {
-      std::string mapped = mapper.checkpoint_to_model(key);
-      if (mapper.selected(mapped)) stored.emplace(std::move(mapped), &value);
+  }
+  KeyMapper mapper(options);
+  std::map<std::string, const Value*> stored;
+  for (const auto& [key, value] : manifest.values) {
+    std::string mapped = mapper.checkpoint_to_model(key);
+    if (mapper.selected(mapped)) stored.emplace(std::move(mapped), &value);
+  }
+  std::set<std::string> asked;
+  for (const auto& key : options.value_keys) {
+    if (!mapper.selected(key) || !asked.insert(key).second) continue;
+    auto it = stored.find(key);
+    if (it == stored.end()) {
+      plan.missing_keys.push_back(key);
+      continue;
     }
-    std::set<std::string> asked;
-    for (const auto& key : options.value_keys) {
-      if (!mapper.selected(key) || !asked.insert(key).second) continue;
-      auto it = stored.find(key);
-      if (it == stored.end()) {
-        plan.missing_keys.push_back(key);
-        continue;
-      }
-      if (it->second->holds_pickle() && !options.allow_pickle) {
-        throw UsageError("value '" + key +
-                         "' was saved pickled; loading it runs code from the "
-                         "checkpoint, so it needs allow_pickle=True (LoadOptions::allow_pickle)");
-      }
-      result.values.emplace_back(key, *it->second);
+    if (it->second->holds_pickle() && !options.allow_pickle) {
+      throw UsageError("value '" + key +
+                       "' was saved pickled; loading it runs code from the "
+                       "checkpoint, so it needs allow_pickle=True (LoadOptions::allow_pickle)");
     }
-    for (const auto& [key, value] : manifest.values) {
-      std::string mapped = mapper.checkpoint_to_model(key);
-      if (mapper.selected(mapped) && !asked.count(mapped)) plan.unexpected_keys.push_back(mapped);
-    }
-  });
+    result.values.emplace_back(key, *it->second);
+  }
+  for (const auto& [key, value] : manifest.values) {
+    std::string mapped = mapper.checkpoint_to_model(key);
+    if (mapper.selected(mapped) && !asked.count(mapped)) plan.unexpected_keys.push_back(mapped);
+  }
 }
 
 }  // namespace
@@ -215,6 +216,7 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
   // Ranks with identical layouts (data-parallel replicas) share one declaration in the exchange
   // and one list of needs in the plan.
   auto declared = exchange_declarations(comm, partition.declarations());
+  const std::vector<int64_t> value_keys = gather_value_keys(options, comm);
   RankGroups needs;
   std::vector<int32_t> my_entry_of_need;  // need index on this rank -> partition entry
   LoadPlan plan;
@@ -243,8 +245,8 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
     index = std::move(mapped);
     accept_legacy_scalars(index, needs.lists);
     plan = plan_load(index, needs, PlanOptions{options.message_bytes});
+    match_values(manifest, options, value_keys, plan, result);
   });
-  match_values(manifest, options, comm, phases, plan, result);
   result.seconds.plan = seconds_since(t);
   // What the transfer needs of the plan phase: this rank's needs, and the partition entry each
   // lands in.
