@@ -2,6 +2,7 @@
 
 #include <torch/nn/module.h>
 
+#include <algorithm>
 #include <regex>
 
 #include "core/error.h"
@@ -76,6 +77,26 @@ void Partition::add_shard(std::string key, at::Tensor local, Shape global_shape,
   d.kind = Declaration::Kind::kShard;
   d.global_shape = std::move(global_shape);
   d.offset = std::move(offset);
+  entries_.push_back({std::move(key), std::move(local), std::move(d)});
+}
+
+void Partition::add_like(std::string key, at::Tensor local, const std::string& like) {
+  auto it = std::find_if(entries_.begin(), entries_.end(),
+                         [&](const PartitionEntry& e) { return e.key == like; });
+  if (it == entries_.end()) {
+    throw UsageError("key '" + key + "': declared like '" + like +
+                     "', which is not in the partition");
+  }
+  Declaration d = base_declaration(key, local);
+  if (d.local_shape != it->declaration.local_shape) {
+    throw UsageError("key '" + key + "': shape " + shape_str(d.local_shape) +
+                     " is not the shape of '" + like + "' (" +
+                     shape_str(it->declaration.local_shape) + "), which it is declared like");
+  }
+  const DType dtype = d.dtype;
+  d = it->declaration;
+  d.key = key;
+  d.dtype = dtype;
   entries_.push_back({std::move(key), std::move(local), std::move(d)});
 }
 

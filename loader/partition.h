@@ -48,6 +48,10 @@ class Partition {
   /// member holds a consecutive slab, sizes may differ (even zero). The global size and this
   /// rank's offset are worked out collectively in save()/load().
   void add_split(std::string key, at::Tensor local, int64_t dim, std::vector<int> group = {});
+  /// A tensor declared like the entry `like` already added (replicated, the same box, or split
+  /// the same way), for state that follows a parameter (an optimizer's moments). Its local
+  /// shape must be that entry's (UsageError naming both keys).
+  void add_like(std::string key, at::Tensor local, const std::string& like);
 
   /// Parameters and buffers of `module` with PyTorch's key names ("layers.0.fc1.weight"),
   /// each declared by the first matching rule (split along its dim, the module holding the local

@@ -9,3 +9,4 @@
 #include "loader/load.h"             // IWYU pragma: export
 #include "loader/partition.h"        // IWYU pragma: export
 #include "loader/save.h"             // IWYU pragma: export
+#include "loader/training_state.h"   // IWYU pragma: export

@@ -1,0 +1,72 @@
+// A training state in C++: modules, torch::optim optimizers and plain values, saved and loaded in
+// one collective call with the keys of the Python API (docs/PYTHON.md, "A training state"), so
+// that a checkpoint written by one loads in the other:
+//
+//   model.fc1.weight                        a module's parameters and buffers, under its prefix
+//   optim.state.fc1.weight.exp_avg          an optimizer's state by its parameter's name
+//   optim.state.fc1.weight.step             the step, a float64 scalar tensor (Python: float32)
+//   optim.param_groups                      hyper-parameters and parameter names, a plain value
+//   step                                    any plain value
+//
+// A parameter's name is its name in its module ("fc1.weight") when the state has one module, else
+// the module's prefix in front ("model.fc1.weight"). A state tensor of its parameter's shape is
+// declared like the parameter (Partition::add_like), so it is split the same way and reshards
+// with the model.
+#pragma once
+
+#include <mpi.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/value.h"
+#include "loader/load.h"
+#include "loader/partition.h"
+#include "loader/save.h"
+
+namespace torch::optim {
+class Optimizer;
+}
+
+namespace shardload {
+
+class TrainingState {
+ public:
+  /// The parameters and buffers of `module` under `prefix` ("" for none), each split by the first
+  /// rule whose pattern its key (with the prefix) matches, else replicated.
+  void add_module(const std::string& prefix, torch::nn::Module& module,
+                  std::vector<SplitRule> rules = {});
+  /// The state of `optimizer` (torch::optim::SGD, Adam, AdamW or Adagrad; another is a
+  /// UsageError at save and load) by the names of its parameters, which must belong to a module
+  /// added to this state. On load, state that a fresh optimizer does not have yet is created
+  /// first (as its first step would), then loaded over; the param groups' options are set from
+  /// the checkpoint, groups matched by their parameters' names.
+  void add_optimizer(const std::string& prefix, torch::optim::Optimizer& optimizer);
+  /// A plain value: saved from `*value`, and replaced by the checkpoint's on load. `*value`
+  /// must outlive the state.
+  void add_value(const std::string& key, Value* value);
+
+  /// Collective save of everything added (SaveOptions::values gets the plain values).
+  SaveResult save(const std::string& path, MPI_Comm comm, SaveOptions options = {});
+  /// Collective load of everything added, in place; the verdict covers every key, tensors and
+  /// values. Throws as load() does; after a failed verdict nothing has changed (a fresh
+  /// optimizer's state created for the load is dropped again).
+  LoadResult load(const std::string& path, MPI_Comm comm, LoadOptions options = {});
+
+ private:
+  struct Module {
+    std::string prefix;
+    torch::nn::Module* module;
+    std::vector<SplitRule> rules;
+  };
+  struct Optimizer {
+    std::string prefix;
+    torch::optim::Optimizer* optimizer;
+  };
+  std::vector<Module> modules_;
+  std::vector<Optimizer> optimizers_;
+  std::vector<std::pair<std::string, Value*>> values_;
+};
+
+}  // namespace shardload
