@@ -7,6 +7,7 @@
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 
+#include <cstdlib>
 #include <functional>
 #include <memory>
 
@@ -231,6 +232,40 @@ TEST(TrainingState, AFailedLoadLeavesAFreshOptimizerFreshAndForeignParametersAre
   bad.add_module("model", *net);
   bad.add_optimizer("optim", *foreign);
   EXPECT_THROW(bad.save(dir.path + "/never", MPI_COMM_WORLD), UsageError);
+}
+
+}  // namespace
+}  // namespace shardload::testing
+
+namespace shardload::testing {
+namespace {
+
+/// Run by tests/python/test_training_state.py between its two launches, with
+/// SHARDLOAD_INTEROP_DIR naming a directory whose `py` is a state saved by the Python API:
+/// {"model": fc1/fc2 as Net, "optim": AdamW(lr=0.03, weight_decay=0.2, amsgrad=True) after 3
+/// steps, "step": 3}. It loads that into a C++ Net and AdamW, checks the options and the step,
+/// and saves what it holds as `cpp`, which the Python test loads back and compares bit for bit.
+TEST(TrainingStateInterop, LoadsAPythonStateAndSavesItBack) {
+  const char* dir = std::getenv("SHARDLOAD_INTEROP_DIR");
+  if (!dir) GTEST_SKIP() << "run by tests/python/test_training_state.py";
+  Net net(kHidden);
+  torch::optim::AdamW opt(net->parameters(), torch::optim::AdamWOptions(1.0).amsgrad(true));
+  Value step = Value::none();
+  TrainingState state;
+  state.add_module("model", *net);
+  state.add_optimizer("optim", opt);
+  state.add_value("step", &step);
+  LoadResult r = state.load(std::string(dir) + "/py", MPI_COMM_WORLD);
+  EXPECT_TRUE(r.missing_keys.empty() && r.unexpected_keys.empty());
+  EXPECT_TRUE(step == Value::of_int(3)) << step.repr();
+  auto& options = static_cast<torch::optim::AdamWOptions&>(opt.param_groups()[0].options());
+  EXPECT_EQ(options.lr(), 0.03);
+  EXPECT_EQ(options.weight_decay(), 0.2);
+  EXPECT_TRUE(options.amsgrad());
+  const auto held = state_of(net, opt);
+  EXPECT_EQ(held.size(), 16u);  // 4 parameters x (exp_avg, exp_avg_sq, max_exp_avg_sq, step)
+  EXPECT_EQ(held.at("fc1.weight.step").item<double>(), 3.0);
+  state.save(std::string(dir) + "/cpp", MPI_COMM_WORLD, {.overwrite = true});
 }
 
 }  // namespace

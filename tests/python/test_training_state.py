@@ -3,13 +3,15 @@
 of {"model": module, "optim": optimizer, "sched": scheduler, "step": int, "rng": {...},
 "data": {...}}, with PyTorch itself as the oracle.
 
-Two launches, so that nothing of the saving process survives into the loading one:
+Three launches, so that nothing of the saving process survives into the loading one:
   * `--role save` at 2 ranks trains a small model with AdamW and a warm-up + cosine LR schedule
     (dropout and data drawn from torch's RNG) for K steps and saves the whole state into a run
     directory (ROOT/step-K, `latest`); it also saves five optimizers (SGD with momentum, Adam,
     AdamW with amsgrad, Adagrad, RMSprop) over models split Megatron-style across its 2 ranks,
     each rank's optimizer state the slab of a global state; and tries the refusals (a value that
     is not plain, pickles, values that differ between ranks, an optimizer without its module).
+  * C++ (`mpi_tests`, TrainingStateInterop) loads a Python AdamW state into torch::optim::AdamW
+    and saves it back; the resume launch loads that and finds the Python state bit for bit.
   * `--role resume` at 4 ranks loads, in fresh objects, at 4 ranks, at 1 and 3 ranks at once
     (two sub-communicators), and at 2 + 2: the resumed run's next K losses and final parameters
     equal an uninterrupted run's bit for bit, the step, RNG, plain values and schedule come back
@@ -33,10 +35,16 @@ if ROLE is None:  # the driver
     tmp = tempfile.mkdtemp(prefix="shardload_training_")
     failed = 0
     try:
-        for role, ranks in (("save", 2), ("resume", 4)):
+        mpi_tests = os.environ.get("SHARDLOAD_MPI_TESTS", "build/tests/mpi_tests")
+        for role, ranks in (("save", 2), ("cpp", 2), ("resume", 4)):
             cmd = ["mpirun", "-np", str(ranks), "--oversubscribe", sys.executable, __file__,
                    "--role", role, "--dir", tmp]
-            run = subprocess.run(cmd, env=ENV, timeout=400, capture_output=True, text=True)
+            env = ENV
+            if role == "cpp":  # C++'s TrainingState loads the Python state and saves it back
+                cmd = ["mpirun", "-np", str(ranks), "--oversubscribe", mpi_tests,
+                       "--gtest_filter=TrainingStateInterop.*", "--gtest_brief=1"]
+                env = dict(ENV, SHARDLOAD_INTEROP_DIR=os.path.join(tmp, "interop"))
+            run = subprocess.run(cmd, env=env, timeout=400, capture_output=True, text=True)
             sys.stdout.write(run.stdout)
             sys.stderr.write(run.stderr[-6000:])
             if run.returncode != 0:
@@ -257,6 +265,25 @@ def role_save():
     shardload.load(state, pickled, allow_pickle=True)
     check(state["ratio"] == fractions.Fraction(1, 3), f"pickled value back: {state['ratio']!r}")
 
+    # For C++ (the "cpp" launch): a state its TrainingState loads and saves back.
+    net, opt = interop_run()
+    os.makedirs(os.path.join(DIR, "interop"), exist_ok=True)
+    shardload.save({"model": net, "optim": opt, "step": 3}, os.path.join(DIR, "interop", "py"))
+
+
+def interop_run():
+    """The state the C++ interop test expects: fc1/fc2 as its Net, AdamW after 3 steps."""
+    torch.manual_seed(5)
+    net = nn.Sequential()
+    net.fc1, net.fc2 = nn.Linear(6, 8), nn.Linear(8, 4)
+    opt = torch.optim.AdamW(net.parameters(), lr=0.03, weight_decay=0.2, amsgrad=True)
+    for _ in range(3):
+        loss = net.fc2(torch.tanh(net.fc1(torch.randn(5, 6)))).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net, opt
+
 
 def role_resume():
     groups = [("4 ranks", WORLD)]
@@ -291,6 +318,23 @@ def role_resume():
         keys = shardload.load(state, os.path.join(DIR, "split"), split=SPLIT, comm=comm)
         check(tuple(keys) == ([], []), f"{what}: split verdict {keys!r}")
         check_split_state(state, comm.rank, comm.size, what)
+
+    # Python -> C++ -> Python: the state C++'s TrainingState loaded and saved back is the one
+    # saved here, bit for bit (its steps come back as float64, converted to float32).
+    want_net, want_opt = interop_run()
+    torch.manual_seed(6)
+    net = nn.Sequential()
+    net.fc1, net.fc2 = nn.Linear(6, 8), nn.Linear(8, 4)
+    opt = torch.optim.AdamW(net.parameters(), lr=1.0, amsgrad=True)
+    state = {"model": net, "optim": opt, "step": 0}
+    keys = shardload.load(state, os.path.join(DIR, "interop", "cpp"))
+    check(tuple(keys) == ([], []) and state["step"] == 3, f"from C++: {keys!r} {state['step']}")
+    check(opt.param_groups[0]["lr"] == 0.03 and opt.param_groups[0]["weight_decay"] == 0.2
+          and opt.param_groups[0]["decoupled_weight_decay"], f"from C++: {opt.param_groups}")
+    for (key, p), q in zip(net.named_parameters(), want_net.parameters()):
+        check(same(p, q), f"from C++: {key}")
+        for field, value in want_opt.state[q].items():
+            check(same(opt.state[p][field], value), f"from C++: {key}.{field}")
 
     # The verdict covers values: a value the checkpoint lacks is missing (strict: nothing
     # changes), one it has that the state lacks is unexpected.
