@@ -232,10 +232,8 @@ struct TrainingStateBuild {
   std::map<std::pair<optim::Optimizer*, void*>, std::vector<std::string>> state_keys;
 };
 
-TrainingStateBuild build_state(const std::vector<std::string>& module_prefixes,
-                               const std::vector<torch::nn::Module*>& modules,
-                               const std::vector<std::vector<SplitRule>>& rules,
-                               const std::vector<std::pair<std::string, optim::Optimizer*>>& opts,
+TrainingStateBuild build_state(const std::vector<TrainingState::ModuleEntry>& modules,
+                               const std::vector<TrainingState::OptimizerEntry>& opts,
                                const std::vector<std::pair<std::string, Value*>>& values) {
   TrainingStateBuild b;
   std::map<void*, std::pair<std::string, std::string>> names;  // impl -> (name, partition key)
@@ -243,22 +241,23 @@ TrainingStateBuild build_state(const std::vector<std::string>& module_prefixes,
   for (size_t m = 0; m < modules.size(); ++m) {
     TensorList tensors;
     std::vector<std::string> keys;
-    for (const auto& item : modules[m]->named_parameters(true)) {
-      const std::string key = join(module_prefixes[m], item.key());
+    for (const auto& item : modules[m].module->named_parameters(true)) {
+      const std::string key = join(modules[m].prefix, item.key());
       names.emplace(item.value().unsafeGetTensorImpl(),
                     std::make_pair(single ? item.key() : key, key));
       tensors.push_back({key, item.value()});
     }
-    for (const auto& item : modules[m]->named_buffers(true)) {
-      tensors.push_back({join(module_prefixes[m], item.key()), item.value()});
+    for (const auto& item : modules[m].module->named_buffers(true)) {
+      tensors.push_back({join(modules[m].prefix, item.key()), item.value()});
     }
     for (const auto& t : tensors) keys.push_back(t.key);
-    const auto which = match_rules(rules[m], keys);
+    const auto& rules = modules[m].rules;
+    const auto which = match_rules(rules, keys);
     for (size_t i = 0; i < tensors.size(); ++i) {
       if (which[i] < 0) {
         b.partition.add(tensors[i].key, tensors[i].tensor);
       } else {
-        const SplitRule& r = rules[m][static_cast<size_t>(which[i])];
+        const SplitRule& r = rules[static_cast<size_t>(which[i])];
         b.partition.add_split(tensors[i].key, tensors[i].tensor, r.dim, r.group);
       }
     }
@@ -319,36 +318,19 @@ TrainingStateBuild build_state(const std::vector<std::string>& module_prefixes,
 }  // namespace
 
 SaveResult TrainingState::save(const std::string& path, MPI_Comm comm, SaveOptions options) {
-  std::vector<std::string> prefixes;
-  std::vector<torch::nn::Module*> modules;
-  std::vector<std::vector<SplitRule>> rules;
-  for (const auto& m : modules_) {
-    prefixes.push_back(m.prefix), modules.push_back(m.module), rules.push_back(m.rules);
-  }
-  std::vector<std::pair<std::string, optim::Optimizer*>> opts;
-  for (const auto& o : optimizers_) opts.emplace_back(o.prefix, o.optimizer);
   // Building is this rank's; a failure (an unknown optimizer, a parameter without a name) is
   // every rank's error, never a rank left alone in the save.
   TrainingStateBuild b;
   {
     const std::string name = "shardload::TrainingState::save(" + path + ")";
     Communicator c(comm, options.timeout_seconds, name);
-    PhaseRunner(c, name).run("prepare",
-                             [&] { b = build_state(prefixes, modules, rules, opts, values_); });
+    PhaseRunner(c, name).run("prepare", [&] { b = build_state(modules_, optimizers_, values_); });
   }
   for (auto& v : b.values) options.values.push_back(std::move(v));
   return shardload::save(b.partition, path, comm, options);
 }
 
 LoadResult TrainingState::load(const std::string& path, MPI_Comm comm, LoadOptions options) {
-  std::vector<std::string> prefixes;
-  std::vector<torch::nn::Module*> modules;
-  std::vector<std::vector<SplitRule>> rules;
-  for (const auto& m : modules_) {
-    prefixes.push_back(m.prefix), modules.push_back(m.module), rules.push_back(m.rules);
-  }
-  std::vector<std::pair<std::string, optim::Optimizer*>> opts;
-  for (const auto& o : optimizers_) opts.emplace_back(o.prefix, o.optimizer);
   std::vector<std::pair<optim::Optimizer*, void*>> created;
   auto undo = [&] {
     for (const auto& [opt, impl] : created) opt->state().erase(impl);
@@ -361,7 +343,7 @@ LoadResult TrainingState::load(const std::string& path, MPI_Comm comm, LoadOptio
       Communicator c(comm, options.timeout_seconds, name);
       PhaseRunner(c, name).run("prepare", [&] {
         // A fresh optimizer's state, made as its first step would, to load into.
-        for (const auto& [prefix, opt] : opts) {
+        for (const auto& [prefix, opt] : optimizers_) {
           const Kind kind = kind_of(*opt, prefix);
           for (auto& group : opt->param_groups()) {
             for (auto& p : group.params()) {
@@ -374,7 +356,7 @@ LoadResult TrainingState::load(const std::string& path, MPI_Comm comm, LoadOptio
             }
           }
         }
-        b = build_state(prefixes, modules, rules, opts, values_);
+        b = build_state(modules_, optimizers_, values_);
       });
     }
     for (const auto& [key, value] : b.values) options.value_keys.push_back(key);

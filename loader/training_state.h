@@ -33,6 +33,17 @@ namespace shardload {
 
 class TrainingState {
  public:
+  /// What add_module() and add_optimizer() recorded.
+  struct ModuleEntry {
+    std::string prefix;
+    torch::nn::Module* module;
+    std::vector<SplitRule> rules;
+  };
+  struct OptimizerEntry {
+    std::string prefix;
+    torch::optim::Optimizer* optimizer;
+  };
+
   /// The parameters and buffers of `module` under `prefix` ("" for none), each split by the first
   /// rule whose pattern its key (with the prefix) matches, else replicated.
   void add_module(const std::string& prefix, torch::nn::Module& module,
@@ -55,17 +66,8 @@ class TrainingState {
   LoadResult load(const std::string& path, MPI_Comm comm, LoadOptions options = {});
 
  private:
-  struct Module {
-    std::string prefix;
-    torch::nn::Module* module;
-    std::vector<SplitRule> rules;
-  };
-  struct Optimizer {
-    std::string prefix;
-    torch::optim::Optimizer* optimizer;
-  };
-  std::vector<Module> modules_;
-  std::vector<Optimizer> optimizers_;
+  std::vector<ModuleEntry> modules_;
+  std::vector<OptimizerEntry> optimizers_;
   std::vector<std::pair<std::string, Value*>> values_;
 };
 
