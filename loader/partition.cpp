@@ -46,6 +46,12 @@ void check_storable(const std::string& key, const at::Tensor& t) {
                      "': a nested tensor has no single shape to store (store its components, "
                      "e.g. t.unbind())");
   }
+  if (t.key_set().has(c10::DispatchKey::Python)) {
+    throw UsageError("key '" + key +
+                     "': a tensor subclass (a DTensor, ...) holds no data of its own here; pass "
+                     "its local tensor (shardload.save/load in Python declare DTensors from their "
+                     "placements)");
+  }
   if (t.is_meta()) {
     throw UsageError("key '" + key +
                      "': a meta tensor has no data (materialise it first, e.g. "

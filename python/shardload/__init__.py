@@ -177,7 +177,8 @@ def _prepare(obj, path, split, make_options, for_load):
         p.rules = _split_rules(split)
         if _state.is_training_state(obj):
             p.flat = _state.flatten(obj, for_load)
-            p.source, name = p.flat.partition(p.rules), "state"
+            p.source = p.flat.partition(p.rules)
+            name = type(obj).__name__ if isinstance(obj, _torch.nn.Module) else "state"
             p.rules = []  # applied by flat.partition, key by key
         else:
             p.source, name = _source_of(obj)

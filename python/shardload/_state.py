@@ -19,10 +19,14 @@ from . import _shardload as _C
 
 
 def is_training_state(obj):
-    """Whether ``obj`` needs the nested path: a dict that is not a flat dict of tensors."""
+    """Whether ``obj`` needs the nested path: a dict that is not a flat dict of plain tensors, or
+    a module with DTensor parameters."""
+    if isinstance(obj, _torch.nn.Module):
+        return any(_is_dtensor(t) for t in obj.state_dict().values())
     if not isinstance(obj, _Mapping):
         return isinstance(obj, _torch.optim.Optimizer)
-    return not all(isinstance(k, str) and isinstance(v, _torch.Tensor) for k, v in obj.items())
+    return not all(isinstance(k, str) and isinstance(v, _torch.Tensor) and not _is_dtensor(v)
+                   for k, v in obj.items())
 
 
 def _stateful(obj):
@@ -163,7 +167,9 @@ class Flat:
         which = _C.match_rules(rules, keys) if rules else [-1] * len(keys)
         p = _C.Partition()
         for (key, tensor, _), r in zip(self.tensors, which):
-            if r < 0:
+            if _is_dtensor(tensor):
+                _add_dtensor(p, key, tensor)
+            elif r < 0:
                 p.add(key, tensor)
             else:
                 p.add_split(key, tensor, rules[r].dim, rules[r].group)
@@ -259,6 +265,31 @@ def _zero_state(opt):
     return made
 
 
+def _is_dtensor(t):
+    # Without importing torch.distributed.tensor unless the tensor is one.
+    return type(t).__name__ == "DTensor" and hasattr(t, "placements")
+
+
+def _add_dtensor(partition, key, t):
+    """A DTensor (FSDP2's fully_shard, tensor parallel): its local tensor is the box its
+    placements give this rank (Shard(d) on any mesh dimension, Replicate); no split rule needed."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    for placement in t.placements:
+        if not isinstance(placement, (Shard, Replicate)):
+            raise ValueError(f"key '{key}': a DTensor placed {placement} (only Shard(dim) and "
+                             "Replicate hold a part of the tensor itself; redistribute first)")
+    local = t._local_tensor
+    if all(isinstance(pl, Replicate) for pl in t.placements):
+        partition.add(key, local)
+        return
+    shape, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+    if tuple(local.shape) != tuple(shape):
+        raise ValueError(f"key '{key}': the DTensor's local tensor has shape {tuple(local.shape)}, "
+                         f"its placements give {tuple(shape)} (padded shards are not supported)")
+    partition.add_shard(key, local, list(t.shape), list(offset))
+
+
 def init_optimizer_state(opt):
     """Creates an optimizer's state the way its first step would, without moving a parameter,
     so that a fresh optimizer has the tensors a checkpoint's state is loaded into: directly for
@@ -300,6 +331,9 @@ def flatten(obj, for_load):
     if isinstance(obj, _torch.optim.Optimizer):
         raise ValueError("an optimizer's state is keyed by its parameters' names: pass "
                          "{'model': model, 'optim': optimizer}, not the optimizer alone")
-    flat.add_mapping(obj, "", 0)
+    if isinstance(obj, _torch.nn.Module):
+        flat.add(obj, "", None)  # its state_dict's own keys, as for a module alone
+    else:
+        flat.add_mapping(obj, "", 0)
     flat.add_optimizers()
     return flat

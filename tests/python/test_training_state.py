@@ -16,6 +16,8 @@ Three launches, so that nothing of the saving process survives into the loading 
     (two sub-communicators), and at 2 + 2: the resumed run's next K losses and final parameters
     equal an uninterrupted run's bit for bit, the step, RNG, plain values and schedule come back
     with their types, and each rank's optimizer state is bit for bit its slab of the global state.
+    Then DTensors without split rules: FSDP2 at 4 ranks to a plain model at 1 and back, and a
+    tensor-parallel model (parallelize_module) to a plain one.
 
 Run as a test without arguments (it launches both with mpirun). Prints "N passed, M failed".
 """
@@ -351,9 +353,100 @@ def role_resume():
     check(state["extra"] == {"lr_scale": 1.5} and state["step"] == K, "non-strict restore")
 
 
+def dtensor_checks():
+    """DTensor parameters without split rules: declared from their placements. A model trained
+    with FSDP2 (fully_shard) at 4 ranks is saved and loaded into a plain model at 1 rank (each
+    rank alone, COMM_SELF), and a plain one the other way; a tensor-parallel one
+    (parallelize_module: Shard(0), Shard(1), Replicate) into a plain one. Bit for bit against
+    the DTensors' full tensors, optimizer state included."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
+                                                   parallelize_module)
+    port = None
+    if RANK == 0:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(WORLD.bcast(port))
+    dist.init_process_group("gloo", rank=RANK, world_size=WORLD.size)
+    mesh = init_device_mesh("cpu", (WORLD.size,))
+
+    def net(seed, hidden=9):  # 9 rows over 4 ranks: FSDP2's uneven shards (3, 3, 3, 0)
+        torch.manual_seed(seed)
+        m = nn.Sequential()
+        m.fc1, m.act, m.fc2 = nn.Linear(6, hidden), nn.Tanh(), nn.Linear(hidden, 4)
+        return m
+
+    def fsdp(m):
+        fully_shard(m.fc1, mesh=mesh)
+        fully_shard(m.fc2, mesh=mesh)
+        return fully_shard(m, mesh=mesh)
+
+    def full(t):
+        return t.full_tensor() if isinstance(t, DTensor) else t
+
+    def compare(what, got_model, got_opt, want_model, want_opt):
+        for (key, p), q in zip(got_model.named_parameters(), want_model.parameters()):
+            check(same(full(p.detach()), full(q.detach())), f"{what}: {key}")
+            for field, value in want_opt.state[q].items():
+                check(same(full(got_opt.state[p][field]), full(value)), f"{what}: {key}.{field}")
+
+    for kind in ("fsdp2", "tp"):
+        if kind == "fsdp2":
+            model = fsdp(net(0))
+        else:
+            hidden = 2 * WORLD.size  # tensor parallel shards evenly
+            model = parallelize_module(net(0, hidden), mesh, {"fc1": ColwiseParallel(),
+                                                              "fc2": RowwiseParallel()})
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        torch.manual_seed(9)
+        for _ in range(2):
+            loss = model(torch.randn(3, 6)).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        path = os.path.join(DIR, kind)
+        shardload.save({"model": model, "optim": opt}, path)
+        plain = net(1, 9 if kind == "fsdp2" else hidden)
+        plain_opt = torch.optim.AdamW(plain.parameters(), lr=1.0)
+        keys = shardload.load({"model": plain, "optim": plain_opt}, path, comm=MPI.COMM_SELF)
+        check(tuple(keys) == ([], []), f"{kind} -> plain: {keys!r}")
+        compare(f"{kind} at {WORLD.size} ranks -> plain at 1", plain, plain_opt, model, opt)
+        if kind == "fsdp2":
+            plain_fsdp, plain_fsdp_opt = plain, plain_opt
+    plain, plain_opt = plain_fsdp, plain_fsdp_opt
+    # A module alone (not in a state dict) with DTensor parameters takes the same path; a
+    # DTensor in a hand-built Partition is refused, not read as bytes it does not have.
+    shardload.save(model, os.path.join(DIR, "tp-module"))
+    alone = net(3, hidden)
+    keys = shardload.load(alone, os.path.join(DIR, "tp-module"), comm=MPI.COMM_SELF)
+    check(tuple(keys) == ([], []) and all(same(a, full(b.detach())) for a, b in zip(
+        alone.state_dict().values(), model.state_dict().values())), f"tp module alone: {keys!r}")
+    part = shardload.Partition()
+    expect_error(shardload.UsageError, ["'w'", "DTensor"], "a DTensor in a Partition",
+                 lambda: (part.add("w", model.fc1.weight.detach()),
+                          shardload.save(part, os.path.join(DIR, "never"))))
+    # The other way: a plain model at 1 rank into FSDP2 at 4.
+    if RANK == 0:
+        shardload.save({"model": plain, "optim": plain_opt}, os.path.join(DIR, "plain"),
+                       comm=MPI.COMM_SELF)
+    WORLD.Barrier()
+    sharded = fsdp(net(2))
+    sharded_opt = torch.optim.AdamW(sharded.parameters(), lr=1.0)
+    keys = shardload.load({"model": sharded, "optim": sharded_opt}, os.path.join(DIR, "plain"))
+    check(tuple(keys) == ([], []), f"plain -> fsdp2: {keys!r}")
+    compare(f"plain at 1 rank -> fsdp2 at {WORLD.size}", sharded, sharded_opt, plain, plain_opt)
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     try:
-        {"save": role_save, "resume": role_resume}[ROLE]()
+        {"save": role_save, "resume": lambda: (role_resume(), dtensor_checks())}[ROLE]()
     except Exception:  # noqa: BLE001
         import traceback
         traceback.print_exc()
