@@ -52,6 +52,11 @@ void check_storable(const std::string& key, const at::Tensor& t) {
                      "its local tensor (shardload.save/load in Python declare DTensors from their "
                      "placements)");
   }
+  if (t.layout() != at::kStrided) {
+    throw UsageError("key '" + key + "': a sparse tensor (" + c10::str(t.layout()) +
+                     ") has no dense bytes to store (store its parts, e.g. indices() and "
+                     "values(); Python's shardload.save does that itself)");
+  }
   if (t.is_meta()) {
     throw UsageError("key '" + key +
                      "': a meta tensor has no data (materialise it first, e.g. "

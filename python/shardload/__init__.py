@@ -167,7 +167,7 @@ class _Prepared:
 
     def __init__(self):
         self.source, self.path, self.rules, self.options, self.error = [], "", [], None, ""
-        self.flat = None
+        self.flat, self.flat_rules = None, []
 
 
 def _prepare(obj, path, split, make_options, for_load):
@@ -177,6 +177,7 @@ def _prepare(obj, path, split, make_options, for_load):
         p.rules = _split_rules(split)
         if _state.is_training_state(obj):
             p.flat = _state.flatten(obj, for_load)
+            p.flat_rules = p.rules
             p.source = p.flat.partition(p.rules)
             name = type(obj).__name__ if isinstance(obj, _torch.nn.Module) else "state"
             p.rules = []  # applied by flat.partition, key by key
@@ -199,6 +200,24 @@ def _stall_seconds(value, error):
         return v, error
     except (TypeError, ValueError) as e:
         return -1.0, error or f"TypeError: stall_report_seconds={value!r}: {e}"
+
+
+def _read_composites(p, handle, on_stall, stall):
+    """Before a load: the checkpoint's descriptions of the state's sparse tensors (their parts'
+    shapes), read by a collective load of those values alone, so that the parts are read into
+    tensors of the checkpoint's sizes; then this rank's partition with them."""
+    keys = [f"{prefix}.__{kind}__" for kind, prefix, *_ in p.flat.composites if kind == "sparse"]
+    metas = {}
+    if keys:
+        o = LoadOptions()
+        for field in ("checkpoint_prefix", "model_prefix", "key_filter", "timeout_seconds",
+                      "select", "verify_checksums"):
+            setattr(o, field, getattr(p.options, field))
+        o.strict, o.value_keys = False, keys
+        metas = dict(_C.load(Partition(), p.path, [], o, None, handle, "", on_stall,
+                             stall).values)
+    p.flat.add_composites(metas)
+    p.source = p.flat.partition(p.flat_rules)
 
 
 def save(module_or_state_dict, path, *, split=None, overwrite=False, metadata=None, comm=None,
@@ -299,6 +318,8 @@ def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=No
 
     p = _prepare(module_or_state_dict, path, split, make_options, for_load=True)
     stall, error = _stall_seconds(stall_report_seconds, p.error)
+    if p.flat is not None and p.flat.composites and not error:
+        _read_composites(p, handle, on_stall, stall)
     if p.options is not None:
         p.options.allow_pickle = bool(allow_pickle)
         if p.flat is not None:

@@ -22,11 +22,11 @@ def is_training_state(obj):
     """Whether ``obj`` needs the nested path: a dict that is not a flat dict of plain tensors, or
     a module with DTensor parameters."""
     if isinstance(obj, _torch.nn.Module):
-        return any(_is_dtensor(t) for t in obj.state_dict().values())
+        return any(_is_dtensor(t) or _is_composite(t) for t in obj.state_dict().values())
     if not isinstance(obj, _Mapping):
         return isinstance(obj, _torch.optim.Optimizer)
     return not all(isinstance(k, str) and isinstance(v, _torch.Tensor) and not _is_dtensor(v)
-                   for k, v in obj.items())
+                   and not _is_composite(v) for k, v in obj.items())
 
 
 def _stateful(obj):
@@ -67,6 +67,7 @@ class Flat:
         self.optimizers = []   # (key, optimizer, [(param, name)] in param_groups order, state)
         self.statefuls = []    # (key, object, its state_dict() copy whose leaves are restored)
         self.modules = []      # (key, module)
+        self.composites = []   # (kind, key, slot, {part: tensor}, meta): sparse, quantized
 
     def key(self, prefix, name):
         return f"{prefix}.{name}" if prefix else str(name)
@@ -82,6 +83,11 @@ class Flat:
                     raise ValueError(f"key '{key}': module {type(obj).__name__} returns extra "
                                      f"state ({type(tensor).__name__}) in its state_dict, which "
                                      "shardload does not restore; save it as a value of the state")
+                if _is_composite(tensor):
+                    what = "quantized" if tensor.is_quantized else str(tensor.layout)
+                    raise ValueError(f"key '{key}': a {what} tensor in a module's state_dict "
+                                     "is not loaded in place (keep it in a dict of the state, "
+                                     "where it is stored as its parts and rebuilt)")
                 self.tensors.append((key, tensor, None))
         elif isinstance(obj, _torch.optim.Optimizer):
             if self.for_load and init_optimizer_state(obj):
@@ -95,6 +101,10 @@ class Flat:
             state = dict(state)
             self.statefuls.append((prefix, obj, state))
             self.add_mapping(state, prefix, depth)
+        elif isinstance(obj, _torch.Tensor) and obj.layout != _torch.strided:
+            self.add_sparse(obj, prefix, slot)
+        elif isinstance(obj, _torch.Tensor) and obj.is_quantized:
+            self.add_quantized(obj, prefix, slot)
         elif isinstance(obj, _torch.Tensor):
             self.tensors.append((prefix, obj, None))
         elif isinstance(obj, _Mapping) and obj and all(isinstance(k, str) for k in obj):
@@ -115,6 +125,89 @@ class Flat:
                                  f"tensors; use str keys{hint}")
             self.values.append((prefix, obj))
             self.slots[prefix] = slot
+
+    # A sparse or quantized tensor is stored as its component tensors and a plain value that
+    # says how to put them together (docs/PYTHON.md); on load the components are read into
+    # fresh tensors and the tensor is rebuilt and put in its container's place.
+    def add_sparse(self, t, prefix, slot):
+        if slot is None:
+            raise ValueError(f"key '{prefix}': a {t.layout} tensor in a module's state_dict "
+                             "cannot be restored in place; keep it in the state dict itself")
+        layout = str(t.layout).replace("torch.", "")
+        if t.layout == _torch.sparse_coo:
+            parts = {"indices": t._indices(), "values": t._values()}
+            extra = {"coalesced": t.is_coalesced()}
+        elif t.layout in (_torch.sparse_csr, _torch.sparse_bsr):
+            parts = {"compressed_indices": t.crow_indices(), "plain_indices": t.col_indices(),
+                     "values": t.values()}
+            extra = {}
+        elif t.layout in (_torch.sparse_csc, _torch.sparse_bsc):
+            parts = {"compressed_indices": t.ccol_indices(), "plain_indices": t.row_indices(),
+                     "values": t.values()}
+            extra = {}
+        else:
+            raise ValueError(f"key '{prefix}': a tensor of layout {t.layout} cannot be stored")
+        meta = dict(layout=layout, size=list(t.shape), **extra,
+                    parts={k: [list(v.shape), str(v.dtype).replace("torch.", "")]
+                           for k, v in parts.items()})
+        self.composites.append(("sparse", prefix, slot, parts, meta))
+
+    def add_quantized(self, t, prefix, slot):
+        if slot is None:
+            raise ValueError(f"key '{prefix}': a quantized tensor in a module's state_dict "
+                             "is restored by the module's own loading, which shardload does not "
+                             "run; keep it in the state dict itself")
+        scheme = t.qscheme()
+        parts = {"int_repr": t.int_repr()}
+        meta = {"dtype": str(t.dtype).replace("torch.", "")}
+        if scheme == _torch.per_tensor_affine:
+            meta.update(scheme="per_tensor_affine", scale=float(t.q_scale()),
+                        zero_point=int(t.q_zero_point()))
+        elif scheme in (_torch.per_channel_affine, _torch.per_channel_affine_float_qparams):
+            meta.update(scheme=str(scheme).replace("torch.", ""), axis=int(t.q_per_channel_axis()))
+            parts["scales"] = t.q_per_channel_scales()
+            parts["zero_points"] = t.q_per_channel_zero_points()
+        else:
+            raise ValueError(f"key '{prefix}': a quantized tensor of scheme {scheme} cannot be "
+                             "stored")
+        self.composites.append(("quantized", prefix, slot, parts, meta))
+
+    def add_composites(self, metas):
+        """The composites' tensors and values. `metas`, on load: the checkpoint's values for
+        them (a sparse tensor's parts are read into fresh tensors of the checkpoint's shapes)."""
+        for kind, prefix, _slot, parts, meta in self.composites:
+            key = f"{prefix}.__{kind}__"
+            if metas is not None:
+                saved = metas.get(key)
+                shapes = saved.get("parts") if isinstance(saved, dict) else None
+                fresh = {}
+                for name, t in parts.items():
+                    shape = list(t.shape)
+                    if kind == "sparse" and isinstance(shapes, dict) and \
+                            isinstance(shapes.get(name), list) and len(shapes[name]) == 2 and \
+                            isinstance(shapes[name][0], list) and \
+                            all(isinstance(n, int) and 0 <= n < 1 << 40 for n in shapes[name][0]):
+                        shape = shapes[name][0]
+                    fresh[name] = _torch.empty(shape, dtype=t.dtype)
+                parts.clear()
+                parts.update(fresh)
+            for name, t in parts.items():
+                self.tensors.append((f"{prefix}.__{name}__", t, None))
+            self.values.append((key, meta))
+            self.slots[key] = None  # read by restore_composites()
+
+    def restore_composites(self, loaded, missing):
+        got = dict(loaded)
+        for kind, prefix, slot, parts, _meta in self.composites:
+            key = f"{prefix}.__{kind}__"
+            meta = got.get(key)
+            if not isinstance(meta, dict) or any(f"{prefix}.__{n}__" in missing for n in parts):
+                continue  # missing (strict=False): the state keeps its tensor
+            try:
+                self.put(slot, _rebuild(kind, parts, meta))
+            except Exception as e:  # noqa: BLE001
+                raise ValueError(f"key '{prefix}': the checkpoint's {kind} tensor cannot be "
+                                 f"rebuilt: {e}") from None
 
     def add_mapping(self, mapping, prefix, depth):
         for name, value in mapping.items():
@@ -191,6 +284,7 @@ class Flat:
             key = self.key(prefix, "param_groups")
             if key in groups_of:
                 self.restore_optimizer(prefix, opt, params, groups_of[key], missing)
+        self.restore_composites(loaded, missing)
         for _prefix, obj, state in self.statefuls:
             obj.load_state_dict(state)
 
@@ -265,6 +359,30 @@ def _zero_state(opt):
     return made
 
 
+def _rebuild(kind, parts, meta):
+    if kind == "quantized":
+        if meta.get("scheme") == "per_tensor_affine":
+            return _torch._make_per_tensor_quantized_tensor(
+                parts["int_repr"], float(meta["scale"]), int(meta["zero_point"]))
+        return _torch._make_per_channel_quantized_tensor(
+            parts["int_repr"], parts["scales"], parts["zero_points"], int(meta["axis"]))
+    layout = getattr(_torch, str(meta.get("layout")))
+    size = [int(n) for n in meta["size"]]
+    if layout == _torch.sparse_coo:
+        return _torch.sparse_coo_tensor(parts["indices"], parts["values"], size,
+                                        is_coalesced=bool(meta.get("coalesced")))
+    if layout not in (_torch.sparse_csr, _torch.sparse_csc, _torch.sparse_bsr,
+                      _torch.sparse_bsc):
+        raise ValueError(f"layout {layout}")
+    return _torch.sparse_compressed_tensor(parts["compressed_indices"], parts["plain_indices"],
+                                           parts["values"], size, layout=layout)
+
+
+def _is_composite(t):
+    """A tensor stored as its parts: sparse (any layout) or quantized."""
+    return isinstance(t, _torch.Tensor) and (t.layout != _torch.strided or t.is_quantized)
+
+
 def _is_dtensor(t):
     # Without importing torch.distributed.tensor unless the tensor is one.
     return type(t).__name__ == "DTensor" and hasattr(t, "placements")
@@ -336,4 +454,6 @@ def flatten(obj, for_load):
     else:
         flat.add_mapping(obj, "", 0)
     flat.add_optimizers()
+    if not for_load or not flat.composites:
+        flat.add_composites(None)
     return flat

@@ -9,7 +9,8 @@ Three launches, so that nothing of the saving process survives into the loading 
     directory (ROOT/step-K, `latest`); it also saves five optimizers (SGD with momentum, Adam,
     AdamW with amsgrad, Adagrad, RMSprop) over models split Megatron-style across its 2 ranks,
     each rank's optimizer state the slab of a global state; and tries the refusals (a value that
-    is not plain, pickles, values that differ between ranks, an optimizer without its module).
+    is not plain, pickles, values that differ between ranks, an optimizer without its module);
+    and sparse (COO, CSR, CSC, BSR) and quantized (per tensor, per channel) tensors round trip.
   * C++ (`mpi_tests`, TrainingStateInterop) loads a Python AdamW state into torch::optim::AdamW
     and saves it back; the resume launch loads that and finds the Python state bit for bit.
   * `--role resume` at 4 ranks loads, in fresh objects, at 4 ranks, at 1 and 3 ranks at once
@@ -266,6 +267,49 @@ def role_save():
     check(state["ratio"] is None, "nothing restored after the refusal")
     shardload.load(state, pickled, allow_pickle=True)
     check(state["ratio"] == fractions.Fraction(1, 3), f"pickled value back: {state['ratio']!r}")
+
+    # Sparse (every layout) and quantized tensors: stored as their parts, rebuilt on load in
+    # their dict's place, equal; a sparse placeholder of another nnz takes the checkpoint's.
+    # In a module's state_dict they are refused at save with the key.
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sparse CSR beta, quantized tensors deprecated
+        torch.manual_seed(2)
+        coo = torch.sparse_coo_tensor(torch.tensor([[0, 2, 0], [1, 1, 1]]),
+                                      torch.tensor([1., 2., 3.]), (3, 4))  # not coalesced
+        odd = {"coo": coo, "csr": torch.randn(4, 5).relu().to_sparse_csr(),
+               "csc": torch.randn(4, 5).relu().to_sparse_csc(),
+               "bsr": torch.randn(4, 6).relu().to_sparse_bsr((2, 2)),
+               "q": torch.quantize_per_tensor(torch.randn(3, 4), 0.1, 3, torch.qint8),
+               "qc": torch.quantize_per_channel(torch.randn(3, 4), torch.tensor(
+                   [0.1, 0.2, 0.3], dtype=torch.float64), torch.tensor([0, 1, 2]), 0,
+                   torch.quint8)}
+        shardload.save({"model": model, "odd": odd}, os.path.join(DIR, "odd"))
+        back = {"coo": torch.zeros(3, 4).to_sparse(), "csr": torch.zeros(4, 5).to_sparse_csr(),
+                "csc": torch.zeros(4, 5).to_sparse_csc(),
+                "bsr": torch.zeros(4, 6).to_sparse_bsr((2, 2)),
+                "q": torch.quantize_per_tensor(torch.zeros(3, 4), 1.0, 0, torch.qint8),
+                "qc": torch.quantize_per_channel(torch.zeros(3, 4), torch.ones(
+                    3, dtype=torch.float64), torch.zeros(3, dtype=torch.long), 0, torch.quint8)}
+        keys = shardload.load({"model": model, "odd": back}, os.path.join(DIR, "odd"))
+        check(tuple(keys) == ([], []), f"sparse/quantized verdict {keys!r}")
+        for key, want in odd.items():
+            got = back[key]
+            if want.is_quantized:
+                ok = (got.qscheme() == want.qscheme() and got.dtype == want.dtype
+                      and same(got.int_repr(), want.int_repr())
+                      and same(got.dequantize(), want.dequantize()))
+            else:
+                ok = got.layout == want.layout and same(got.to_dense(), want.to_dense())
+                if want.layout == torch.sparse_coo:
+                    ok = ok and same(got._indices(), want._indices()) and \
+                        got.is_coalesced() == want.is_coalesced()
+            check(ok, f"{key}: {want!r} came back as {got!r}")
+        sparse_module = nn.Linear(2, 2)
+        sparse_module.register_buffer("sp", torch.eye(2).to_sparse())
+        expect_error(shardload.UsageError, ["'sp'", "sparse", "phase 'prepare'"],
+                     "a sparse tensor in a module",
+                     lambda: shardload.save(sparse_module, os.path.join(DIR, "never")))
 
     # For C++ (the "cpp" launch): a state its TrainingState loads and saves back.
     net, opt = interop_run()
