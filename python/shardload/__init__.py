@@ -203,20 +203,21 @@ def _stall_seconds(value, error):
 
 
 def _read_composites(p, handle, on_stall, stall):
-    """Before a load: the checkpoint's descriptions of the state's sparse tensors (their parts'
-    shapes), read by a collective load of those values alone, so that the parts are read into
-    tensors of the checkpoint's sizes; then this rank's partition with them."""
-    keys = [f"{prefix}.__{kind}__" for kind, prefix, *_ in p.flat.composites if kind == "sparse"]
-    metas = {}
-    if keys:
+    """Before a load with sparse tensors: their parts' shapes in the checkpoint, from its
+    verified index (a non-strict load of the parts alone into copies, whose size mismatches
+    name the stored shapes; a description in the file is never trusted for an allocation);
+    then this rank's partition with parts of those shapes."""
+    parts = p.flat.sparse_parts()
+    shapes = {}
+    if parts:
         o = LoadOptions()
         for field in ("checkpoint_prefix", "model_prefix", "key_filter", "timeout_seconds",
                       "select", "verify_checksums"):
             setattr(o, field, getattr(p.options, field))
-        o.strict, o.value_keys = False, keys
-        metas = dict(_C.load(Partition(), p.path, [], o, None, handle, "", on_stall,
-                             stall).values)
-    p.flat.add_composites(metas)
+        o.strict, o.skip_size_mismatch = False, True
+        r = _C.load(parts, p.path, [], o, None, handle, "", on_stall, stall)
+        shapes = {m.key: list(m.checkpoint_shape) for m in r.size_mismatches}
+    p.flat.add_composites(shapes)
     p.source = p.flat.partition(p.flat_rules)
 
 

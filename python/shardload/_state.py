@@ -147,9 +147,7 @@ class Flat:
             extra = {}
         else:
             raise ValueError(f"key '{prefix}': a tensor of layout {t.layout} cannot be stored")
-        meta = dict(layout=layout, size=list(t.shape), **extra,
-                    parts={k: [list(v.shape), str(v.dtype).replace("torch.", "")]
-                           for k, v in parts.items()})
+        meta = dict(layout=layout, size=list(t.shape), **extra)
         self.composites.append(("sparse", prefix, slot, parts, meta))
 
     def add_quantized(self, t, prefix, slot):
@@ -172,23 +170,21 @@ class Flat:
                              "stored")
         self.composites.append(("quantized", prefix, slot, parts, meta))
 
-    def add_composites(self, metas):
-        """The composites' tensors and values. `metas`, on load: the checkpoint's values for
-        them (a sparse tensor's parts are read into fresh tensors of the checkpoint's shapes)."""
+    def sparse_parts(self):
+        """(key, a copy of the part) of every sparse tensor's parts: what load() asks the
+        checkpoint for first, to learn the stored parts' shapes from its verified index."""
+        return [(f"{prefix}.__{name}__", t.clone()) for kind, prefix, _s, parts, _m in
+                self.composites if kind == "sparse" for name, t in parts.items()]
+
+    def add_composites(self, shapes):
+        """The composites' tensors and values. `shapes`, on load: the checkpoint's shapes of
+        parts that differ from the state's (a sparse tensor's parts are read into fresh tensors
+        of those shapes)."""
         for kind, prefix, _slot, parts, meta in self.composites:
             key = f"{prefix}.__{kind}__"
-            if metas is not None:
-                saved = metas.get(key)
-                shapes = saved.get("parts") if isinstance(saved, dict) else None
-                fresh = {}
-                for name, t in parts.items():
-                    shape = list(t.shape)
-                    if kind == "sparse" and isinstance(shapes, dict) and \
-                            isinstance(shapes.get(name), list) and len(shapes[name]) == 2 and \
-                            isinstance(shapes[name][0], list) and \
-                            all(isinstance(n, int) and 0 <= n < 1 << 40 for n in shapes[name][0]):
-                        shape = shapes[name][0]
-                    fresh[name] = _torch.empty(shape, dtype=t.dtype)
+            if shapes is not None:
+                fresh = {n: _torch.empty(shapes.get(f"{prefix}.__{n}__", t.shape), dtype=t.dtype)
+                         for n, t in parts.items()}
                 parts.clear()
                 parts.update(fresh)
             for name, t in parts.items():
