@@ -192,8 +192,7 @@ class Flat:
             self.values.append((key, meta))
             self.slots[key] = None  # read by restore_composites()
 
-    def restore_composites(self, loaded, missing):
-        got = dict(loaded)
+    def restore_composites(self, got, missing):
         for kind, prefix, slot, parts, _meta in self.composites:
             key = f"{prefix}.__{kind}__"
             meta = got.get(key)
@@ -268,19 +267,16 @@ class Flat:
     def restore(self, loaded, missing):
         """Puts the loaded plain values in place and hands optimizers and stateful objects
         their state (the tensors are already loaded in place)."""
-        groups_of = {}
-        for key, value in loaded:
-            slot = self.slots.get(key, "absent")
-            if slot is None:
-                groups_of[key] = value
-            elif slot != "absent":
-                self.put(slot, value)
+        got = dict(loaded)
+        for key, value in got.items():
+            if isinstance(self.slots.get(key), _Slot):  # else read below, not put in place
+                self.put(self.slots[key], value)
         missing = set(missing)
         for prefix, opt, params in self.optimizers:
             key = self.key(prefix, "param_groups")
-            if key in groups_of:
-                self.restore_optimizer(prefix, opt, params, groups_of[key], missing)
-        self.restore_composites(loaded, missing)
+            if key in got:
+                self.restore_optimizer(prefix, opt, params, got[key], missing)
+        self.restore_composites(got, missing)
         for _prefix, obj, state in self.statefuls:
             obj.load_state_dict(state)
 
@@ -300,7 +296,6 @@ class Flat:
                     self.put(parent_slot, rebuilt)
 
     def restore_optimizer(self, prefix, opt, params, saved_groups, missing):
-        by_name = {name: i for i, (_, name) in enumerate(params)}
         index = {id(p): i for i, (p, _) in enumerate(params)}
         if not isinstance(saved_groups, list) or len(saved_groups) != len(opt.param_groups):
             raise ValueError(f"key '{prefix}.param_groups': the checkpoint's optimizer has "
@@ -316,13 +311,12 @@ class Flat:
                                  "in the checkpoint than in this optimizer")
             groups.append(dict(saved, params=mine))
         state = {}
-        for p, name in params:
-            fields = {f: v for f, v in opt.state.get(p, {}).items()}
+        for i, (p, name) in enumerate(params):
+            fields = dict(opt.state.get(p, {}))
             base = f"{self.key(prefix, 'state')}.{name}."
-            if fields and all(base + f in missing for f in fields):
-                continue  # no state in the checkpoint for this parameter (strict=False)
-            if fields:
-                state[by_name[name]] = fields
+            # None in the checkpoint for this parameter (strict=False): it keeps none.
+            if fields and not all(base + f in missing for f in fields):
+                state[i] = fields
         opt.load_state_dict({"state": state, "param_groups": groups})
 
 
