@@ -13,8 +13,11 @@
 #include <regex>
 #include <set>
 
+#include "core/dtype.h"
+#include "core/shape.h"
 #include "io/checkpoint_source.h"
 #include "io/checksum.h"
+#include "io/torch_dtype.h"
 #include "loader/checkpoint_path.h"
 #include "loader/collective.h"
 #include "loader/declarations.h"
@@ -81,12 +84,91 @@ void accept_legacy_scalars(const std::vector<ChunkRecord>& index,
   }
 }
 
-/// A checksum of this rank's LoadOptions::value_keys, gathered from every rank before the plan
-/// (match_values() checks that they agree: the verdict must be the same everywhere).
+/// A checksum of this rank's LoadOptions::value_keys and deferred_prefixes, gathered from every
+/// rank before the plan (match_values() checks that they agree: the verdict must be the same
+/// everywhere).
 std::vector<int64_t> gather_value_keys(const LoadOptions& options, const Communicator& comm) {
   std::string joined;
   for (const auto& k : options.value_keys) joined += k + '\0';
+  joined += '\1';
+  for (const auto& k : options.deferred_prefixes) joined += k + '\0';
   return comm.allgather(static_cast<int64_t>(checksum(joined.data(), joined.size())));
+}
+
+bool under_any(const std::string& key, const std::vector<std::string>& prefixes) {
+  for (const auto& p : prefixes) {
+    if (key.compare(0, p.size(), p) == 0) return true;
+  }
+  return false;
+}
+
+/// A value that annotates the state rather than being part of it (a module's `_metadata`,
+/// docs/FORMAT.md): loaded when asked for, never missing or unexpected.
+bool is_annotation(const std::string& key) {
+  static const std::string name = "__metadata__";
+  if (key.size() < name.size() || key.compare(key.size() - name.size(), name.size(), name) != 0) {
+    return false;
+  }
+  return key.size() == name.size() || key[key.size() - name.size() - 1] == '.';
+}
+
+/// LoadOptions::deferred_prefixes: the checkpoint's tensors under them that the partition does
+/// not declare, allocated whole at the checkpoint's shape and dtype and declared replicated (so
+/// the plan reads them like any other). Only a tensor whose chunks cover it is allocated (the
+/// validated index's chunks do not overlap and lie in their files, so a file cannot make a load
+/// allocate more than its own size); one they do not cover is a FormatError naming it. Returns
+/// the entries added, in the checkpoint's key order.
+TensorList add_deferred(const std::vector<ChunkRecord>& index,
+                        const std::vector<std::string>& file_names, const LoadOptions& options,
+                        Partition& partition) {
+  TensorList added;
+  if (options.deferred_prefixes.empty()) return added;
+  KeyMapper mapper(options);
+  std::set<std::string> declared;
+  for (const auto& e : partition.entries()) declared.insert(e.key);
+  std::map<std::string, uint64_t> covered;  // bytes of each deferred key's chunks
+  std::vector<const ChunkRecord*> first;    // each deferred key's first row, in index order
+  for (const auto& row : index) {
+    std::string key = mapper.checkpoint_to_model(row.key);
+    if (!mapper.selected(key) || !under_any(key, options.deferred_prefixes) ||
+        declared.count(key)) {
+      continue;
+    }
+    auto [it, fresh] = covered.try_emplace(std::move(key), 0);
+    it->second += row.nbytes;
+    if (fresh) first.push_back(&row);
+  }
+  for (const ChunkRecord* row : first) {
+    std::string key = mapper.checkpoint_to_model(row->key);
+    const uint64_t whole =
+        static_cast<uint64_t>(byte_size(row->global_shape, dtype_size(row->dtype)));
+    if (covered.at(key) != whole) {
+      throw FormatError("In " + file_names[static_cast<size_t>(row->file)] + ": tensor '" +
+                        row->key + "' of shape " + shape_str(row->global_shape) +
+                        " has chunks for " + std::to_string(covered.at(key)) + " of its " +
+                        std::to_string(whole) +
+                        " bytes; the module that loads it itself needs it whole");
+    }
+    std::vector<int64_t> sizes(row->global_shape.begin(), row->global_shape.end());
+    at::Tensor t = at::empty(sizes, at::TensorOptions().dtype(scalar_type_of(row->dtype)));
+    partition.add(key, t);
+    added.push_back({std::move(key), std::move(t)});
+  }
+  return added;
+}
+
+/// Keys under LoadOptions::deferred_prefixes leave the verdict: the caller judges them.
+void defer_keys(const LoadOptions& options, LoadPlan& plan, LoadResult& result) {
+  if (options.deferred_prefixes.empty()) return;
+  auto keep = [&](std::vector<std::string>& keys, std::vector<std::string>* moved) {
+    std::erase_if(keys, [&](const std::string& k) {
+      if (!under_any(k, options.deferred_prefixes)) return false;
+      if (moved) moved->push_back(k);
+      return true;
+    });
+  };
+  keep(plan.missing_keys, &result.deferred_missing);
+  keep(plan.unexpected_keys, nullptr);
 }
 
 /// The plain values of the verdict (LoadOptions::value_keys against the manifest's values):
@@ -112,7 +194,9 @@ void match_values(const Manifest& manifest, const LoadOptions& options,
     if (!mapper.selected(key) || !asked.insert(key).second) continue;
     auto it = stored.find(key);
     if (it == stored.end()) {
-      plan.missing_keys.push_back(key);
+      if (!is_annotation(key) && !under_any(key, options.deferred_prefixes)) {
+        plan.missing_keys.push_back(key);
+      }
       continue;
     }
     if (it->second->holds_pickle() && !options.allow_pickle) {
@@ -124,7 +208,13 @@ void match_values(const Manifest& manifest, const LoadOptions& options,
   }
   for (const auto& [key, value] : manifest.values) {
     std::string mapped = mapper.checkpoint_to_model(key);
-    if (mapper.selected(mapped) && !asked.count(mapped)) plan.unexpected_keys.push_back(mapped);
+    if (!mapper.selected(mapped) || asked.count(mapped) || is_annotation(mapped)) continue;
+    if (under_any(mapped, options.deferred_prefixes)) {
+      // The caller's module judges it (a pickled one still needs allow_pickle).
+      if (!value.holds_pickle() || options.allow_pickle) result.values.emplace_back(mapped, value);
+      continue;
+    }
+    plan.unexpected_keys.push_back(mapped);
   }
 }
 
@@ -142,6 +232,15 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
   const int ranks = comm.size();
   LoadResult result;
   result.notes = std::move(resolved.notes);
+  // The entries add_deferred() declares are the load's, not the caller's partition's.
+  struct DeferredEntries {
+    Partition& partition;
+    size_t caller_entries;
+    ~DeferredEntries() {
+      auto& e = partition.entries();
+      e.erase(e.begin() + static_cast<std::ptrdiff_t>(caller_entries), e.end());
+    }
+  } deferred_entries{partition, partition.entries().size()};
   auto t = Clock::now();
 
   // 1. Open: rank 0 finds what the path is (a shardload checkpoint's manifest, a Hugging Face
@@ -206,6 +305,7 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
       names.push_back(files.path(f));
     }
     validate_index(index, names);
+    result.deferred = add_deferred(index, names, options, partition);
   });
   gathered.clear();
   result.seconds.index = seconds_since(t);
@@ -246,6 +346,7 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
     accept_legacy_scalars(index, needs.lists);
     plan = plan_load(index, needs, PlanOptions{options.message_bytes});
     match_values(manifest, options, value_keys, plan, result);
+    defer_keys(options, plan, result);
   });
   result.seconds.plan = seconds_since(t);
   // What the transfer needs of the plan phase: this rank's needs, and the partition entry each

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/value.h"
+#include "io/tensor_file.h"
 #include "loader/progress.h"
 #include "sharding/load_plan.h"
 
@@ -56,6 +57,14 @@ struct LoadOptions {
   /// Whether a pickled value (saved with allow_pickle) may be loaded; otherwise asking for one
   /// fails the load before any tensor changes (UsageError naming the key).
   bool allow_pickle = false;
+  /// Model-side key prefixes whose keys the caller judges itself (Python modules with their own
+  /// loading semantics, which their own load_state_dict applies; docs/PYTHON.md). Checkpoint
+  /// tensors under them that the partition does not declare are read whole, at the checkpoint's
+  /// shape and dtype, into tensors the load allocates (LoadResult::deferred). No key under them
+  /// is missing or unexpected here: a declared one the checkpoint lacks is listed in
+  /// LoadResult::deferred_missing; a value under them not in value_keys is returned in `values`.
+  /// A declared tensor's size mismatch is still the verdict's. Every rank passes the same ones.
+  std::vector<std::string> deferred_prefixes;
 };
 
 /// Seconds spent in each phase on this rank.
@@ -106,6 +115,11 @@ struct LoadResult {
   /// The checkpoint's plain values for LoadOptions::value_keys that it holds (model-side keys),
   /// in value_keys order (identical on every rank).
   ValueList values;
+  /// The checkpoint's tensors under LoadOptions::deferred_prefixes that the partition did not
+  /// declare, whole, in the checkpoint's key order (identical on every rank).
+  TensorList deferred;
+  /// Declared keys under LoadOptions::deferred_prefixes that the checkpoint does not hold.
+  std::vector<std::string> deferred_missing;
 };
 
 /// Thrown on every rank when the verdict fails; carries the full result.

@@ -78,7 +78,8 @@ void bind_types(py::module_& m) {
       .def_readwrite("timeout_seconds", &LoadOptions::timeout_seconds)
       .def_readwrite("select", &LoadOptions::select)
       .def_readwrite("value_keys", &LoadOptions::value_keys)
-      .def_readwrite("allow_pickle", &LoadOptions::allow_pickle);
+      .def_readwrite("allow_pickle", &LoadOptions::allow_pickle)
+      .def_readwrite("deferred_prefixes", &LoadOptions::deferred_prefixes);
 
   py::class_<SaveOptions>(m, "SaveOptions", "Options of shardload.save (see loader/save.h).")
       .def(py::init<>())
@@ -129,7 +130,8 @@ void bind_types(py::module_& m) {
 
   py::class_<LoadResult>(m, "LoadResult",
                          "Everything a load found and did; the verdict fields are identical on "
-                         "every rank.")
+                         "every rank.",
+                         py::dynamic_attr())
       .def_readonly("missing_keys", &LoadResult::missing_keys)
       .def_readonly("unexpected_keys", &LoadResult::unexpected_keys)
       .def_readonly("size_mismatches", &LoadResult::size_mismatches)
@@ -159,6 +161,16 @@ void bind_types(py::module_& m) {
             return out;
           },
           "the checkpoint's plain values that value_keys asked for: (key, object) pairs")
+      .def_property_readonly(
+          "deferred",
+          [](const LoadResult& r) {
+            py::list out;
+            for (const auto& t : r.deferred) out.append(py::make_tuple(t.key, t.tensor));
+            return out;
+          },
+          "the checkpoint's tensors under deferred_prefixes that were not declared: (key, "
+          "tensor) pairs")
+      .def_readonly("deferred_missing", &LoadResult::deferred_missing)
       .def("__repr__", &repr);
 
   py::class_<SaveResult>(m, "SaveResult")
