@@ -170,18 +170,23 @@ class _Prepared:
         self.flat, self.flat_rules = None, []
 
 
-def _prepare(obj, path, split, make_options, for_load):
+def _prepare(obj, path, split, make_options, for_load, assign=False):
     p = _Prepared()
     try:
         p.path = _os.fsdecode(_os.fspath(path))
         p.rules = _split_rules(split)
+        if assign is not False and not isinstance(assign, bool):
+            raise TypeError(f"assign= must be a bool, not {type(assign).__name__}")
         if _state.is_training_state(obj):
-            p.flat = _state.flatten(obj, for_load)
+            p.flat = _state.flatten(obj, for_load, assign)
             p.flat_rules = p.rules
             p.source = p.flat.partition(p.rules)
             name = type(obj).__name__ if isinstance(obj, _torch.nn.Module) else "state"
             p.rules = []  # applied by flat.partition, key by key
         else:
+            if assign:
+                raise ValueError("assign=True assigns a module's parameters and buffers; "
+                                 f"a {type(obj).__name__} has none")
             p.source, name = _source_of(obj)
         p.options = make_options(name)
     except Exception as e:  # noqa: BLE001  (reported on every rank by the collective)
@@ -268,7 +273,8 @@ def save(module_or_state_dict, path, *, split=None, overwrite=False, metadata=No
 
 def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=None,
          add_prefix=None, skip_size_mismatch=False, comm=None, timeout=None, progress=None,
-         select=None, on_stall=None, stall_report_seconds=None, allow_pickle=False, **options):
+         select=None, on_stall=None, stall_report_seconds=None, allow_pickle=False,
+         assign=False, **options):
     """Loads the checkpoint at ``path`` into every rank's tensors, in place. Collective: every
     rank of ``comm`` calls it with the same path and options.
 
@@ -294,6 +300,12 @@ def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=No
     ``load_state_dict``, plain values replaced in their dicts. ``allow_pickle``: a pickled value
     of the checkpoint may be unpickled (else asking for one is a ``UsageError``).
 
+    A module whose loading is its own (load-state-dict pre- or post-hooks, a class's own
+    ``_load_from_state_dict`` such as BatchNorm's, extra state, lazy modules) or ``assign=True``:
+    those subtrees are read into fresh tensors and handed, with the checkpoint's ``_metadata``
+    versions, to the module's own ``load_state_dict``; the rest is loaded in place.
+    ``result.module_paths`` says which path each module took (docs/PYTHON.md).
+
     ``path`` may be a shardload checkpoint, a run directory, a Hugging Face directory
     (``model.safetensors.index.json`` and its shards, or ``model.safetensors``), a
     ``.safetensors`` or a ``.pt`` file, read in place (``result.checksums_verified`` is False for
@@ -317,7 +329,7 @@ def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=No
             o.select = select
         return _set_options(o, options)
 
-    p = _prepare(module_or_state_dict, path, split, make_options, for_load=True)
+    p = _prepare(module_or_state_dict, path, split, make_options, for_load=True, assign=assign)
     stall, error = _stall_seconds(stall_report_seconds, p.error)
     if p.flat is not None and p.flat.composites and not error:
         _read_composites(p, handle, on_stall, stall)
@@ -325,14 +337,19 @@ def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=No
         p.options.allow_pickle = bool(allow_pickle)
         if p.flat is not None:
             p.options.value_keys = [key for key, _ in p.flat.values]
+            p.options.deferred_prefixes = p.flat.deferred
     try:
         result = _C.load(p.source, p.path, p.rules, p.options or LoadOptions(), progress, handle,
                          error, on_stall, stall)
+        missing, unexpected = result.missing_keys, result.unexpected_keys
+        if p.flat is not None:
+            result.module_paths = p.flat.paths
+            missing, unexpected = p.flat.load_modules(result, bool(strict))
     except BaseException:
         if p.flat is not None:
             p.flat.undo()  # a failed load changes nothing, a fresh optimizer's state included
         raise
     if p.flat is not None:
-        p.flat.restore(result.values, result.missing_keys)
-    return IncompatibleKeys(result.missing_keys, result.unexpected_keys, result)
+        p.flat.restore(result.values, missing)
+    return IncompatibleKeys(missing, unexpected, result)
 

@@ -11,6 +11,7 @@ values of the format, never pickled unless ``allow_pickle=True``. An optimizer's
 its parameter's shape are declared like the parameter (split by the parameter's rule), so they
 reshard with the model; the rest of its state (``step``) is replicated.
 """
+from collections import OrderedDict as _OrderedDict
 from collections.abc import Mapping as _Mapping
 
 import torch as _torch
@@ -19,14 +20,71 @@ from . import _shardload as _C
 
 
 def is_training_state(obj):
-    """Whether ``obj`` needs the nested path: a dict that is not a flat dict of plain tensors, or
-    a module with DTensor parameters."""
+    """Whether ``obj`` takes the nested path: a module (its ``_metadata`` versions are saved, its
+    own loading semantics honoured), a state dict carrying ``_metadata``, or a dict that is not a
+    flat dict of plain tensors."""
     if isinstance(obj, _torch.nn.Module):
-        return any(_is_dtensor(t) or _is_composite(t) for t in obj.state_dict().values())
+        return True
     if not isinstance(obj, _Mapping):
         return isinstance(obj, _torch.optim.Optimizer)
+    if isinstance(getattr(obj, "_metadata", None), dict):
+        return True
     return not all(isinstance(k, str) and isinstance(v, _torch.Tensor) and not _is_dtensor(v)
                    and not _is_composite(v) for k, v in obj.items())
+
+
+METADATA = "__metadata__"  # a module's state_dict._metadata: an annotation (docs/FORMAT.md)
+
+
+def _plain_metadata(metadata):
+    """``state_dict._metadata`` as a plain value: {module path: {str: plain value}} (versions)."""
+    if not isinstance(metadata, _Mapping):
+        return None
+    out = {}
+    for path, entry in metadata.items():
+        if isinstance(path, str) and isinstance(entry, _Mapping):
+            out[path] = {k: v for k, v in entry.items() if isinstance(k, str) and (
+                v is None or isinstance(v, (bool, int, float, str)))}
+    return out
+
+
+def _own_loading(m):
+    """Why module ``m`` (not its children) loads through its own code, or None: load-state-dict
+    pre-hooks (lazy modules, spectral norm, key renames), its class's own ``_load_from_state_dict``
+    (BatchNorm's versions, quantized modules), its own ``_save_to_state_dict`` or extra state."""
+    base, kind = _torch.nn.Module, type(m)
+    if m._load_state_dict_pre_hooks:
+        return "load_state_dict pre-hook"
+    for name in ("_load_from_state_dict", "_save_to_state_dict", "get_extra_state",
+                 "set_extra_state"):
+        if getattr(kind, name) is not getattr(base, name):
+            return f"{kind.__name__}.{name}"
+    return None
+
+
+def module_plan(module, assign):
+    """How a module is loaded: None (in place, shardload's own path), else (roots, post) where
+    ``roots`` are [(module path, reason)] of the subtrees with loading of their own (the
+    module's ``load_state_dict`` runs after the transfer, and judges their keys), and ``post``
+    whether load-state-dict post-hooks exist (then it runs, and judges, for the whole module)."""
+    if assign:
+        return [("", "assign=True")], False
+    roots, post, inside = [], False, []
+    for path, m in module.named_modules(remove_duplicate=False):
+        post = post or bool(m._load_state_dict_post_hooks)
+        if any(path == r or path.startswith(r + ".") or r == "" for r in inside):
+            continue
+        why = _own_loading(m)
+        if why is not None:
+            roots.append((path, why))
+            inside.append(path)
+    if not roots and not post:
+        return None
+    return roots, post
+
+
+def _under(key, prefixes):
+    return any(key.startswith(p) for p in prefixes)
 
 
 def _stateful(obj):
@@ -58,8 +116,14 @@ class Flat:
     plain values (key, object) and where each goes back, and the optimizers and stateful objects
     to restore after a load."""
 
-    def __init__(self, for_load):
-        self.for_load = for_load
+    def __init__(self, for_load, assign=False):
+        self.for_load, self.assign = for_load, assign
+        self.own = []          # modules loaded by their own load_state_dict (see add_module)
+        self.fresh = []        # (key, module tensor): read into a fresh tensor, not in place
+        self.fresh_read = {}   # key -> the fresh tensor declared for it
+        self.deferred = []     # key prefixes the modules' own loading judges
+        self.paths = {}        # module key -> which path it took (LoadResult.module_paths)
+        self.composites_restored = False
         self.initialized = []  # optimizers whose state load() created (undone if it fails)
         self.tensors = []      # (key, tensor, follows: a key or None)
         self.values = []       # (key, object)
@@ -78,17 +142,7 @@ class Flat:
             raise ValueError(f"key '{prefix}': the state nests deeper than 64 levels")
         if isinstance(obj, _torch.nn.Module):
             self.modules.append((prefix, obj))
-            for key, tensor in obj.state_dict(prefix=self.key(prefix, "")).items():
-                if not isinstance(tensor, _torch.Tensor):
-                    raise ValueError(f"key '{key}': module {type(obj).__name__} returns extra "
-                                     f"state ({type(tensor).__name__}) in its state_dict, which "
-                                     "shardload does not restore; save it as a value of the state")
-                if _is_composite(tensor):
-                    what = "quantized" if tensor.is_quantized else str(tensor.layout)
-                    raise ValueError(f"key '{key}': a {what} tensor in a module's state_dict "
-                                     "is not loaded in place (keep it in a dict of the state, "
-                                     "where it is stored as its parts and rebuilt)")
-                self.tensors.append((key, tensor, None))
+            self.add_module(obj, prefix)
         elif isinstance(obj, _torch.optim.Optimizer):
             if self.for_load and init_optimizer_state(obj):
                 self.initialized.append(obj)
@@ -123,8 +177,73 @@ class Flat:
                             "{'model': model, 'optim': optimizer}, to key it by parameter name)")
                 raise ValueError(f"key '{prefix}': a dict with keys that are not str holds "
                                  f"tensors; use str keys{hint}")
-            self.values.append((prefix, obj))
+            self.values.append((prefix, str(obj) if isinstance(obj, _torch.dtype) else obj))
             self.slots[prefix] = slot
+
+    def add_module(self, module, prefix):
+        """A module's state_dict: tensors loaded in place, or, for the subtrees with their own
+        loading semantics (module_plan), read into fresh tensors that the module's own
+        load_state_dict takes after the transfer; its ``_metadata`` versions as an annotation."""
+        state = module.state_dict(keep_vars=True)
+        plan = module_plan(module, self.assign and self.for_load)
+        roots = [] if plan is None else [r for r, _ in plan[0]]
+        name = prefix or type(module).__name__
+        self.paths[name] = "in place" if plan is None else (
+            "in place, then its load_state_dict (post-hooks)" if not roots else "load_state_dict")
+        for r, why in (plan[0] if plan else []):
+            self.paths[self.key(prefix, r) if r else name] = f"own loading ({why})"
+        rel = [r + "." if r else "" for r in roots]
+        own_state = {}  # a subtree's entries that are not plain tensors, rebuilt for its loading
+        # The module's own parameters and buffers are loaded in place even where its own loading
+        # runs (it then copies them onto themselves); a tensor its state_dict computes (its own
+        # _save_to_state_dict), a lazy module's uninitialised one, and all with assign=True are
+        # read into fresh tensors for it.
+        placed = set()  # keys loaded in place
+        own_ids = {id(t) for _, t in module.named_parameters(remove_duplicate=False)} | {
+            id(t) for _, t in module.named_buffers(remove_duplicate=False)} if rel else set()
+        for k, value in state.items():
+            key = self.key(prefix, k)
+            own = bool(rel) and _under(k, rel)
+            plain = isinstance(value, _torch.Tensor) and not _is_composite(value)
+            in_place = not self.for_load or not own or (
+                id(value) in own_ids and not self.assign and
+                not isinstance(value, _torch.nn.parameter.UninitializedTensorMixin))
+            if plain and in_place:
+                self.tensors.append((key, value.detach(), None))
+                placed.add(key)
+            elif plain:
+                self.fresh.append((key, value))
+            elif not own:
+                what = type(value).__name__ if not isinstance(value, _torch.Tensor) else (
+                    "quantized tensor" if value.is_quantized else f"{value.layout} tensor")
+                raise ValueError(f"key '{key}': module {type(module).__name__} holds a {what} "
+                                 "in its state_dict but loads in place (no loading of its own "
+                                 "to restore it)")
+            elif _is_composite(value) or _holds_tensor(value):
+                # Quantized weights, torch.ao's packed (weight, bias) tuples: stored as their
+                # parts, rebuilt in own_state for the module's own _load_from_state_dict.
+                own_state[k] = value
+                self.add(value, key, _Slot(own_state, k), 1)
+            else:
+                # Extra state and other plain values; a dtype as its name.
+                self.values.append((key, str(value) if isinstance(value, _torch.dtype) else value))
+                self.slots[key] = None
+        metadata = _plain_metadata(getattr(state, "_metadata", None))
+        meta_key = self.key(prefix, METADATA)
+        if metadata is not None and not self.for_load:
+            self.values.append((meta_key, metadata))
+            self.slots[meta_key] = None
+        if plan is not None and self.for_load:
+            # The verdict on these keys is the module's own: its roots' subtrees, or all of it
+            # when post-hooks may edit the verdict (its in-place tensors are still read in place).
+            scope = [self.key(prefix, r) if r else prefix for r in roots]
+            if plan[1]:
+                scope = [prefix]
+            scope = [s + "." if s else "" for s in scope]
+            self.deferred += scope
+            self.own.append((prefix, module, state, placed, scope, own_state))
+            self.values.append((meta_key, None))
+            self.slots[meta_key] = None
 
     # A sparse or quantized tensor is stored as its component tensors and a plain value that
     # says how to put them together (docs/PYTHON.md); on load the components are read into
@@ -210,6 +329,8 @@ class Flat:
 
     def add_optimizers(self):
         """The optimizers' state by parameter name (after every module of the state is known)."""
+        if not self.optimizers:
+            return
         names, tensor_key = {}, {}
         single = len(self.modules) == 1
         for prefix, module in self.modules:
@@ -261,22 +382,100 @@ class Flat:
                 p.add(key, tensor)
             else:
                 p.add_split(key, tensor, rules[r].dim, rules[r].group)
+        # A module's own loading: a split or sharded tensor is read into a fresh one like it
+        # (this rank's part); any other is not declared, and the load reads the checkpoint's
+        # whole, at its shape and dtype (LoadOptions.deferred_prefixes), for the module to judge.
+        which = _C.match_rules(rules, [k for k, _ in self.fresh]) if rules else \
+            [-1] * len(self.fresh)
+        self.fresh_read = {}
+        for (key, tensor), r in zip(self.fresh, which):
+            if isinstance(tensor, _torch.nn.parameter.UninitializedTensorMixin):
+                continue
+            if _is_dtensor(tensor):
+                from torch.distributed.tensor import DTensor
+                fresh = DTensor.from_local(_torch.empty_like(tensor._local_tensor),
+                                           tensor.device_mesh, tensor.placements,
+                                           run_check=False, shape=tensor.shape,
+                                           stride=tensor.stride())
+                _add_dtensor(p, key, fresh)
+            elif r >= 0:
+                fresh = _torch.empty_like(tensor.detach())
+                p.add_split(key, fresh, rules[r].dim, rules[r].group)
+            else:
+                continue
+            self.fresh_read[key] = fresh
         return p
 
     # ------------------------------------------------------------------------------- restore
+    def load_modules(self, result, strict):
+        """After the transfer: each module with loading of its own takes, through its own
+        ``load_state_dict``, a state dict of its tensors loaded in place (copied onto
+        themselves), the fresh ones read for it and the checkpoint's ``_metadata``: hooks,
+        custom loading, versions and ``assign`` as PyTorch applies them. Returns the verdict's
+        (missing, unexpected) keys with the modules' own in place of shardload's."""
+        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+        if not self.own:
+            return missing, unexpected
+        read = dict(result.deferred)
+        values = dict(result.values)
+        absent = set(result.deferred_missing) | set(missing)
+        self.restore_composites(values, absent)  # quantized weights, into own_state
+        self.composites_restored = True
+        for prefix, module, state, placed, scope, own_state in self.own:
+            def full(k, prefix=prefix):
+                return self.key(prefix, k)
+            sd = _OrderedDict()
+            for k, mine in state.items():
+                key = full(k)
+                if key in absent:
+                    continue
+                if key in placed:
+                    sd[k] = mine  # loaded in place: copied onto itself
+                elif key in self.fresh_read:
+                    sd[k] = self.fresh_read[key]
+                elif key in read:
+                    sd[k] = read.pop(key)
+                elif k in own_state:
+                    if not any(a.startswith(key + ".") for a in absent):
+                        sd[k] = own_state[k]
+                elif key in values:
+                    sd[k] = _dtype_back(values.pop(key), mine)
+            start = len(prefix) + 1 if prefix else 0
+            asked = {k for k, _ in self.values}
+            for key in list(read):
+                if _under(key, scope):
+                    sd[key[start:]] = read.pop(key)
+            for key in list(values):
+                if _under(key, scope) and key not in asked:
+                    sd[key[start:]] = values.pop(key)
+            metadata = values.get(full(METADATA))
+            if isinstance(metadata, dict):
+                sd._metadata = metadata
+            keys = set(map(full, state))
+            missing = [k for k in missing if k not in keys]
+            try:
+                got = module.load_state_dict(sd, strict=strict, assign=self.assign)
+            except RuntimeError as e:
+                raise _C.VerdictError(str(e)) from None
+            missing += [full(k) for k in got.missing_keys]
+            unexpected += [full(k) for k in got.unexpected_keys]
+        return missing, unexpected
+
     def restore(self, loaded, missing):
         """Puts the loaded plain values in place and hands optimizers and stateful objects
         their state (the tensors are already loaded in place)."""
         got = dict(loaded)
         for key, value in got.items():
             if isinstance(self.slots.get(key), _Slot):  # else read below, not put in place
-                self.put(self.slots[key], value)
+                slot = self.slots[key]
+                self.put(slot, _dtype_back(value, slot.container[slot.index]))
         missing = set(missing)
         for prefix, opt, params in self.optimizers:
             key = self.key(prefix, "param_groups")
             if key in got:
                 self.restore_optimizer(prefix, opt, params, got[key], missing)
-        self.restore_composites(got, missing)
+        if not self.composites_restored:
+            self.restore_composites(got, missing)
         for _prefix, obj, state in self.statefuls:
             obj.load_state_dict(state)
 
@@ -347,6 +546,15 @@ def _zero_state(opt):
                                                             memory_format=_torch.preserve_format)
             made[p] = state
     return made
+
+
+def _dtype_back(value, mine):
+    """A dtype saved as its name ("torch.qint8") is a dtype again where the module holds one."""
+    if isinstance(mine, _torch.dtype) and isinstance(value, str) and value.startswith("torch."):
+        dtype = getattr(_torch, value[len("torch."):], None)
+        if isinstance(dtype, _torch.dtype):
+            return dtype
+    return value
 
 
 def _rebuild(kind, parts, meta):
@@ -433,9 +641,9 @@ def init_optimizer_state(opt):
     return True
 
 
-def flatten(obj, for_load):
+def flatten(obj, for_load, assign=False):
     """The Flat of a training state (a dict, or an optimizer alone)."""
-    flat = Flat(for_load)
+    flat = Flat(for_load, assign)
     if isinstance(obj, _torch.optim.Optimizer):
         raise ValueError("an optimizer's state is keyed by its parameters' names: pass "
                          "{'model': model, 'optim': optimizer}, not the optimizer alone")
@@ -443,6 +651,16 @@ def flatten(obj, for_load):
         flat.add(obj, "", None)  # its state_dict's own keys, as for a module alone
     else:
         flat.add_mapping(obj, "", 0)
+        metadata = _plain_metadata(getattr(obj, "_metadata", None))
+        if metadata is not None and not for_load:
+            flat.values.append((METADATA, metadata))  # a module's state_dict() saved as a dict
+    if assign and not flat.modules:
+        raise ValueError("assign=True assigns a module's parameters and buffers; the state "
+                         "holds no module")
+    if assign and flat.optimizers:
+        raise ValueError("assign=True replaces the module's parameters, which the optimizer of "
+                         "the state would no longer hold; load the module with assign=True first, "
+                         "then make the optimizer and load it")
     flat.add_optimizers()
     if not for_load or not flat.composites:
         flat.add_composites(None)

@@ -239,12 +239,21 @@ def case_batchnorm(tmp):
     check(got == want, f"{got!r} vs {want!r}")
     same_state(dst.state_dict(), oracle.state_dict(), "BatchNorm buffers")
     check(int(dst.bn.num_batches_tracked) == 3, "num_batches_tracked loaded")
-    # A checkpoint without num_batches_tracked (the state dict keeps its version metadata, as a
-    # saved state_dict() does): PyTorch reports it missing, and so does shardload.
+    # A state dict without num_batches_tracked, saved with its version metadata (_metadata,
+    # kept by shardload): PyTorch's BatchNorm reports it missing, and so does shardload. Saved as
+    # a plain dict (no metadata), BatchNorm's own loading fills it in, in both.
     partial = src.state_dict()
     del partial["bn.num_batches_tracked"]
     ckpt2 = os.path.join(tmp, "bn-partial")
-    shardload.save(dict(partial), ckpt2)
+    shardload.save(partial, ckpt2)
+    ckpt3 = os.path.join(tmp, "bn-partial-no-metadata")
+    shardload.save(dict(partial), ckpt3)
+    oracle = copy.deepcopy(dst)
+    want = oracle.load_state_dict(dict(partial))
+    got = shardload.load(dst, ckpt3)
+    check(got == want and got.result.module_paths.get("bn", "").startswith("own loading"),
+          f"{got!r} vs PyTorch {want!r}, paths {got.result.module_paths}")
+    same_state(dst.state_dict(), oracle.state_dict(), "BatchNorm without metadata")
     text = torch_error(dst, partial)
     try:
         shardload.load(dst, ckpt2)
