@@ -4,11 +4,13 @@
 #include <torch/optim/adagrad.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/adamw.h>
+#include <torch/optim/schedulers/lr_scheduler.h>
 #include <torch/optim/sgd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <map>
 #include <set>
 
@@ -317,6 +319,24 @@ TrainingStateBuild build_state(const std::vector<TrainingState::ModuleEntry>& mo
 
 }  // namespace
 
+namespace {
+
+/// A scheduler's step count: LibTorch keeps it protected and offers no state_dict; a pointer to
+/// the member, taken through a class derived from LRScheduler, reads and sets it on any one.
+struct SchedulerSteps : optim::LRScheduler {
+  static unsigned optim::LRScheduler::*count() { return &SchedulerSteps::step_count_; }
+};
+
+std::string last_epoch_key(const std::string& prefix) {
+  return prefix.empty() ? "last_epoch" : prefix + ".last_epoch";
+}
+
+}  // namespace
+
+void TrainingState::add_scheduler(const std::string& prefix, optim::LRScheduler& scheduler) {
+  schedulers_.emplace_back(prefix, &scheduler);
+}
+
 SaveResult TrainingState::save(const std::string& path, MPI_Comm comm, SaveOptions options) {
   // Building is this rank's; a failure (an unknown optimizer, a parameter without a name) is
   // every rank's error, never a rank left alone in the save.
@@ -327,6 +347,10 @@ SaveResult TrainingState::save(const std::string& path, MPI_Comm comm, SaveOptio
     PhaseRunner(c, name).run("prepare", [&] { b = build_state(modules_, optimizers_, values_); });
   }
   for (auto& v : b.values) options.values.push_back(std::move(v));
+  for (const auto& [prefix, sched] : schedulers_) {
+    options.values.emplace_back(last_epoch_key(prefix),
+                                Value::of_int(sched->*SchedulerSteps::count()));
+  }
   return shardload::save(b.partition, path, comm, options);
 }
 
@@ -360,6 +384,9 @@ LoadResult TrainingState::load(const std::string& path, MPI_Comm comm, LoadOptio
       });
     }
     for (const auto& [key, value] : b.values) options.value_keys.push_back(key);
+    for (const auto& [prefix, sched] : schedulers_) {
+      options.value_keys.push_back(last_epoch_key(prefix));
+    }
     result = shardload::load(b.partition, path, comm, options);
   } catch (...) {
     undo();
@@ -384,9 +411,19 @@ LoadResult TrainingState::load(const std::string& path, MPI_Comm comm, LoadOptio
   }
   std::map<std::string, Value*> user;
   for (const auto& [key, value] : values_) user[key] = value;
+  std::map<std::string, optim::LRScheduler*> schedulers;
+  for (const auto& [prefix, sched] : schedulers_) schedulers[last_epoch_key(prefix)] = sched;
   for (const auto& [key, value] : result.values) {
     if (auto it = user.find(key); it != user.end()) {
       *it->second = value;
+      continue;
+    }
+    if (auto it = schedulers.find(key); it != schedulers.end()) {
+      if (value.kind != Value::Kind::kInt || value.integer < 0 ||
+          value.integer > std::numeric_limits<unsigned>::max()) {
+        throw FormatError(path + ": value '" + key + "' is not a scheduler's step count");
+      }
+      it->second->*SchedulerSteps::count() = static_cast<unsigned>(value.integer);
       continue;
     }
     auto g = b.groups.find(key);

@@ -27,7 +27,8 @@
 
 namespace torch::optim {
 class Optimizer;
-}
+class LRScheduler;
+}  // namespace torch::optim
 
 namespace shardload {
 
@@ -57,6 +58,11 @@ class TrainingState {
   /// A plain value: saved from `*value`, and replaced by the checkpoint's on load. `*value`
   /// must outlive the state.
   void add_value(const std::string& key, Value* value);
+  /// A LibTorch LR scheduler (StepLR, or any torch::optim::LRScheduler): its step count, as the
+  /// int value `<prefix>.last_epoch` (Python's schedulers keep the same count there). Its
+  /// optimizer's learning rates are the optimizer's own state (add_optimizer), so a resumed
+  /// schedule continues exactly.
+  void add_scheduler(const std::string& prefix, torch::optim::LRScheduler& scheduler);
 
   /// Collective save of everything added (SaveOptions::values gets the plain values).
   SaveResult save(const std::string& path, MPI_Comm comm, SaveOptions options = {});
@@ -69,6 +75,7 @@ class TrainingState {
   std::vector<ModuleEntry> modules_;
   std::vector<OptimizerEntry> optimizers_;
   std::vector<std::pair<std::string, Value*>> values_;
+  std::vector<std::pair<std::string, torch::optim::LRScheduler*>> schedulers_;
 };
 
 }  // namespace shardload

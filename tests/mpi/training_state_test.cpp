@@ -5,6 +5,7 @@
 #include <torch/optim/adagrad.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/adamw.h>
+#include <torch/optim/schedulers/step_lr.h>
 #include <torch/optim/sgd.h>
 
 #include <cstdlib>
@@ -173,32 +174,54 @@ TEST(TrainingState, OptimizerStateReshardsBetweenReplicatedAndSplitLayouts) {
   }
 }
 
+/// `steps` steps of `train`, each followed by a step of the LR schedule.
+void train_scheduled(Net& net, torch::optim::Optimizer& opt, torch::optim::StepLR& sched, int steps,
+                     int64_t seed) {
+  for (int i = 0; i < steps; ++i) {
+    train(net, opt, 1, seed + i);
+    sched.step();
+  }
+}
+
+double lr_of(torch::optim::Optimizer& opt) { return opt.param_groups()[0].options().get_lr(); }
+
 TEST(TrainingState, ResumedTrainingEqualsAnUninterruptedRun) {
+  // AdamW with a StepLR schedule that halves the rate every 2 steps: resumed after 3 steps, the
+  // schedule must continue at step 3 (a step count lost would halve at other steps).
   SharedDir dir{"training_resume"};
   const auto adamw = optimizers()[2].second;
   torch::manual_seed(7);
   Net reference(kHidden);
   auto reference_opt = adamw(reference);
-  train(reference, *reference_opt, 3, 21);
-  train(reference, *reference_opt, 3, 22);
+  torch::optim::StepLR reference_sched(*reference_opt, 2, 0.5);
+  train_scheduled(reference, *reference_opt, reference_sched, 3, 21);
+  train_scheduled(reference, *reference_opt, reference_sched, 3, 31);
 
   torch::manual_seed(7);
   Net first(kHidden);
   auto first_opt = adamw(first);
-  train(first, *first_opt, 3, 21);
+  torch::optim::StepLR first_sched(*first_opt, 2, 0.5);
+  train_scheduled(first, *first_opt, first_sched, 3, 21);
   TrainingState before;
   before.add_module("", *first);
   before.add_optimizer("optim", *first_opt);
+  before.add_scheduler("sched", first_sched);
   before.save(dir.path + "/run", MPI_COMM_WORLD, {.step = 3});
 
   torch::manual_seed(8);
   Net resumed(kHidden);
   auto resumed_opt = adamw(resumed);
+  torch::optim::StepLR resumed_sched(*resumed_opt, 2, 0.5);
   TrainingState after;
   after.add_module("", *resumed);
   after.add_optimizer("optim", *resumed_opt);
-  after.load(dir.path + "/run", MPI_COMM_WORLD);  // ROOT/latest
-  train(resumed, *resumed_opt, 3, 22);
+  after.add_scheduler("sched", resumed_sched);
+  const LoadResult r = after.load(dir.path + "/run", MPI_COMM_WORLD);  // ROOT/latest
+  EXPECT_TRUE(r.missing_keys.empty() && r.unexpected_keys.empty());
+  EXPECT_EQ(lr_of(*resumed_opt), lr_of(*first_opt));
+  train_scheduled(resumed, *resumed_opt, resumed_sched, 3, 31);
+  EXPECT_EQ(lr_of(*resumed_opt), lr_of(*reference_opt));
+  EXPECT_EQ(lr_of(*resumed_opt), 1e-2 * 0.25);  // halved at the 3rd and 5th steps (counts 2, 4)
   for (const auto& p : reference->named_parameters()) {
     EXPECT_TRUE(same_bits(resumed->named_parameters()[p.key()], p.value())) << p.key();
   }
