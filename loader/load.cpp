@@ -92,6 +92,8 @@ std::vector<int64_t> gather_value_keys(const LoadOptions& options, const Communi
   for (const auto& k : options.value_keys) joined += k + '\0';
   joined += '\1';
   for (const auto& k : options.deferred_prefixes) joined += k + '\0';
+  joined += '\1';
+  for (const auto& k : options.read_prefixes) joined += k + '\0';
   return comm.allgather(static_cast<int64_t>(checksum(joined.data(), joined.size())));
 }
 
@@ -112,7 +114,7 @@ bool is_annotation(const std::string& key) {
   return key.size() == name.size() || key[key.size() - name.size() - 1] == '.';
 }
 
-/// LoadOptions::deferred_prefixes: the checkpoint's tensors under them that the partition does
+/// LoadOptions::read_prefixes: the checkpoint's tensors under them that the partition does
 /// not declare, allocated whole at the checkpoint's shape and dtype and declared replicated (so
 /// the plan reads them like any other). Only a tensor whose chunks cover it is allocated (the
 /// validated index's chunks do not overlap and lie in their files, so a file cannot make a load
@@ -122,7 +124,7 @@ TensorList add_deferred(const std::vector<ChunkRecord>& index,
                         const std::vector<std::string>& file_names, const LoadOptions& options,
                         Partition& partition) {
   TensorList added;
-  if (options.deferred_prefixes.empty()) return added;
+  if (options.read_prefixes.empty()) return added;
   KeyMapper mapper(options);
   std::set<std::string> declared;
   for (const auto& e : partition.entries()) declared.insert(e.key);
@@ -130,8 +132,8 @@ TensorList add_deferred(const std::vector<ChunkRecord>& index,
   std::vector<const ChunkRecord*> first;    // each deferred key's first row, in index order
   for (const auto& row : index) {
     std::string key = mapper.checkpoint_to_model(row.key);
-    if (!mapper.selected(key) || !under_any(key, options.deferred_prefixes) ||
-        declared.count(key)) {
+    if (!mapper.selected(key) || !under_any(key, options.read_prefixes) ||
+        !under_any(key, options.deferred_prefixes) || declared.count(key)) {
       continue;
     }
     auto [it, fresh] = covered.try_emplace(std::move(key), 0);
@@ -168,7 +170,7 @@ void defer_keys(const LoadOptions& options, LoadPlan& plan, LoadResult& result) 
     });
   };
   keep(plan.missing_keys, &result.deferred_missing);
-  keep(plan.unexpected_keys, nullptr);
+  keep(plan.unexpected_keys, &result.deferred_unexpected);
 }
 
 /// The plain values of the verdict (LoadOptions::value_keys against the manifest's values):

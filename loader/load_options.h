@@ -58,13 +58,18 @@ struct LoadOptions {
   /// fails the load before any tensor changes (UsageError naming the key).
   bool allow_pickle = false;
   /// Model-side key prefixes whose keys the caller judges itself (Python modules with their own
-  /// loading semantics, which their own load_state_dict applies; docs/PYTHON.md). Checkpoint
-  /// tensors under them that the partition does not declare are read whole, at the checkpoint's
-  /// shape and dtype, into tensors the load allocates (LoadResult::deferred). No key under them
-  /// is missing or unexpected here: a declared one the checkpoint lacks is listed in
-  /// LoadResult::deferred_missing; a value under them not in value_keys is returned in `values`.
-  /// A declared tensor's size mismatch is still the verdict's. Every rank passes the same ones.
+  /// loading semantics, which their own load_state_dict applies; docs/PYTHON.md). No key under
+  /// them is missing or unexpected here: a declared one the checkpoint lacks is listed in
+  /// LoadResult::deferred_missing, a checkpoint tensor the partition does not declare in
+  /// LoadResult::deferred_unexpected (or read, see read_prefixes), a value under them not in
+  /// value_keys is returned in `values`. A declared tensor's size mismatch is still the
+  /// verdict's. Every rank passes the same ones.
   std::vector<std::string> deferred_prefixes;
+  /// Prefixes (under deferred_prefixes) whose checkpoint tensors the partition does not declare
+  /// are read whole, at the checkpoint's shape and dtype, into tensors the load allocates
+  /// (LoadResult::deferred): for a module whose own loading may take keys it does not declare
+  /// (a pre-hook renaming them, a lazy module). Every rank passes the same ones.
+  std::vector<std::string> read_prefixes;
 };
 
 /// Seconds spent in each phase on this rank.
@@ -115,11 +120,14 @@ struct LoadResult {
   /// The checkpoint's plain values for LoadOptions::value_keys that it holds (model-side keys),
   /// in value_keys order (identical on every rank).
   ValueList values;
-  /// The checkpoint's tensors under LoadOptions::deferred_prefixes that the partition did not
+  /// The checkpoint's tensors under LoadOptions::read_prefixes that the partition did not
   /// declare, whole, in the checkpoint's key order (identical on every rank).
   TensorList deferred;
   /// Declared keys under LoadOptions::deferred_prefixes that the checkpoint does not hold.
   std::vector<std::string> deferred_missing;
+  /// The checkpoint's tensors under LoadOptions::deferred_prefixes, neither declared nor read
+  /// (not under read_prefixes): their keys, in the checkpoint's order.
+  std::vector<std::string> deferred_unexpected;
 };
 
 /// Thrown on every rank when the verdict fails; carries the full result.

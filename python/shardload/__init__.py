@@ -338,6 +338,7 @@ def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=No
         if p.flat is not None:
             p.options.value_keys = [key for key, _ in p.flat.values]
             p.options.deferred_prefixes = p.flat.deferred
+            p.options.read_prefixes = p.flat.read
     try:
         result = _C.load(p.source, p.path, p.rules, p.options or LoadOptions(), progress, handle,
                          error, on_stall, stall)

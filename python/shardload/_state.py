@@ -122,6 +122,7 @@ class Flat:
         self.fresh = []        # (key, module tensor): read into a fresh tensor, not in place
         self.fresh_read = {}   # key -> the fresh tensor declared for it
         self.deferred = []     # key prefixes the modules' own loading judges
+        self.read = []         # of those, where it may take keys it does not declare (read)
         self.paths = {}        # module key -> which path it took (LoadResult.module_paths)
         self.composites_restored = False
         self.initialized = []  # optimizers whose state load() created (undone if it fails)
@@ -236,11 +237,11 @@ class Flat:
         if plan is not None and self.for_load:
             # The verdict on these keys is the module's own: its roots' subtrees, or all of it
             # when post-hooks may edit the verdict (its in-place tensors are still read in place).
-            scope = [self.key(prefix, r) if r else prefix for r in roots]
-            if plan[1]:
-                scope = [prefix]
-            scope = [s + "." if s else "" for s in scope]
+            read = [self.key(prefix, r) if r else prefix for r in roots]
+            read = [s + "." if s else "" for s in read]
+            scope = [prefix + "." if prefix else ""] if plan[1] else read
             self.deferred += scope
+            self.read += read
             self.own.append((prefix, module, state, placed, scope, own_state))
             self.values.append((meta_key, None))
             self.slots[meta_key] = None
@@ -445,6 +446,11 @@ class Flat:
             for key in list(read):
                 if _under(key, scope):
                     sd[key[start:]] = read.pop(key)
+            for key in result.deferred_unexpected:
+                # Outside the subtrees with loading of their own: only the name matters (the
+                # module reports it unexpected, a post-hook may forgive it); never read.
+                if _under(key, scope):
+                    sd[key[start:]] = _torch.empty(0)
             for key in list(values):
                 if _under(key, scope) and key not in asked:
                     sd[key[start:]] = values.pop(key)

@@ -79,7 +79,8 @@ void bind_types(py::module_& m) {
       .def_readwrite("select", &LoadOptions::select)
       .def_readwrite("value_keys", &LoadOptions::value_keys)
       .def_readwrite("allow_pickle", &LoadOptions::allow_pickle)
-      .def_readwrite("deferred_prefixes", &LoadOptions::deferred_prefixes);
+      .def_readwrite("deferred_prefixes", &LoadOptions::deferred_prefixes)
+      .def_readwrite("read_prefixes", &LoadOptions::read_prefixes);
 
   py::class_<SaveOptions>(m, "SaveOptions", "Options of shardload.save (see loader/save.h).")
       .def(py::init<>())
@@ -168,9 +169,10 @@ void bind_types(py::module_& m) {
             for (const auto& t : r.deferred) out.append(py::make_tuple(t.key, t.tensor));
             return out;
           },
-          "the checkpoint's tensors under deferred_prefixes that were not declared: (key, "
-          "tensor) pairs")
+          "the checkpoint's tensors under read_prefixes that were not declared: (key, tensor) "
+          "pairs")
       .def_readonly("deferred_missing", &LoadResult::deferred_missing)
+      .def_readonly("deferred_unexpected", &LoadResult::deferred_unexpected)
       .def("__repr__", &repr);
 
   py::class_<SaveResult>(m, "SaveResult")

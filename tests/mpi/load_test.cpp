@@ -185,9 +185,15 @@ TEST(Load, DeferredPrefixesAreReadWholeAndJudgedByTheCaller) {
   LoadOptions options;
   options.deferred_prefixes = {"bn."};
   options.value_keys = {"bn.state"};  // asked, absent: not missing under "bn."
+  // Judged, not read: the undeclared tensor is only named.
+  LoadResult named = load(model, ckpt, MPI_COMM_WORLD, options);
+  EXPECT_TRUE(named.deferred.empty());
+  EXPECT_EQ(named.deferred_unexpected, std::vector<std::string>{"bn.old_w"});
+  options.read_prefixes = {"bn."};
   LoadResult r = load(model, ckpt, MPI_COMM_WORLD, options);  // strict, and passes
   EXPECT_TRUE(r.missing_keys.empty() && r.unexpected_keys.empty()) << verdict_text(r);
   EXPECT_EQ(r.deferred_missing, std::vector<std::string>{"bn.new_w"});
+  EXPECT_TRUE(r.deferred_unexpected.empty());
   ASSERT_EQ(r.deferred.size(), 1u);
   EXPECT_EQ(r.deferred[0].key, "bn.old_w");
   EXPECT_TRUE(r.deferred[0].tensor.equal(old_w));

@@ -418,6 +418,12 @@ def extra_cases():
     keys = through_shardload(make_post(), sd)
     check("post-hook: in place", keys.result.module_paths.get("Sequential", "").startswith(
         "in place, then"), str(keys.result.module_paths))
+    # An unexpected tensor under it is named to the module's verdict, never read.
+    sd["0.big"] = torch.ones(1 << 20)
+    keys = compare("post-hook: unexpected key", make_post, sd, strict=False)
+    keys = through_shardload(make_post(), sd, strict=False)
+    check("post-hook: unexpected key not read", keys.unexpected_keys == ["0.big"] and
+          keys.result.bytes_read_total < (1 << 20), f"{keys!r} {keys.result.bytes_read_total}")
 
     class Extra(nn.Module):
         def __init__(self):
