@@ -48,6 +48,17 @@ def _plain_metadata(metadata):
     return out
 
 
+def _checkpoint_metadata(value):
+    """A checkpoint's ``_metadata`` as PyTorch's loading may see it: {module path: {"version":
+    int}}; anything else a file holds (other types, other fields such as
+    ``assign_to_params_buffers``, which would change how the module loads) is dropped."""
+    if not isinstance(value, dict):
+        return None
+    return {path: {"version": entry["version"]} if isinstance(entry.get("version"), int) and
+            not isinstance(entry.get("version"), bool) else {}
+            for path, entry in value.items() if isinstance(path, str) and isinstance(entry, dict)}
+
+
 def _own_loading(m):
     """Why module ``m`` (not its children) loads through its own code, or None: load-state-dict
     pre-hooks (lazy modules, spectral norm, key renames), its class's own ``_load_from_state_dict``
@@ -454,8 +465,8 @@ class Flat:
             for key in list(values):
                 if _under(key, scope) and key not in asked:
                     sd[key[start:]] = values.pop(key)
-            metadata = values.get(full(METADATA))
-            if isinstance(metadata, dict):
+            metadata = _checkpoint_metadata(values.get(full(METADATA)))
+            if metadata is not None:
                 sd._metadata = metadata
             keys = set(map(full, state))
             missing = [k for k in missing if k not in keys]

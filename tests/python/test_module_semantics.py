@@ -374,6 +374,26 @@ def hostile_cases():
         check(f"hostile {name}: nothing changed", same_state(top, before))
 
 
+def hostile_metadata():
+    """A checkpoint's __metadata__ is data: wrong types are dropped, and only versions reach the
+    module (a crafted assign_to_params_buffers would change how it loads)."""
+    bn = nn.BatchNorm1d(3)
+    sd = dict(bn.state_dict())
+    del sd["num_batches_tracked"]
+    # (a key that is not a str keeps the dict one value, as a crafted file would hold it)
+    crafted = dict(sd, __metadata__={"": {"version": "2", "assign_to_params_buffers": True},
+                                     "x": "not a dict", 7: [1, 2]})
+    _dirs[0] += 1
+    path = os.path.join(TMP, f"c{_dirs[0]}")
+    shardload.save(crafted, path)
+    ours, theirs = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+    weight = ours.weight
+    want = theirs.load_state_dict(sd)  # no versions: BatchNorm fills num_batches_tracked in
+    got = shardload.load(ours, path)
+    check("hostile metadata: PyTorch's verdict without it", got == want, f"{got!r} {want!r}")
+    check("hostile metadata: not assigned", ours.weight is weight and same_state(ours, theirs))
+
+
 def extra_cases():
     from torch.nn.utils import parametrize, spectral_norm
     from torch.nn.utils.parametrizations import orthogonal
@@ -552,7 +572,8 @@ def main():
         TMP = tempfile.mkdtemp(prefix="shardload_semantics_")
         try:
             for case in (port_load_state_dict, port_bc, port_child, port_custom, port_assign,
-                         port_unexpected_key, port_ref_cycle, extra_cases, hostile_cases):
+                         port_unexpected_key, port_ref_cycle, extra_cases, hostile_cases,
+                         hostile_metadata):
                 try:
                     case()
                 except Exception as e:  # noqa: BLE001
