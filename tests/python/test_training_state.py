@@ -485,6 +485,18 @@ def dtensor_checks():
     keys = shardload.load({"model": sharded, "optim": sharded_opt}, os.path.join(DIR, "plain"))
     check(tuple(keys) == ([], []), f"plain -> fsdp2: {keys!r}")
     compare(f"plain at 1 rank -> fsdp2 at {WORLD.size}", sharded, sharded_opt, plain, plain_opt)
+    # FSDP2's load-state-dict hooks (post-hooks from the start, a pre-hook after the first
+    # forward) run through the module's own load_state_dict, its DTensors still loaded in place.
+    paths = keys.result.module_paths
+    check(paths.get("model", "").startswith("in place, then"), f"fresh fsdp2 paths {paths}")
+    sharded(torch.randn(3, 6)).square().mean().backward()
+    sharded_opt.zero_grad()
+    keys = shardload.load({"model": sharded, "optim": sharded_opt}, os.path.join(DIR, "plain"))
+    paths = keys.result.module_paths
+    check(tuple(keys) == ([], []) and paths.get("model.fc1", "").startswith("own loading"),
+          f"trained fsdp2: {keys!r} {paths}")
+    compare(f"plain at 1 rank -> trained fsdp2 at {WORLD.size}", sharded, sharded_opt, plain,
+            plain_opt)
     dist.destroy_process_group()
 
 
