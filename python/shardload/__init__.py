@@ -111,9 +111,7 @@ def _source_of(obj):
     """(what the extension takes, the model's name for messages)."""
     if isinstance(obj, Partition):
         return obj, "Module"
-    if isinstance(obj, _torch.nn.Module):
-        state, name = obj.state_dict(), type(obj).__name__
-    elif isinstance(obj, _Mapping):
+    if isinstance(obj, _Mapping):  # a module goes through shardload/_state.py
         state, name = obj, "Module"
     else:
         raise TypeError("expected a torch.nn.Module, a dict of tensors or a shardload.Partition, "
