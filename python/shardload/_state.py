@@ -470,10 +470,22 @@ class Flat:
                 sd._metadata = metadata
             keys = set(map(full, state))
             missing = [k for k in missing if k not in keys]
+            # The final key lists, as the module's last post-hook sees them (also when its
+            # strict verdict raises), for the VerdictError's missing_keys and unexpected_keys.
+            seen = []
+            handle = module.register_load_state_dict_post_hook(lambda _m, keys: seen.append(keys))
             try:
                 got = module.load_state_dict(sd, strict=strict, assign=self.assign)
             except RuntimeError as e:
-                raise _C.VerdictError(str(e)) from None
+                error = _C.VerdictError(str(e))
+                error.result = result
+                error.missing_keys = missing + [full(k) for k in (
+                    seen[-1].missing_keys if seen else [])]
+                error.unexpected_keys = unexpected + [full(k) for k in (
+                    seen[-1].unexpected_keys if seen else [])]
+                raise error from None
+            finally:
+                handle.remove()
             missing += [full(k) for k in got.missing_keys]
             unexpected += [full(k) for k in got.unexpected_keys]
         return missing, unexpected

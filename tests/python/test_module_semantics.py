@@ -179,6 +179,12 @@ def port_bc():
     compare("BC no version", lambda: nn.BatchNorm2d(3), sd)
     sd._metadata[""]["version"] = 2  # now the key is required
     compare("BC version 2 without the key", lambda: nn.BatchNorm2d(3), sd)
+    try:
+        through_shardload(nn.BatchNorm2d(3), sd)
+        check("BC version 2: VerdictError", False)
+    except shardload.VerdictError as e:
+        check("BC version 2: VerdictError's keys", e.missing_keys == ["num_batches_tracked"] and
+              e.unexpected_keys == [] and e.result is not None, f"{e.missing_keys}")
 
 
 def port_child():
