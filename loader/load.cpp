@@ -212,8 +212,12 @@ void match_values(const Manifest& manifest, const LoadOptions& options,
     std::string mapped = mapper.checkpoint_to_model(key);
     if (!mapper.selected(mapped) || asked.count(mapped) || is_annotation(mapped)) continue;
     if (under_any(mapped, options.deferred_prefixes)) {
-      // The caller's module judges it (a pickled one still needs allow_pickle).
-      if (!value.holds_pickle() || options.allow_pickle) result.values.emplace_back(mapped, value);
+      // The caller's module judges it; a pickled one without allow_pickle only by its name.
+      if (!value.holds_pickle() || options.allow_pickle) {
+        result.values.emplace_back(mapped, value);
+      } else {
+        result.deferred_unexpected.push_back(mapped);
+      }
       continue;
     }
     plan.unexpected_keys.push_back(mapped);

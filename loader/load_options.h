@@ -126,7 +126,8 @@ struct LoadResult {
   /// Declared keys under LoadOptions::deferred_prefixes that the checkpoint does not hold.
   std::vector<std::string> deferred_missing;
   /// The checkpoint's tensors under LoadOptions::deferred_prefixes, neither declared nor read
-  /// (not under read_prefixes): their keys, in the checkpoint's order.
+  /// (not under read_prefixes), and its pickled values there when allow_pickle is off: their
+  /// keys (values first, then tensors in the checkpoint's order).
   std::vector<std::string> deferred_unexpected;
 };
 
