@@ -227,20 +227,24 @@ TEST(TrainingState, ResumedTrainingEqualsAnUninterruptedRun) {
   }
 }
 
+/// {"model": net, "optim": opt}.
+TrainingState model_and_optimizer(Net& net, torch::optim::Optimizer& opt) {
+  TrainingState state;
+  state.add_module("model", *net);
+  state.add_optimizer("optim", opt);
+  return state;
+}
+
 TEST(TrainingState, AFailedLoadLeavesAFreshOptimizerFreshAndForeignParametersAreRefused) {
   SharedDir dir{"training_refused"};
   Net net(kHidden);
   auto opt = optimizers()[1].second(net);
-  TrainingState state;
-  state.add_module("model", *net);
-  state.add_optimizer("optim", *opt);
-  state.save(dir.path + "/ckpt", MPI_COMM_WORLD);  // a fresh Adam: only the param groups
+  // a fresh Adam: only the param groups
+  model_and_optimizer(net, *opt).save(dir.path + "/ckpt", MPI_COMM_WORLD);
 
   Net other(kHidden);
   auto fresh = optimizers()[1].second(other);
-  TrainingState load_state;
-  load_state.add_module("model", *other);
-  load_state.add_optimizer("optim", *fresh);
+  TrainingState load_state = model_and_optimizer(other, *fresh);
   EXPECT_THROW(load_state.load(dir.path + "/ckpt", MPI_COMM_WORLD), LoadVerdictError);
   EXPECT_TRUE(fresh->state().empty());  // the state made for the load is gone again
   LoadOptions loose;
@@ -251,10 +255,8 @@ TEST(TrainingState, AFailedLoadLeavesAFreshOptimizerFreshAndForeignParametersAre
 
   Net stranger(kHidden);
   auto foreign = optimizers()[0].second(stranger);
-  TrainingState bad;
-  bad.add_module("model", *net);
-  bad.add_optimizer("optim", *foreign);
-  EXPECT_THROW(bad.save(dir.path + "/never", MPI_COMM_WORLD), UsageError);
+  EXPECT_THROW(model_and_optimizer(net, *foreign).save(dir.path + "/never", MPI_COMM_WORLD),
+               UsageError);
 }
 
 }  // namespace
