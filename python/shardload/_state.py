@@ -36,27 +36,22 @@ def is_training_state(obj):
 METADATA = "__metadata__"  # a module's state_dict._metadata: an annotation (docs/FORMAT.md)
 
 
-def _plain_metadata(metadata):
-    """``state_dict._metadata`` as a plain value: {module path: {str: plain value}} (versions)."""
-    if not isinstance(metadata, _Mapping):
-        return None
-    out = {}
-    for path, entry in metadata.items():
-        if isinstance(path, str) and isinstance(entry, _Mapping):
-            out[path] = {k: v for k, v in entry.items() if isinstance(k, str) and (
-                v is None or isinstance(v, (bool, int, float, str)))}
-    return out
-
-
-def _checkpoint_metadata(value):
-    """A checkpoint's ``_metadata`` as PyTorch's loading may see it: {module path: {"version":
-    int}}; anything else a file holds (other types, other fields such as
+def _versions(value):
+    """``state_dict._metadata`` as it is saved and as PyTorch's loading may see it on load:
+    {module path: {"version": int}}; anything else (other types, other fields such as
     ``assign_to_params_buffers``, which would change how the module loads) is dropped."""
-    if not isinstance(value, dict):
+    if not isinstance(value, _Mapping):
         return None
     return {path: {"version": entry["version"]} if isinstance(entry.get("version"), int) and
             not isinstance(entry.get("version"), bool) else {}
-            for path, entry in value.items() if isinstance(path, str) and isinstance(entry, dict)}
+            for path, entry in value.items()
+            if isinstance(path, str) and isinstance(entry, _Mapping)}
+
+
+def _storable(value):
+    """A plain value as stored: a dtype (a quantized module's packed parameters hold one) as its
+    name, "torch.qint8"; _dtype_back() turns it back."""
+    return str(value) if isinstance(value, _torch.dtype) else value
 
 
 def _own_loading(m):
@@ -189,7 +184,7 @@ class Flat:
                             "{'model': model, 'optim': optimizer}, to key it by parameter name)")
                 raise ValueError(f"key '{prefix}': a dict with keys that are not str holds "
                                  f"tensors; use str keys{hint}")
-            self.values.append((prefix, str(obj) if isinstance(obj, _torch.dtype) else obj))
+            self.values.append((prefix, _storable(obj)))
             self.slots[prefix] = slot
 
     def add_module(self, module, prefix):
@@ -238,9 +233,9 @@ class Flat:
                 self.add(value, key, _Slot(own_state, k), 1)
             else:
                 # Extra state and other plain values; a dtype as its name.
-                self.values.append((key, str(value) if isinstance(value, _torch.dtype) else value))
+                self.values.append((key, _storable(value)))
                 self.slots[key] = None
-        metadata = _plain_metadata(getattr(state, "_metadata", None))
+        metadata = _versions(getattr(state, "_metadata", None))
         meta_key = self.key(prefix, METADATA)
         if metadata is not None and not self.for_load:
             self.values.append((meta_key, metadata))
@@ -431,6 +426,7 @@ class Flat:
         read = dict(result.deferred)
         values = dict(result.values)
         absent = set(result.deferred_missing) | set(missing)
+        asked = {k for k, _ in self.values}
         self.restore_composites(values, absent)  # quantized weights, into own_state
         self.composites_restored = True
         for prefix, module, state, placed, scope, own_state in self.own:
@@ -453,7 +449,6 @@ class Flat:
                 elif key in values:
                     sd[k] = _dtype_back(values.pop(key), mine)
             start = len(prefix) + 1 if prefix else 0
-            asked = {k for k, _ in self.values}
             for key in list(read):
                 if _under(key, scope):
                     sd[key[start:]] = read.pop(key)
@@ -465,7 +460,7 @@ class Flat:
             for key in list(values):
                 if _under(key, scope) and key not in asked:
                     sd[key[start:]] = values.pop(key)
-            metadata = _checkpoint_metadata(values.get(full(METADATA)))
+            metadata = _versions(values.get(full(METADATA)))
             if metadata is not None:
                 sd._metadata = metadata
             keys = set(map(full, state))
@@ -631,7 +626,8 @@ def _add_dtensor(partition, key, t):
     shape, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
     if tuple(local.shape) != tuple(shape):
         raise ValueError(f"key '{key}': the DTensor's local tensor has shape {tuple(local.shape)}, "
-                         f"its placements give {tuple(shape)} (padded shards are not supported)")
+                         f"its placements give {tuple(shape)}: it is not this rank's part of "
+                         "the tensor")
     partition.add_shard(key, local, list(t.shape), list(offset))
 
 
@@ -680,7 +676,7 @@ def flatten(obj, for_load, assign=False):
         flat.add(obj, "", None)  # its state_dict's own keys, as for a module alone
     else:
         flat.add_mapping(obj, "", 0)
-        metadata = _plain_metadata(getattr(obj, "_metadata", None))
+        metadata = _versions(getattr(obj, "_metadata", None))
         if metadata is not None and not for_load:
             flat.values.append((METADATA, metadata))  # a module's state_dict() saved as a dict
     if assign and not flat.modules:
