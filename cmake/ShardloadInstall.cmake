@@ -1,5 +1,5 @@
-# `cmake --install build --prefix P`: the library, its headers under P/include/shardload (the
-# source layout core/ io/ loader/ sharding/ transport/ and the generated shardload/config.h), the
+# `cmake --install build --prefix P`: the library, its public headers under P/include/shardload
+# (in the source layout, and the generated shardload/config.h), the
 # CLI, and a CMake package whose target is shardload::shardload. Torch and MPI are found again by
 # the consumer (find_dependency); HDF5, xxHash, nlohmann_json and NCCL stay private to the shared
 # library.
@@ -25,10 +25,20 @@ install(TARGETS shardload EXPORT shardloadTargets
         ARCHIVE DESTINATION "${CMAKE_INSTALL_LIBDIR}"
         RUNTIME DESTINATION "${CMAKE_INSTALL_BINDIR}")
 install(TARGETS shardload_cli RUNTIME DESTINATION "${CMAKE_INSTALL_BINDIR}")
-foreach(dir core io loader sharding transport)
-  install(DIRECTORY "${PROJECT_SOURCE_DIR}/${dir}/"
-          DESTINATION "${SHARDLOAD_INSTALL_INCLUDEDIR}/${dir}"
-          FILES_MATCHING PATTERN "*.h")
+# Only the public headers: loader/shardload.h and what it includes, transitively (the consumer
+# test, tests/consumer, builds against exactly these). The format drivers, the HDF5 layer and
+# the transports stay inside the library.
+set(SHARDLOAD_PUBLIC_HEADERS
+  core/chunk_record.h core/dtype.h core/error.h core/shape.h core/value.h
+  io/checkpoint_source.h io/chunk_reader.h io/h5/format.h io/h5/manifest.h io/tensor_file.h
+  loader/checkpoint_info.h loader/load.h loader/load_options.h loader/partition.h
+  loader/progress.h loader/save.h loader/shardload.h loader/training_state.h
+  sharding/box.h sharding/index_check.h sharding/load_plan.h sharding/rank_groups.h
+  sharding/save_plan.h)
+foreach(header ${SHARDLOAD_PUBLIC_HEADERS})
+  get_filename_component(dir "${header}" DIRECTORY)
+  install(FILES "${PROJECT_SOURCE_DIR}/${header}"
+          DESTINATION "${SHARDLOAD_INSTALL_INCLUDEDIR}/${dir}")
 endforeach()
 install(FILES "${PROJECT_BINARY_DIR}/generated/shardload/config.h"
         DESTINATION "${SHARDLOAD_INSTALL_INCLUDEDIR}/shardload")

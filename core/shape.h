@@ -11,6 +11,10 @@ namespace shardload {
 /// A tensor shape or an offset: one extent per dimension; empty for a 0-d tensor.
 using Shape = std::vector<int64_t>;
 
+/// The most dimensions a tensor may have anywhere: in a file of any format, in an index row on
+/// the wire, in a declared layout (PyTorch's own limit is 64 too).
+inline constexpr int64_t kMaxDims = 64;
+
 /// Number of elements (1 for a 0-d shape). Throws FormatError when an extent is negative or the
 /// product does not fit in int64 (a crafted index can declare such a shape).
 int64_t numel(const Shape& shape);

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/wire.h"
 
 namespace shardload {
 
@@ -141,39 +142,34 @@ void repr_into(const Value& v, std::string& out, size_t max_chars) {
 
 constexpr char kMagic[4] = {'S', 'L', 'V', '1'};
 
-void put_u64(std::string& out, uint64_t x) {
-  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((x >> (8 * i)) & 0xff));
-}
-
-void encode(const Value& v, std::string& out, int depth) {
+void encode(const Value& v, WireWriter& out, int depth) {
   if (depth > kMaxValueDepth) {
     throw UsageError("a value nests deeper than " + std::to_string(kMaxValueDepth) + " levels");
   }
   using K = Value::Kind;
-  out.push_back(static_cast<char>(v.kind));
+  out.u8(static_cast<uint8_t>(v.kind));
   switch (v.kind) {
     case K::kNone:
       return;
     case K::kBool:
-      out.push_back(v.boolean ? 1 : 0);
+      out.u8(v.boolean ? 1 : 0);
       return;
     case K::kInt:
-      put_u64(out, static_cast<uint64_t>(v.integer));
+      out.i64(v.integer);
       return;
     case K::kFloat:
-      put_u64(out, std::bit_cast<uint64_t>(v.real));
+      out.u64(std::bit_cast<uint64_t>(v.real));
       return;
     case K::kStr:
     case K::kBytes:
     case K::kPickle:
-      put_u64(out, v.text.size());
-      out += v.text;
+      out.str(v.text);
       return;
     case K::kList:
     case K::kTuple:
     case K::kDict:
       if (v.kind == K::kDict && v.items.size() % 2) throw UsageError("a dict value is not pairs");
-      put_u64(out, v.kind == K::kDict ? v.items.size() / 2 : v.items.size());
+      out.u64(v.kind == K::kDict ? v.items.size() / 2 : v.items.size());
       for (const auto& item : v.items) encode(item, out, depth + 1);
       return;
   }
@@ -206,35 +202,14 @@ bool valid_utf8(std::string_view s) {
 
 class Decoder {
  public:
-  explicit Decoder(std::string_view bytes) : bytes_(bytes) {}
+  explicit Decoder(std::string_view bytes) : r_(bytes, "encoded values") {}
 
-  uint64_t remaining() const { return bytes_.size() - at_; }
-  uint8_t u8(const char* what) {
-    need(1, what);
-    return static_cast<uint8_t>(bytes_[at_++]);
-  }
-  uint64_t u64(const char* what) {
-    need(8, what);
-    uint64_t x = 0;
-    for (int i = 0; i < 8; ++i) x |= uint64_t{static_cast<uint8_t>(bytes_[at_ + i])} << (8 * i);
-    at_ += 8;
-    return x;
-  }
-  std::string text(uint64_t n, const char* what) {
-    need(n, what);
-    std::string s(bytes_.substr(at_, n));
-    at_ += n;
-    return s;
-  }
+  uint64_t remaining() const { return r_.remaining(); }
+  uint8_t u8(const char* what) { return r_.u8(what); }
+  uint64_t u64(const char* what) { return r_.u64(what); }
+  std::string text(uint64_t n, const char* what) { return r_.bytes(n, what); }
   /// A count of items, each at least `min_bytes` long, that must fit in what remains.
-  uint64_t count(uint64_t min_bytes, const char* what) {
-    const uint64_t n = u64(what);
-    if (n > remaining() / min_bytes) {
-      throw FormatError(std::string(what) + " says " + std::to_string(n) + " items, only " +
-                        std::to_string(remaining()) + " bytes remain");
-    }
-    return n;
-  }
+  uint64_t count(uint64_t min_bytes, const char* what) { return r_.count(min_bytes, what); }
 
   Value value(int depth) {
     if (depth > kMaxValueDepth) {
@@ -300,15 +275,7 @@ class Decoder {
     }
     for (const auto& item : key.items) check_hashable(item);
   }
-  void need(uint64_t n, const char* what) {
-    if (n > remaining()) {
-      throw FormatError(std::string(what) + " needs " + std::to_string(n) + " bytes, only " +
-                        std::to_string(remaining()) + " remain");
-    }
-  }
-
-  std::string_view bytes_;
-  uint64_t at_ = 0;
+  WireReader r_;
 };
 
 }  // namespace
@@ -324,17 +291,17 @@ std::string encode_values(const ValueList& values) {
     throw UsageError(std::to_string(values.size()) + " plain values (at most " +
                      std::to_string(kMaxValueKeys) + ")");
   }
-  std::string out(kMagic, sizeof kMagic);
-  put_u64(out, values.size());
+  WireWriter w;
+  w.u64(values.size());
   for (const auto& [key, value] : values) {
-    put_u64(out, key.size());
-    out += key;
+    w.str(key);
     try {
-      encode(value, out, 0);
+      encode(value, w, 0);
     } catch (const Error& e) {
       throw UsageError("value '" + key + "': " + e.what());
     }
   }
+  const std::string out = std::string(kMagic, sizeof kMagic) + w.take();
   if (out.size() > kMaxValueBytes) {
     throw UsageError("the plain values take " + std::to_string(out.size()) + " bytes (at most " +
                      std::to_string(kMaxValueBytes) + ")");

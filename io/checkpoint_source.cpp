@@ -10,13 +10,14 @@
 #include <unordered_set>
 
 #include "core/error.h"
-#include "io/checkpoint_dir.h"
+#include "core/wire.h"
 #include "io/file_bytes.h"
-#include "io/hf_index.h"
+#include "io/file_system.h"
+#include "io/h5/shard_file.h"
 #include "io/key_text.h"
-#include "io/pt_reader.h"
-#include "io/safetensors_reader.h"
-#include "io/shard_file.h"
+#include "io/pt/pt_reader.h"
+#include "io/safetensors/hf_index.h"
+#include "io/safetensors/safetensors_reader.h"
 
 namespace shardload {
 namespace {
@@ -39,55 +40,6 @@ bool is_directory(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
-
-class Writer {
- public:
-  void u64(uint64_t v) { out_.append(reinterpret_cast<const char*>(&v), sizeof v); }
-  void str(std::string_view s) {
-    u64(s.size());
-    out_ += s;
-  }
-  std::string take() { return std::move(out_); }
-
- private:
-  std::string out_;
-};
-
-class Reader {
- public:
-  explicit Reader(std::string_view in) : in_(in) {}
-  uint64_t u64() {
-    need(sizeof(uint64_t));
-    uint64_t v;
-    std::memcpy(&v, in_.data() + pos_, sizeof v);
-    pos_ += sizeof v;
-    return v;
-  }
-  std::string str() {
-    const uint64_t n = u64();
-    need(n);
-    std::string s(in_.substr(pos_, n));
-    pos_ += n;
-    return s;
-  }
-  /// A count of items that each take at least `min_bytes` of what is left.
-  uint64_t count(uint64_t min_bytes) {
-    const uint64_t n = u64();
-    if (n > (in_.size() - pos_) / min_bytes) fail();
-    return n;
-  }
-  bool done() const { return pos_ == in_.size(); }
-
- private:
-  [[noreturn]] static void fail() {
-    throw FormatError("serialized checkpoint source is malformed");
-  }
-  void need(uint64_t n) const {
-    if (n > in_.size() - pos_) fail();
-  }
-  std::string_view in_;
-  size_t pos_ = 0;
-};
 
 }  // namespace
 
@@ -180,7 +132,7 @@ CheckpointSource find_checkpoint_source(const std::string& path, const std::stri
 }
 
 std::string serialize_checkpoint_source(const CheckpointSource& s) {
-  Writer w;
+  WireWriter w;
   w.u64(static_cast<uint64_t>(s.format));
   w.str(s.dir);
   w.str(s.select);
@@ -201,27 +153,27 @@ std::string serialize_checkpoint_source(const CheckpointSource& s) {
 }
 
 CheckpointSource deserialize_checkpoint_source(std::string_view bytes) {
-  Reader r(bytes);
+  WireReader r(bytes, "serialized checkpoint source");
   CheckpointSource s;
-  const uint64_t format = r.u64();
-  if (format > static_cast<uint64_t>(SourceFormat::kTorch)) {
-    throw FormatError("serialized checkpoint source: unknown format");
-  }
+  const uint64_t format = r.u64("format");
+  if (format > static_cast<uint64_t>(SourceFormat::kTorch)) r.fail("an unknown format");
   s.format = static_cast<SourceFormat>(format);
-  s.dir = r.str();
-  s.select = r.str();
-  s.description = r.str();
-  s.index_path = r.str();
+  s.dir = r.str("directory");
+  s.select = r.str("selection");
+  s.description = r.str("description");
+  s.index_path = r.str("index path");
   if (s.format == SourceFormat::kShardload) {
-    s.manifest = deserialize_manifest(r.str());
+    s.manifest = deserialize_manifest(r.str("manifest"));
   } else {
-    for (uint64_t n = r.count(8); n > 0; --n) s.manifest.shard_files.push_back(r.str());
-    for (uint64_t n = r.count(16); n > 0; --n) {
-      std::string k = r.str();
-      s.manifest.metadata.emplace_back(std::move(k), r.str());
+    for (uint64_t n = r.count(8, "file count"); n > 0; --n) {
+      s.manifest.shard_files.push_back(r.str("file name"));
+    }
+    for (uint64_t n = r.count(16, "metadata count"); n > 0; --n) {
+      std::string k = r.str("metadata key");
+      s.manifest.metadata.emplace_back(std::move(k), r.str("metadata value"));
     }
   }
-  if (!r.done()) throw FormatError("serialized checkpoint source has trailing bytes");
+  r.finish();
   return s;
 }
 

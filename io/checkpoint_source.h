@@ -13,7 +13,7 @@
 
 #include "core/chunk_record.h"
 #include "io/chunk_reader.h"
-#include "io/manifest.h"
+#include "io/h5/manifest.h"
 
 namespace shardload {
 

@@ -8,6 +8,7 @@
 #include "core/chunk_record.h"
 #include "core/error.h"
 #include "io/checksum.h"
+#include "io/key_text.h"
 
 namespace shardload {
 namespace {
@@ -352,6 +353,40 @@ void verify_streaming(const ChunkBytes& c) {
     sum.update(win, e - p);
   }
   if (sum.digest() != c.checksum) mismatch(c, 0, c.nbytes, "chunk checksum");
+}
+
+void read_byte_ranges(const FileBytes& file, std::span<const ChunkRecord* const> rows, void* dst,
+                      const std::function<void(const ChunkRecord&, char*)>& each) {
+  char* out = static_cast<char*>(dst);
+  size_t i = 0;
+  while (i < rows.size()) {
+    // One read for a run of rows that follow each other in the file (empty rows join any).
+    size_t j = i;
+    uint64_t start = 0, end = 0;
+    bool any = false;
+    for (; j < rows.size(); ++j) {
+      if (rows[j]->nbytes == 0) continue;
+      if (!any) {
+        start = end = rows[j]->data_offset;
+        any = true;
+      } else if (rows[j]->data_offset != end) {
+        break;
+      }
+      end = checked_add(end, rows[j]->nbytes, "data_offset + nbytes");
+    }
+    if (any) {
+      try {
+        file.read_at(start, end - start, out);
+      } catch (...) {
+        rethrow_with_context("reading key " + quote_text(rows[i]->key) + " and " +
+                             std::to_string(j - i - 1) + " tensors after it: ");
+      }
+    }
+    for (; i < j; ++i) {
+      each(*rows[i], out);
+      out += rows[i]->nbytes;
+    }
+  }
 }
 
 }  // namespace shardload

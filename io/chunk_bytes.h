@@ -5,8 +5,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <span>
 #include <string>
 
+#include "core/chunk_record.h"
 #include "core/shape.h"
 #include "io/file_bytes.h"
 
@@ -51,5 +54,12 @@ void finish_in_place(const ChunkBytes& chunk, void* data, bool verify);
 /// Reads the whole chunk through bounded memory and checks everything: every block checksum,
 /// the chunk checksum, bool values. Throws FormatError naming the first bad byte range.
 void verify_streaming(const ChunkBytes& chunk);
+
+/// Reads rows whose bytes are the file's [data_offset, data_offset + nbytes) whole, back to back
+/// into `dst`, with one read for each run of rows adjacent in the file (small tensors written
+/// one after the other), then calls `each(row, bytes)` on each row's bytes (to check them).
+/// For the readers of formats whose tensors are byte ranges (.safetensors, .pt).
+void read_byte_ranges(const FileBytes& file, std::span<const ChunkRecord* const> rows, void* dst,
+                      const std::function<void(const ChunkRecord&, char*)>& each);
 
 }  // namespace shardload

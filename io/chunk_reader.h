@@ -6,12 +6,24 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/chunk_record.h"
 #include "core/shape.h"
 
 namespace shardload {
+
+/// What a file holds besides its tensors, as whole-file reads report it (TensorFileContents).
+struct FileExtras {
+  /// Plain scalar leaves of a .pt file by dotted path, as Python prints them; a .safetensors
+  /// file's `__metadata__`.
+  std::vector<std::pair<std::string, std::string>> metadata;
+  /// What is neither a tensor nor a plain scalar: dotted path and type. Never called.
+  std::vector<std::pair<std::string, std::string>> skipped;
+  /// Tensors outside the selection: the path of the container holding them, and how many.
+  std::vector<std::pair<std::string, size_t>> other_tensors;
+};
 
 /// One open checkpoint file. A row's `file` is the file's number in its checkpoint; its `dataset`
 /// and `data_offset` say, in the format's own terms, where its bytes are (an HDF5 dataset; a
@@ -64,6 +76,10 @@ class ChunkReader {
   /// What opening the file found worth telling besides its rows (a .pt file's selection: what
   /// it took and what it left), one line each; empty for most formats.
   virtual std::vector<std::string> notes() const { return {}; }
+  /// What the file holds besides its rows (FileExtras); empty for most formats.
+  virtual FileExtras extras() const { return {}; }
+  /// The file's size in bytes.
+  virtual uint64_t file_size() const = 0;
 };
 
 }  // namespace shardload

@@ -1,19 +1,23 @@
 #include "io/tensor_file.h"
 
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
 #include <filesystem>
+#include <map>
+#include <tuple>
 
 #include "core/error.h"
-#include "io/foreign_tensors.h"
+#include "io/chunk_reader.h"
 #include "io/key_text.h"
-#include "io/safetensors.h"
+#include "io/pt/pt_reader.h"
+#include "io/pt/pt_writer.h"
+#include "io/read_budget.h"
+#include "io/safetensors/safetensors_reader.h"
+#include "io/safetensors/safetensors_writer.h"
 #include "io/torch_dtype.h"
-#include "io/torch_file.h"
 
 namespace shardload {
 namespace {
@@ -38,33 +42,71 @@ FileKind file_kind(const std::string& path) {
 
 bool is_tensor_file(const std::string& path) { return file_kind(path) != FileKind::kUnknown; }
 
-TensorList read_tensor_file(const std::string& path) {
+std::unique_ptr<ChunkReader> open_tensor_file_reader(const std::string& path,
+                                                     const std::string& select) {
   switch (file_kind(path)) {
     case FileKind::kTorch:
-      return read_torch_file(path);
+      return std::make_unique<PtReader>(path, select);
     case FileKind::kSafetensors:
-      return read_safetensors_file(path);
+      if (!select.empty() && select != ".") {
+        throw UsageError("In " + path + ": --select " + quote_text(select) +
+                         ": a .safetensors file is flat; only .pt checkpoints have "
+                         "sub-dictionaries to select");
+      }
+      return std::make_unique<SafetensorsReader>(path);
     case FileKind::kUnknown:
       break;
   }
   unknown_kind(path);
 }
 
-TensorFileContents read_tensor_file(const std::string& path, const TensorFileOptions& options) {
-  switch (file_kind(path)) {
-    case FileKind::kTorch:
-      return read_torch_contents(path, options.select);
-    case FileKind::kSafetensors:
-      if (!options.select.empty() && options.select != ".") {
-        throw UsageError("In " + path + ": --select " + quote_text(options.select) +
-                         ": a .safetensors file is flat; only .pt checkpoints have "
-                         "sub-dictionaries to select");
+TensorFileContents read_all_tensors(const ChunkReader& reader) {
+  const std::vector<ChunkRecord> rows = reader.read_index(0);
+  TensorFileContents out;
+  out.tensors.reserve(rows.size());
+  const uint64_t file_size = reader.file_size();
+  ReadBudget budget(checked_add(checked_mul(file_size, uint64_t{2}), kViewFloorBytes),
+                    "tensors read whole (twice the file's size + " +
+                        std::to_string(kViewFloorBytes) + " bytes; a stride-0 expansion?)");
+  // Tied weights (the same bytes, dtype and shape under two keys) stay one tensor.
+  std::map<std::tuple<uint64_t, DType, Shape>, at::Tensor> read;
+  for (const ChunkRecord& row : rows) {
+    try {
+      reader.prepare(row);
+      const auto options = at::TensorOptions().dtype(scalar_type_of(row.dtype));
+      if (row.nbytes == 0) {
+        out.tensors.push_back({row.key, at::empty(row.shape, options)});
+        continue;
       }
-      return read_safetensors_contents(path);
-    case FileKind::kUnknown:
-      break;
+      auto [it, fresh] = read.try_emplace({row.data_offset, row.dtype, row.shape});
+      if (fresh) {
+        budget.charge(row.nbytes, "this tensor");
+        it->second = at::empty(row.shape, options);
+        reader.read_chunk(row, it->second.data_ptr(), /*verify=*/true);
+      }
+      out.tensors.push_back({row.key, it->second});
+    } catch (const c10::Error& e) {
+      throw FormatError("In " + reader.path() + ": key " + quote_text(row.key) + ": " +
+                        e.what_without_backtrace());
+    } catch (const FormatError& e) {
+      const std::string text = e.what();
+      if (text.starts_with("In ")) throw;
+      throw FormatError("In " + reader.path() + ": key " + quote_text(row.key) + ": " + text);
+    }
   }
-  unknown_kind(path);
+  FileExtras extras = reader.extras();
+  out.metadata = std::move(extras.metadata);
+  out.skipped = std::move(extras.skipped);
+  out.other_tensors = std::move(extras.other_tensors);
+  return out;
+}
+
+TensorList read_tensor_file(const std::string& path) {
+  return read_all_tensors(*open_tensor_file_reader(path, "")).tensors;
+}
+
+TensorFileContents read_tensor_file(const std::string& path, const TensorFileOptions& options) {
+  return read_all_tensors(*open_tensor_file_reader(path, options.select));
 }
 
 void write_tensor_file(const std::string& path, const TensorList& tensors,
@@ -78,27 +120,6 @@ void write_tensor_file(const std::string& path, const TensorList& tensors,
       break;
   }
   unknown_kind(path);
-}
-
-TensorFileContents as_tensor_contents(ForeignContents contents) {
-  TensorFileContents out;
-  out.tensors.reserve(contents.tensors.size());
-  for (ForeignTensor& f : contents.tensors) {
-    const auto options = at::TensorOptions().dtype(scalar_type_of(f.dtype));
-    at::Tensor t;
-    if (f.nbytes == 0) {
-      t = at::empty(f.shape, options);
-    } else {
-      // The buffer lives as long as the tensor (and any other tensor of its storage).
-      t = at::from_blob(
-          f.data, f.shape, [owner = std::move(f.owner)](void*) {}, options);
-    }
-    out.tensors.push_back({std::move(f.key), std::move(t)});
-  }
-  out.metadata = std::move(contents.metadata);
-  out.skipped = std::move(contents.skipped);
-  out.other_tensors = std::move(contents.other_tensors);
-  return out;
 }
 
 void check_bool_values(const std::string& key, const at::Tensor& tensor) {

@@ -1,15 +1,18 @@
-// Foreign single-file formats: PyTorch's torch.save files and safetensors.
+// Whole-file reads and writes of the single-file formats (torch.save files and .safetensors), as
+// convert, diff and a model file given to `load --into` use them: a thin layer over each format's
+// ChunkReader (io/chunk_reader.h), which checks every byte it hands out, and its writer.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace shardload {
 
-struct ForeignContents;
+class ChunkReader;
 
 /// A tensor with its state-dict key.
 struct NamedTensor {
@@ -72,9 +75,20 @@ TensorFileContents read_tensor_file(const std::string& path, const TensorFileOpt
 void write_tensor_file(const std::string& path, const TensorList& tensors,
                        const std::vector<std::pair<std::string, std::string>>& metadata = {});
 
-/// The tensors of a whole-file read (foreign_tensors.h) as CPU at::Tensors over the same
-/// buffers (no copy), with the metadata, what was skipped and the tensors not selected.
-TensorFileContents as_tensor_contents(ForeignContents contents);
+/// The reader of the single-file format `path` names by its extension: a PtReader (taking the
+/// sub-dictionary `select`, empty for a flat state dict) or a SafetensorsReader. Throws
+/// FormatError naming the path (an unknown extension too), UsageError for a `select` other than
+/// "" or "." on a .safetensors file.
+std::unique_ptr<ChunkReader> open_tensor_file_reader(const std::string& path,
+                                                     const std::string& select);
+
+/// Every row of `reader` read whole into a CPU tensor of its dtype and shape, in index order,
+/// each byte checked as the reader checks it (bool values), with the reader's extras. Rows with
+/// the same bytes, dtype and shape (tied weights) share one tensor. The tensors together may
+/// take at most twice the file's size plus kViewFloorBytes (io/read_budget.h): a file whose views
+/// expand beyond that (stride 0, overlapping slices) is refused before anything is allocated.
+/// Throws FormatError naming the file and the key.
+TensorFileContents read_all_tensors(const ChunkReader& reader);
 
 /// Throws FormatError "key 'K': ..." when bool tensor `tensor` holds a byte other than 0 or 1
 /// (PyTorch would read such a byte as a bool that is neither true nor false).

@@ -10,9 +10,9 @@
 
 #include "core/crash_point.h"
 #include "core/error.h"
-#include "io/checkpoint_dir.h"
-#include "io/run_dir.h"
-#include "io/shard_file.h"
+#include "io/commit/checkpoint_dir.h"
+#include "io/commit/run_dir.h"
+#include "io/h5/shard_file.h"
 #include "loader/shard_files.h"
 #include "loader/tensor_bytes.h"
 #include "sharding/box.h"

@@ -8,7 +8,7 @@
 
 #include "core/chunk_record.h"
 #include "io/checkpoint_source.h"
-#include "io/manifest.h"
+#include "io/h5/manifest.h"
 #include "io/tensor_file.h"
 
 namespace shardload {

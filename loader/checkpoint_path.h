@@ -4,13 +4,13 @@
 
 #include <string>
 
-#include "io/run_dir.h"
+#include "io/commit/run_dir.h"
 #include "transport/communicator.h"
 
 namespace shardload {
 
-/// resolve_checkpoint(path) (io/run_dir.h) on rank 0, shared with every rank: all ranks return
-/// the same path and notes, or throw the same error (a torn `latest` is a FormatError naming
+/// resolve_checkpoint(path) (io/commit/run_dir.h) on rank 0, shared with every rank: all ranks
+/// return the same path and notes, or throw the same error (a torn `latest` is a FormatError naming
 /// ROOT/latest and what it says).
 /// Collective: every rank of `comm` calls it with the same path.
 ResolvedCheckpoint resolve_checkpoint(const std::string& path, const Communicator& comm);

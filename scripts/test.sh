@@ -9,6 +9,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 bash scripts/setup.sh
 bash scripts/build.sh
 bash scripts/check_format.sh
+bash scripts/check_layers.sh
 PY=${SHARDLOAD_PYTHON:-python3}
 if [ -d "${BUILD_DIR:-build}/python/shardload" ]; then
   site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

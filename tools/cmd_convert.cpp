@@ -3,8 +3,8 @@
 #include <set>
 
 #include "core/error.h"
-#include "io/checkpoint_dir.h"
-#include "io/run_dir.h"
+#include "io/commit/checkpoint_dir.h"
+#include "io/commit/run_dir.h"
 #include "io/tensor_file.h"
 #include "loader/checkpoint_info.h"
 #include "tools/commands.h"

@@ -12,8 +12,8 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
-#include "io/checkpoint_dir.h"
 #include "io/checkpoint_source.h"
+#include "io/commit/checkpoint_dir.h"
 #include "loader/shardload.h"
 #include "tools/commands.h"
 #include "tools/progress_display.h"

@@ -12,7 +12,7 @@
 #include <regex>
 #include <sstream>
 
-#include "io/checkpoint_dir.h"
+#include "io/commit/checkpoint_dir.h"
 #include "loader/shardload.h"
 #include "tools/commands.h"
 #include "tools/progress_display.h"

@@ -7,7 +7,7 @@
 #include <string_view>
 
 #include "core/error.h"
-#include "io/safetensors_header.h"
+#include "io/safetensors/safetensors_header.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 8) return 0;
@@ -23,7 +23,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (e.begin > e.end || e.end > data_size) __builtin_trap();
       if (e.begin != e.end && e.begin < previous_end) __builtin_trap();
       if (e.begin != e.end) previous_end = e.end;
-      if (e.shape.size() > shardload::kMaxTensorDims) __builtin_trap();
+      if (e.shape.size() > static_cast<size_t>(shardload::kMaxDims)) __builtin_trap();
       uint64_t bytes = static_cast<uint64_t>(shardload::dtype_size(e.dtype));
       for (int64_t d : e.shape) {
         if (d < 0 || __builtin_mul_overflow(bytes, static_cast<uint64_t>(d), &bytes)) {

@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "core/error.h"
-#include "io/manifest.h"
-#include "io/shard_file.h"
+#include "io/h5/manifest.h"
+#include "io/h5/shard_file.h"
 #include "sharding/index_check.h"
 
 using namespace shardload;

@@ -15,7 +15,7 @@
 #include <fstream>
 
 #include "../mpi/mpi_test_util.h"
-#include "io/shard_file.h"
+#include "io/h5/shard_file.h"
 #include "loader/shardload.h"
 
 namespace shardload::testing {

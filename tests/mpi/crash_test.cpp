@@ -9,8 +9,8 @@
 #include <fstream>
 #include <set>
 
-#include "io/checkpoint_dir.h"
-#include "io/save_lock.h"
+#include "io/commit/checkpoint_dir.h"
+#include "io/commit/save_lock.h"
 #include "loader/shardload.h"
 #include "mpi_test_util.h"
 

@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "io/shard_file.h"
+#include "io/h5/shard_file.h"
 #include "loader/shardload.h"
 #include "mpi_test_util.h"
 

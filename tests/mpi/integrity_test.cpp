@@ -9,7 +9,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "io/shard_file.h"
+#include "io/h5/shard_file.h"
 #include "loader/shardload.h"
 #include "mpi_test_util.h"
 #include "tests/mpi/device_double.h"

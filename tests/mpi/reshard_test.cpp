@@ -3,8 +3,8 @@
 // missing a chunk gives a missing key naming the uncovered region.
 #include <filesystem>
 
-#include "io/manifest.h"
-#include "io/shard_file.h"
+#include "io/h5/manifest.h"
+#include "io/h5/shard_file.h"
 #include "loader/shardload.h"
 #include "mpi_test_util.h"
 

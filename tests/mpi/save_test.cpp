@@ -3,7 +3,7 @@
 #include <filesystem>
 #include <map>
 
-#include "io/checkpoint_dir.h"
+#include "io/commit/checkpoint_dir.h"
 #include "loader/shardload.h"
 #include "mpi_test_util.h"
 

@@ -1,0 +1,299 @@
+#include "io/pt/pt_reader.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <unordered_map>
+
+#include "core/error.h"
+#include "io/chunk_bytes.h"
+#include "io/file_bytes.h"
+#include "io/key_text.h"
+#include "io/pt/pt_layout.h"
+#include "io/pt/view_cover.h"
+
+namespace shardload {
+namespace {
+
+/// Lines of a note list shown before "... and N more".
+constexpr size_t kShown = 20;
+
+/// `text` on one line: control characters (a str leaf may hold newlines) become spaces.
+std::string one_line(std::string text) {
+  for (char& c : text) {
+    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
+  }
+  return text;
+}
+
+template <class Items, class Text>
+std::string listed(const Items& items, Text text) {
+  std::string out;
+  for (size_t i = 0; i < items.size() && i < kShown; ++i) {
+    out += (i ? ", " : "") + one_line(text(items[i]));
+  }
+  if (items.size() > kShown) out += ", ... and " + std::to_string(items.size() - kShown) + " more";
+  return out;
+}
+
+}  // namespace
+
+struct PtReader::Impl {
+  FileBytes bytes;
+  std::string select;
+  PtLayout layout;
+  std::unordered_map<std::string, size_t> tensor_of;  ///< key -> layout.tensors index
+
+  const PtTensor& tensor(const ChunkRecord& row) const {
+    auto it = tensor_of.find(row.key);
+    if (it == tensor_of.end()) throw FormatError("the file holds no such tensor");
+    const PtTensor& t = layout.tensors[it->second];
+    if (row.dtype != t.dtype || row.shape != t.shape || row.global_shape != t.shape ||
+        row.offset != Shape(t.shape.size(), 0) || row.data_offset != t.data_pos() ||
+        row.nbytes != t.nbytes()) {
+      throw FormatError("the index row (" + std::string(dtype_name(row.dtype)) + " " +
+                        shape_str(row.shape) + " at byte " + std::to_string(row.data_offset) +
+                        ") is not the file's tensor (" + std::string(dtype_name(t.dtype)) + " " +
+                        shape_str(t.shape) + " at byte " + std::to_string(t.data_pos()) +
+                        "): did the file change while it was read?");
+    }
+    return t;
+  }
+
+  ChunkBytes chunk_bytes(const ChunkRecord& row) const {
+    ChunkBytes c;
+    c.file = &bytes;
+    c.pos = row.data_offset;
+    c.nbytes = row.nbytes;
+    c.elem_size = dtype_size(row.dtype);
+    c.is_bool = row.dtype == DType::kBool;
+    c.name = "tensor data at byte " + std::to_string(row.data_offset);
+    return c;
+  }
+
+  /// A box of a view that is not contiguous: the part of the storage the box reaches is read
+  /// once, its covered bool bytes (and no others) are checked, then its elements are gathered
+  /// in C order into `dst`.
+  void gather(const PtTensor& t, const Shape& offset, const Shape& shape, void* dst) const {
+    if (numel(shape) == 0) return;
+    const int64_t elsize = dtype_size(t.dtype);
+    int64_t first = t.storage_offset;
+    for (size_t d = 0; d < shape.size(); ++d) {
+      if (offset[d] < 0 || shape[d] < 0 || offset[d] > t.shape[d] - shape[d]) {
+        throw UsageError("box at " + shape_str(offset) + " of shape " + shape_str(shape) +
+                         " does not lie inside the tensor of shape " + shape_str(t.shape));
+      }
+      first += offset[d] * t.stride[d];
+    }
+    // Inside the storage: read_pt_layout checked the view's last element.
+    const ViewCover cover(shape, t.stride);
+    std::vector<char> buffer(static_cast<size_t>(cover.span() * elsize));
+    const uint64_t pos = t.record_pos + static_cast<uint64_t>(first * elsize);
+    bytes.read_at(pos, buffer.size(), buffer.data());
+    if (t.dtype == DType::kBool) {
+      check_bool_view(reinterpret_cast<const unsigned char*>(buffer.data()), shape, t.stride, pos);
+    }
+    gather_view(buffer.data(), shape, t.stride, elsize, static_cast<char*>(dst));
+  }
+
+  /// Bytes of the file that the tensor's view covers, from its first element to its last.
+  uint64_t stored_bytes(const PtTensor& t) const {
+    return static_cast<uint64_t>(ViewCover(t.shape, t.stride).span()) *
+           static_cast<uint64_t>(dtype_size(t.dtype));
+  }
+};
+
+PtReader::PtReader(const std::string& path, const std::string& select)
+    : PtReader(
+          [&] {
+            try {
+              return FileBytes::open(path);
+            } catch (...) {
+              rethrow_with_context("In " + path + ": ");
+            }
+          }(),
+          path, select) {}
+
+PtReader::PtReader(FileBytes bytes, const std::string& name, const std::string& select)
+    : impl_(std::make_unique<Impl>()), path_(name) {
+  try {
+    impl_->bytes = std::move(bytes);
+    impl_->select = select;
+    impl_->layout = read_pt_layout(impl_->bytes, select);
+    impl_->tensor_of.reserve(impl_->layout.tensors.size());
+    for (size_t i = 0; i < impl_->layout.tensors.size(); ++i) {
+      if (!impl_->tensor_of.emplace(impl_->layout.tensors[i].key, i).second) {
+        throw FormatError("key " + quote_text(impl_->layout.tensors[i].key) + ": occurs twice");
+      }
+    }
+  } catch (...) {
+    rethrow_with_context("In " + name + ": ");
+  }
+}
+
+PtReader::~PtReader() = default;
+
+PtReader::PtReader(PtReader&&) noexcept = default;
+PtReader& PtReader::operator=(PtReader&&) noexcept = default;
+
+std::vector<ChunkRecord> PtReader::read_index(int32_t file_number) const {
+  std::vector<ChunkRecord> rows;
+  rows.reserve(impl_->layout.tensors.size());
+  int64_t position = 0;
+  for (const PtTensor& t : impl_->layout.tensors) {
+    ChunkRecord row;
+    row.key = t.key;
+    row.dtype = t.dtype;
+    row.global_shape = t.shape;
+    row.offset = Shape(t.shape.size(), 0);
+    row.shape = t.shape;
+    row.file = file_number;
+    row.dataset = t.record;
+    row.data_offset = t.data_pos();
+    row.nbytes = t.nbytes();
+    row.order = (int64_t{file_number} << 32) + position++;
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+void PtReader::prepare(const ChunkRecord& row) const {
+  try {
+    impl_->tensor(row);
+  } catch (...) {
+    rethrow_with_context("In " + path_ + ": reading key " + quote_text(row.key) + ": ");
+  }
+}
+
+void PtReader::read(const ChunkRecord& row, const Shape& offset_in_chunk, const Shape& shape,
+                    void* dst, bool /*verify*/) const {
+  try {
+    const PtTensor& t = impl_->tensor(row);
+    if (t.contiguous()) {
+      read_box(impl_->chunk_bytes(row), row.shape, offset_in_chunk, shape, dst, /*verify=*/false);
+    } else {
+      impl_->gather(t, offset_in_chunk, shape, dst);
+    }
+  } catch (...) {
+    rethrow_with_context("In " + path_ + ": reading key " + quote_text(row.key) + ": ");
+  }
+}
+
+void PtReader::read_chunk(const ChunkRecord& row, void* dst, bool verify) const {
+  read(row, Shape(row.shape.size(), 0), row.shape, dst, verify);
+}
+
+void PtReader::read_chunks(std::span<const ChunkRecord* const> rows, void* dst, bool verify) const {
+  // Runs of contiguous tensors are byte ranges, read together; views one by one.
+  char* out = static_cast<char*>(dst);
+  size_t i = 0;
+  while (i < rows.size()) {
+    size_t j = i;
+    while (j < rows.size()) {
+      prepare(*rows[j]);
+      if (!impl_->tensor(*rows[j]).contiguous()) break;
+      ++j;
+    }
+    const auto run = rows.subspan(i, j - i);
+    try {
+      read_byte_ranges(impl_->bytes, run, out, [&](const ChunkRecord& row, char* bytes) {
+        try {
+          finish_in_place(impl_->chunk_bytes(row), bytes, /*verify=*/false);  // bool values
+        } catch (...) {
+          rethrow_with_context("reading key " + quote_text(row.key) + ": ");
+        }
+      });
+    } catch (...) {
+      rethrow_with_context("In " + path_ + ": ");
+    }
+    for (const ChunkRecord* row : run) out += row->nbytes;
+    if (j < rows.size()) {
+      read_chunk(*rows[j], out, verify);
+      out += rows[j]->nbytes;
+      ++j;
+    }
+    i = j;
+  }
+}
+
+void PtReader::verify_chunk(const ChunkRecord& row) const {
+  try {
+    const PtTensor& t = impl_->tensor(row);
+    if (row.nbytes == 0) return;
+    const ViewCover cover(t.shape, t.stride);
+    const uint64_t span = impl_->stored_bytes(t);
+    if (t.dtype != DType::kBool) {
+      char last;  // the bytes lie inside the file (it may have shrunk since it was opened)
+      impl_->bytes.read_at(t.data_pos() + span - 1, 1, &last);
+      return;
+    }
+    // Exactly the stored bytes the view covers (a view may skip some, and a stride-0 expansion
+    // covers few), through a bounded window over its span.
+    check_view_cover(cover, t.shape);
+    std::vector<unsigned char> window(std::min<uint64_t>(span, kReadWindowBytes));
+    uint64_t lo = 0, hi = 0;  // the span's bytes [lo, hi) are in the window
+    cover.for_each_run([&](int64_t first, int64_t count) {
+      auto at = static_cast<uint64_t>(first);
+      const uint64_t end = at + static_cast<uint64_t>(count);
+      while (at < end) {
+        if (at < lo || at >= hi) {
+          lo = at;
+          hi = std::min<uint64_t>(span, lo + window.size());
+          impl_->bytes.read_at(t.data_pos() + lo, hi - lo, window.data());
+        }
+        const uint64_t stop = std::min(end, hi);
+        for (uint64_t k = at; k < stop; ++k) {
+          if (window[k - lo] > 1) {
+            throw FormatError("bool element " + std::to_string(k) +
+                              " of the stored bytes the view covers (byte " +
+                              std::to_string(t.data_pos() + k) + " of the file) holds byte value " +
+                              std::to_string(window[k - lo]) + " (a bool is 0 or 1)");
+          }
+        }
+        at = stop;
+      }
+    });
+  } catch (...) {
+    rethrow_with_context("In " + path_ + ": reading key " + quote_text(row.key) + ": ");
+  }
+}
+
+uint64_t PtReader::stored_bytes(const ChunkRecord& row) const {
+  return impl_->stored_bytes(impl_->tensor(row));
+}
+
+std::vector<std::string> PtReader::notes() const {
+  const PtLayout& l = impl_->layout;
+  std::vector<std::string> out;
+  if (impl_->select.empty()) return out;
+  const std::string in = "In " + path_ + ": ";
+  out.push_back(in + "selected " + quote_text(impl_->select) + ": " +
+                std::to_string(l.tensors.size()) + " tensor(s)");
+  if (!l.scalars.empty()) {
+    out.push_back(in + "scalar leaves, not loaded: " + listed(l.scalars, [](const auto& s) {
+                    return s.first + " = " + s.second;
+                  }));
+  }
+  if (!l.skipped.empty()) {
+    out.push_back(in + "neither tensor nor scalar, not loaded (nothing in a file is run): " +
+                  listed(l.skipped, [](const auto& s) { return s.first + " (" + s.second + ")"; }));
+  }
+  if (!l.other_tensors.empty()) {
+    out.push_back(in + "not selected: " + listed(l.other_tensors, [](const auto& s) {
+                    return std::to_string(s.second) + " tensor(s) in " +
+                           quote_text(s.first.empty() ? "." : s.first);
+                  }));
+  }
+  return out;
+}
+
+FileExtras PtReader::extras() const {
+  const PtLayout& l = impl_->layout;
+  return {l.scalars, l.skipped, l.other_tensors};
+}
+
+uint64_t PtReader::file_size() const { return impl_->bytes.size(); }
+
+bool PtReader::enable_direct_io() { return impl_->bytes.enable_direct_io(); }
+
+}  // namespace shardload
