@@ -1,4 +1,6 @@
 // core/value.h: the typed plain values of a training state, and their codec against hostile bytes.
+#include "core/value.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -6,7 +8,6 @@
 #include <limits>
 
 #include "core/error.h"
-#include "core/value.h"
 
 namespace shardload {
 namespace {

@@ -1,4 +1,6 @@
 // Single files that appear complete or not at all.
+#include "io/atomic_file.h"
+
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -8,7 +10,6 @@
 #include <string>
 
 #include "core/error.h"
-#include "io/atomic_file.h"
 
 namespace shardload {
 namespace {

@@ -1,4 +1,6 @@
 // Round trips, the torch 1.x fixture and bad inputs for .pt and .safetensors files.
+#include "io/tensor_file.h"
+
 #include <ATen/ATen.h>
 #include <caffe2/serialize/inline_container.h>
 #include <gtest/gtest.h>
@@ -14,7 +16,6 @@
 
 #include "core/error.h"
 #include "io/pt/pickle.h"
-#include "io/tensor_file.h"
 #include "tests/unit/temp_dir.h"
 
 namespace shardload {
@@ -140,8 +141,7 @@ TEST_P(TensorFileTest, KeepsUnusualKeysAndOrder) {
 TEST_P(TensorFileTest, RejectsDuplicateAndUnsupportedInputsOnWrite) {
   EXPECT_THROW(write_tensor_file(file("dup"), {{"a", at::ones({1})}, {"a", at::ones({1})}}),
                UsageError);
-  EXPECT_THROW(write_tensor_file(file("cplx"), {{"c", at::ones({1}, at::kComplexFloat)}}),
-               UsageError);
+  EXPECT_THROW(write_tensor_file(file("cplx"), {{"c", at::empty({1}, at::kBits8)}}), UsageError);
   EXPECT_THROW(write_tensor_file(file("utf8"), {{"bad\xFF", at::ones({1})}}), UsageError);
   EXPECT_FALSE(fs::exists(file("dup")));
 }
@@ -440,7 +440,7 @@ TEST(Safetensors, BadHeadersNameFileAndKey) {
   const std::vector<Case> cases = {
       {R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", "key 'w'"},
       {R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,80]}})", "key 'w'"},
-      {R"({"w":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}})", "unsupported dtype 'C64'"},
+      {R"({"w":{"dtype":"C128","shape":[1],"data_offsets":[0,16]}})", "unsupported dtype 'C128'"},
       {R"({"w":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", "key 'w'"},
       {R"({"w":{"dtype":"F32","shape":[2]}})", "key 'w'"},
       {R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
@@ -586,6 +586,74 @@ TEST(TorchFileBounds, RefusesZipMembersThatLieAboutTheirSize) {
   const std::string what = read_error(path);
   EXPECT_NE(what.find("In " + path + ": zip: member"), std::string::npos) << what;
   EXPECT_NE(what.find("data.pkl"), std::string::npos) << what;
+}
+
+/// _rebuild_tensor_v3 (torch.save's form for uint16-64, complex32, float8, float4): a storage of
+/// `storage_module`.`storage_class` counting `numel`, and `dtype` as the last argument (a global
+/// `torch.<dtype>`, or the integer 7 when `dtype` is empty).
+void rebuilt_tensor_v3(PickleWriter& w, const std::string& storage_module,
+                       const std::string& storage_class, int64_t numel, int64_t offset,
+                       const std::vector<int64_t>& size, const std::vector<int64_t>& stride,
+                       const std::string& dtype) {
+  w.global("torch._utils", "_rebuild_tensor_v3");
+  w.mark();
+  w.mark();
+  w.string("storage");
+  w.global(storage_module, storage_class);
+  w.string("0");
+  w.string("cpu");
+  w.integer(numel);
+  w.tuple_from_mark();
+  w.persistent_id();
+  w.integer(offset);
+  w.int_tuple(size);
+  w.int_tuple(stride);
+  w.boolean(false);
+  w.global("collections", "OrderedDict");
+  w.empty_tuple();
+  w.reduce();
+  if (dtype.empty()) {
+    w.integer(7);
+  } else {
+    w.global("torch", dtype);
+  }
+  w.tuple_from_mark();
+  w.reduce();
+}
+
+TEST(TorchFileBounds, RebuildV3ChecksItsDtypeAndItsUntypedStorage) {
+  TempDir dir;
+  auto write = [&](const std::string& name, const std::function<void(PickleWriter&)>& value) {
+    const std::string pt = dir.file(name);
+    write_pt(pt, one_tensor_pickle("w", value), {{"data/0", std::string(8, '\x38')}});
+    return pt;
+  };
+  // A float8 view of 8 bytes of an untyped storage, strided: read as PyTorch reads it.
+  const TensorList ok = read_tensor_file(write("ok.pt", [](PickleWriter& w) {
+    rebuilt_tensor_v3(w, "torch.storage", "UntypedStorage", 8, 1, {2, 3}, {1, 2}, "float8_e4m3fn");
+  }));
+  ASSERT_EQ(ok.size(), 1u);
+  EXPECT_EQ(ok[0].tensor.scalar_type(), at::kFloat8_e4m3fn);
+  EXPECT_EQ(ok[0].tensor.sizes().vec(), (std::vector<int64_t>{2, 3}));
+  // The dtype is not a dtype; the view reaches past the storage's bytes (uint32: 2 elements);
+  // a typed storage of another dtype.
+  std::string what = read_error(write("int.pt", [](PickleWriter& w) {
+    rebuilt_tensor_v3(w, "torch.storage", "UntypedStorage", 8, 0, {2}, {1}, "");
+  }));
+  EXPECT_NE(what.find("tensor of dtype"), std::string::npos) << what;
+  what = read_error(write("past.pt", [](PickleWriter& w) {
+    rebuilt_tensor_v3(w, "torch.storage", "UntypedStorage", 8, 0, {3}, {1}, "uint32");
+  }));
+  EXPECT_NE(what.find("reaches element 2"), std::string::npos) << what;
+  what = read_error(write("typed.pt", [](PickleWriter& w) {
+    rebuilt_tensor_v3(w, "torch", "FloatStorage", 2, 0, {2}, {1}, "float8_e5m2");
+  }));
+  EXPECT_NE(what.find("a float8_e5m2 tensor of a float32 storage"), std::string::npos) << what;
+  // A storage class or dtype nobody defines is not a global the reader loads.
+  what = read_error(write("bits.pt", [](PickleWriter& w) {
+    rebuilt_tensor_v3(w, "torch.storage", "UntypedStorage", 8, 0, {2}, {1}, "bits8");
+  }));
+  EXPECT_NE(what.find("bits8"), std::string::npos) << what;
 }
 
 TEST(TorchFileBounds, RefusesBoolBytesOtherThanZeroAndOne) {

@@ -1,9 +1,10 @@
+#include "sharding/box.h"
+
 #include <gtest/gtest.h>
 
 #include <random>
 
 #include "core/error.h"
-#include "sharding/box.h"
 
 namespace shardload {
 namespace {

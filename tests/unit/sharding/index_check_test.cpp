@@ -1,12 +1,13 @@
 // validate_index's overlap check against a brute-force oracle, at sizes where a quadratic check
 // would stall, and its refusal when chunks vary along three or more dimensions beyond its budget.
+#include "sharding/index_check.h"
+
 #include <gtest/gtest.h>
 
 #include <random>
 
 #include "core/error.h"
 #include "sharding/box.h"
-#include "sharding/index_check.h"
 
 namespace shardload {
 namespace {

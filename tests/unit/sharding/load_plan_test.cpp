@@ -1,3 +1,5 @@
+#include "sharding/load_plan.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -9,7 +11,6 @@
 #include <tuple>
 
 #include "core/error.h"
-#include "sharding/load_plan.h"
 
 namespace shardload {
 namespace {

@@ -1,3 +1,5 @@
+#include "sharding/save_plan.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -7,7 +9,6 @@
 #include "core/error.h"
 #include "sharding/rank_groups.h"
 #include "sharding/resolve.h"
-#include "sharding/save_plan.h"
 
 namespace shardload {
 namespace {

@@ -1,9 +1,9 @@
 // tools/progress_display: what rank 0 shows for long work, driven by a fake clock.
+#include "tools/progress_display.h"
+
 #include <gtest/gtest.h>
 
 #include <sstream>
-
-#include "tools/progress_display.h"
 
 namespace shardload::tools {
 namespace {

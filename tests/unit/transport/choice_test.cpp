@@ -1,8 +1,8 @@
 // The choice between NCCL and MPI for a load's CUDA destinations: a pure function of what every
 // rank reports, tested here without a GPU.
-#include "transport/transport_choice.h"
-
 #include <gtest/gtest.h>
+
+#include "transport/transport_choice.h"
 
 namespace shardload {
 namespace {

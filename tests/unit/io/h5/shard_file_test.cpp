@@ -1,5 +1,7 @@
 // io/ without MPI: shard files (every dtype, 0-d, empty, hyperslabs, checksums, bad files), the
 // manifest, and the staging/commit of checkpoint directories.
+#include "io/h5/shard_file.h"
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
 
@@ -16,7 +18,6 @@
 #include "io/commit/checkpoint_dir.h"
 #include "io/file_bytes.h"
 #include "io/h5/manifest.h"
-#include "io/h5/shard_file.h"
 #include "tests/unit/temp_dir.h"
 
 namespace shardload {

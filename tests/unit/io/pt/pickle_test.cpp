@@ -1,5 +1,7 @@
 // The bounded unpickler, the data constructors it interprets, and selection in nested
 // checkpoints (no LibTorch in any of them; tensors here are stand-in objects).
+#include "io/pt/pickle.h"
+
 #include <gtest/gtest.h>
 
 #include <functional>
@@ -7,7 +9,6 @@
 #include <vector>
 
 #include "core/error.h"
-#include "io/pt/pickle.h"
 #include "io/pt/pickle_data.h"
 #include "io/pt/pickle_select.h"
 

@@ -1,4 +1,6 @@
 // The zip central directory check that runs before LibTorch's zip reader sees a .pt file.
+#include "io/pt/zip_directory.h"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -6,7 +8,6 @@
 #include <vector>
 
 #include "core/error.h"
-#include "io/pt/zip_directory.h"
 
 namespace shardload {
 namespace {
