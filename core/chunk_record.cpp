@@ -36,7 +36,7 @@ void deserialize_records(std::string_view bytes, std::vector<ChunkRecord>& out) 
     ChunkRecord c;
     c.key = r.str("key");
     const uint64_t dt = r.u64("dtype");
-    if (dt > static_cast<uint64_t>(DType::kBool)) r.fail("an unknown dtype");
+    if (dt >= kDTypeCount) r.fail("an unknown dtype");
     c.dtype = static_cast<DType>(dt);
     c.global_shape = r.shape("global shape");
     c.offset = r.shape("offset");

@@ -15,7 +15,7 @@ struct DTypeInfo {
   std::string_view storage_class;
 };
 
-constexpr std::array<DTypeInfo, 10> kDTypes{{
+constexpr std::array<DTypeInfo, kDTypeCount> kDTypes{{
     {DType::kFloat64, "float64", 8, "F64", "DoubleStorage"},
     {DType::kFloat32, "float32", 4, "F32", "FloatStorage"},
     {DType::kFloat16, "float16", 2, "F16", "HalfStorage"},
@@ -26,10 +26,23 @@ constexpr std::array<DTypeInfo, 10> kDTypes{{
     {DType::kInt8, "int8", 1, "I8", "CharStorage"},
     {DType::kUInt8, "uint8", 1, "U8", "ByteStorage"},
     {DType::kBool, "bool", 1, "BOOL", "BoolStorage"},
+    {DType::kUInt16, "uint16", 2, "U16", ""},
+    {DType::kUInt32, "uint32", 4, "U32", ""},
+    {DType::kUInt64, "uint64", 8, "U64", ""},
+    {DType::kComplex32, "complex32", 4, "", ""},
+    {DType::kComplex64, "complex64", 8, "C64", "ComplexFloatStorage"},
+    {DType::kComplex128, "complex128", 16, "", "ComplexDoubleStorage"},
+    {DType::kFloat8E4M3FN, "float8_e4m3fn", 1, "F8_E4M3", ""},
+    {DType::kFloat8E5M2, "float8_e5m2", 1, "F8_E5M2", ""},
+    {DType::kFloat8E4M3FNUZ, "float8_e4m3fnuz", 1, "F8_E4M3FNUZ", ""},
+    {DType::kFloat8E5M2FNUZ, "float8_e5m2fnuz", 1, "F8_E5M2FNUZ", ""},
+    {DType::kFloat8E8M0FNU, "float8_e8m0fnu", 1, "F8_E8M0", ""},
+    {DType::kFloat4E2M1FNx2, "float4_e2m1fn_x2", 1, "F4", ""},
 }};
 
 template <typename Field>
 std::optional<DType> find_by(Field field, std::string_view value) {
+  if (value.empty()) return std::nullopt;  // a format that lacks a dtype names it ""
   for (const auto& info : kDTypes) {
     if (info.*field == value) return info.dtype;
   }

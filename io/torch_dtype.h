@@ -11,7 +11,8 @@ namespace shardload {
 
 /// LibTorch's scalar type of a format dtype.
 c10::ScalarType scalar_type_of(DType dtype);
-/// The format dtype of a scalar type; nullopt for those the format lacks (complex, float8...).
+/// The format dtype of a scalar type; nullopt for those the format lacks (quantized, bits,
+/// bcomplex32, sub-byte integers).
 std::optional<DType> dtype_from_scalar_type(c10::ScalarType type);
 
 }  // namespace shardload

@@ -8,9 +8,12 @@ namespace shardload {
 
 DType dtype_of(const at::Tensor& t, const std::string& key) {
   if (auto dtype = dtype_from_scalar_type(t.scalar_type())) return *dtype;
+  std::string known;
+  for (uint64_t d = 0; d < kDTypeCount; ++d) {
+    known += (d ? " " : "") + std::string(dtype_name(static_cast<DType>(d)));
+  }
   throw UsageError("key '" + key + "': dtype " + std::string(c10::toString(t.scalar_type())) +
-                   " cannot be stored (supported: float64 float32 float16 bfloat16 int64 int32 "
-                   "int16 int8 uint8 bool)");
+                   " cannot be stored (supported: " + known + ")");
 }
 
 Shape shape_of(const at::Tensor& t) { return Shape(t.sizes().begin(), t.sizes().end()); }

@@ -10,7 +10,7 @@
 namespace shardload {
 
 /// The format dtype of a tensor; throws UsageError naming `key` for dtypes the format lacks
-/// (complex, quantized, float8...).
+/// (quantized, bits, bcomplex32, sub-byte integers).
 DType dtype_of(const at::Tensor& tensor, const std::string& key);
 /// The tensor's shape.
 Shape shape_of(const at::Tensor& tensor);

@@ -324,6 +324,22 @@ ElementType element_type(hid_t type) {
       t.is_signed = H5Tget_sign(num) == H5T_SGN_2;
       if (t.cls == H5T_ENUM && H5Tget_class(num) != H5T_INTEGER) t.cls = H5T_NO_CLASS;
     }
+  } else if (t.cls == H5T_COMPOUND && H5Tget_nmembers(type) == 2) {
+    // Only two float members are looked at (no recursion into anything else).
+    for (unsigned i = 0; i < 2; ++i) {
+      if (H5Tget_member_class(type, i) != H5T_FLOAT) {
+        t.member_names.clear();
+        t.member_offsets.clear();
+        t.member_types.clear();
+        break;
+      }
+      char* name = H5Tget_member_name(type, i);
+      t.member_names.emplace_back(name ? name : "");
+      H5free_memory(name);
+      t.member_offsets.push_back(H5Tget_member_offset(type, i));
+      Handle member = type_handle(H5Tget_member_type(type, i));
+      t.member_types.push_back(element_type(member.get()));
+    }
   }
   H5Eclear2(H5E_DEFAULT);
   return t;

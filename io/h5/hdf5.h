@@ -139,6 +139,11 @@ struct ElementType {
   size_t spos = 0, epos = 0, esize = 0, mpos = 0, msize = 0, ebias = 0;  ///< floats
   H5T_norm_t norm = H5T_NORM_ERROR;                                      ///< floats
   int enum_members = 0;
+  /// A compound of two float members (how h5py stores complex numbers: "r" and "i"): their
+  /// names, byte offsets and types; empty for every other compound.
+  std::vector<std::string> member_names;
+  std::vector<size_t> member_offsets;
+  std::vector<ElementType> member_types;
   std::string describe() const;
 };
 ElementType element_type(hid_t type);

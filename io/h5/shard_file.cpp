@@ -21,22 +21,55 @@ namespace {
 
 using h5::Handle;
 
+/// float16 as h5py builds it.
+Handle half_type() {
+  Handle t = h5::type_handle(H5Tcopy(H5T_IEEE_F32LE));
+  SHARDLOAD_H5(H5Tset_fields(t.get(), 15, 10, 5, 0, 10));
+  SHARDLOAD_H5(H5Tset_size(t.get(), 2));
+  SHARDLOAD_H5(H5Tset_ebias(t.get(), 15));
+  return t;
+}
+
+/// A complex number as h5py stores one: a compound of two floats named "r" and "i".
+Handle complex_type(Handle part, size_t part_bytes) {
+  Handle t = h5::type_handle(H5Tcreate(H5T_COMPOUND, 2 * part_bytes));
+  SHARDLOAD_H5(H5Tinsert(t.get(), "r", 0, part.get()));
+  SHARDLOAD_H5(H5Tinsert(t.get(), "i", part_bytes, part.get()));
+  return t;
+}
+
 /// The HDF5 type of each dtype on disk (little-endian). float16 is built the way h5py builds
 /// it; bfloat16 has no HDF5 type and is stored as its 16 bits (uint16); bool is h5py's enum of
-/// int8 {FALSE, TRUE}.
+/// int8 {FALSE, TRUE}; complex numbers are h5py's compound {r, i}; the float8 and float4 types
+/// are their bytes (uint8: HDF5's float conversions would read some of their values wrong), the
+/// index's dtype column says which.
 Handle h5_type(DType dtype) {
   switch (dtype) {
+    case DType::kUInt16:
+      return h5::type_handle(H5Tcopy(H5T_STD_U16LE));
+    case DType::kUInt32:
+      return h5::type_handle(H5Tcopy(H5T_STD_U32LE));
+    case DType::kUInt64:
+      return h5::type_handle(H5Tcopy(H5T_STD_U64LE));
+    case DType::kComplex32:
+      return complex_type(half_type(), 2);
+    case DType::kComplex64:
+      return complex_type(h5::type_handle(H5Tcopy(H5T_IEEE_F32LE)), 4);
+    case DType::kComplex128:
+      return complex_type(h5::type_handle(H5Tcopy(H5T_IEEE_F64LE)), 8);
+    case DType::kFloat8E4M3FN:
+    case DType::kFloat8E5M2:
+    case DType::kFloat8E4M3FNUZ:
+    case DType::kFloat8E5M2FNUZ:
+    case DType::kFloat8E8M0FNU:
+    case DType::kFloat4E2M1FNx2:
+      return h5::type_handle(H5Tcopy(H5T_STD_U8LE));
     case DType::kFloat64:
       return h5::type_handle(H5Tcopy(H5T_IEEE_F64LE));
     case DType::kFloat32:
       return h5::type_handle(H5Tcopy(H5T_IEEE_F32LE));
-    case DType::kFloat16: {
-      Handle t = h5::type_handle(H5Tcopy(H5T_IEEE_F32LE));
-      SHARDLOAD_H5(H5Tset_fields(t.get(), 15, 10, 5, 0, 10));
-      SHARDLOAD_H5(H5Tset_size(t.get(), 2));
-      SHARDLOAD_H5(H5Tset_ebias(t.get(), 15));
-      return t;
-    }
+    case DType::kFloat16:
+      return half_type();
     case DType::kBFloat16:
       return h5::type_handle(H5Tcopy(H5T_STD_U16LE));
     case DType::kInt64:
@@ -63,9 +96,21 @@ Handle h5_type(DType dtype) {
 
 /// Whether a stored element type holds `dtype` bit for bit: same class, size and sign, every bit
 /// significant (precision = 8 * size, no bit offset), IEEE fields for floats, either byte order.
-/// h5py may write bool as an enum of int8 or as (u)int8, bfloat16 as uint16 or int16.
+/// h5py may write bool as an enum of int8 or as (u)int8, bfloat16 as uint16 or int16; a complex
+/// number is h5py's compound of two little-endian floats "r" and "i" of half the size, "r" first.
 bool type_holds(const h5::ElementType& t, DType dtype) {
   if (static_cast<int64_t>(t.size) != dtype_size(dtype)) return false;
+  if (dtype == DType::kComplex32 || dtype == DType::kComplex64 || dtype == DType::kComplex128) {
+    const DType part = dtype == DType::kComplex32   ? DType::kFloat16
+                       : dtype == DType::kComplex64 ? DType::kFloat32
+                                                    : DType::kFloat64;
+    return t.cls == H5T_COMPOUND && t.member_types.size() == 2 && t.member_names[0] == "r" &&
+           t.member_names[1] == "i" && t.member_offsets[0] == 0 &&
+           t.member_offsets[1] == t.size / 2 && type_holds(t.member_types[0], part) &&
+           type_holds(t.member_types[1], part) &&
+           // Little-endian parts only: the byte swap of big-endian data goes by the dtype's size.
+           t.member_types[0].order == H5T_ORDER_LE && t.member_types[1].order == H5T_ORDER_LE;
+  }
   if (t.precision != t.size * 8 || t.bit_offset != 0) return false;
   if (t.order != H5T_ORDER_LE && t.order != H5T_ORDER_BE) return false;
   auto ieee = [&](size_t spos, size_t epos, size_t esize, size_t msize, size_t ebias) {
@@ -84,7 +129,17 @@ bool type_holds(const h5::ElementType& t, DType dtype) {
     case DType::kBFloat16:
       return t.cls == H5T_INTEGER;
     case DType::kUInt8:
+    case DType::kUInt16:
+    case DType::kUInt32:
+    case DType::kUInt64:
       return t.cls == H5T_INTEGER && !t.is_signed;
+    case DType::kFloat8E4M3FN:
+    case DType::kFloat8E5M2:
+    case DType::kFloat8E4M3FNUZ:
+    case DType::kFloat8E5M2FNUZ:
+    case DType::kFloat8E8M0FNU:
+    case DType::kFloat4E2M1FNx2:
+      return t.cls == H5T_INTEGER;  // their bytes, as uint8 (or int8)
     default:
       return t.cls == H5T_INTEGER && t.is_signed;
   }

@@ -199,11 +199,24 @@ bool build_data_value(PickleValue& object, const PickleValuePtr& state) {
 
 bool is_checkpoint_global(const std::string& module, const std::string& name) {
   if (module == "torch._utils") {
-    return name == "_rebuild_tensor_v2" || name == "_rebuild_parameter" ||
-           name == "_rebuild_parameter_with_state";
+    return name == "_rebuild_tensor_v2" || name == "_rebuild_tensor_v3" ||
+           name == "_rebuild_parameter" || name == "_rebuild_parameter_with_state";
   }
-  if (module == "torch" && dtype_from_storage_class(name).has_value()) return true;
+  if (module == "torch.storage") return name == "UntypedStorage";
+  // A typed storage class, or a dtype (the last argument of _rebuild_tensor_v3): names only,
+  // never called.
+  if (module == "torch" &&
+      (dtype_from_storage_class(name).has_value() || dtype_from_name(name).has_value())) {
+    return true;
+  }
   return is_data_global(module, name);
+}
+
+std::optional<DType> dtype_of_global(const PickleValue& value) {
+  if (value.kind != PickleValue::Kind::kGlobal) return std::nullopt;
+  const std::string_view text(value.text);
+  if (!text.starts_with("torch.")) return std::nullopt;
+  return dtype_from_name(text.substr(6));
 }
 
 PickleHooks checkpoint_pickle_hooks(decltype(PickleHooks::persistent_load) persistent_load,
@@ -261,10 +274,12 @@ StorageId parse_storage_id(const PickleValuePtr& pid) {
     throw FormatError("storage key of " + std::to_string(key->text.size()) + " bytes");
   }
   const std::string_view cls_name(cls->text);
+  const int64_t numel = pickle_int(pid->items[4], "storage numel");
+  if (cls_name == "torch.storage.UntypedStorage") return StorageId{key->text, std::nullopt, numel};
   const auto dtype = cls_name.starts_with("torch.") ? dtype_from_storage_class(cls_name.substr(6))
                                                     : std::optional<DType>();
   if (!dtype) throw FormatError("unsupported storage class " + cls->text);
-  return StorageId{key->text, *dtype, pickle_int(pid->items[4], "storage numel")};
+  return StorageId{key->text, *dtype, numel};
 }
 
 }  // namespace shardload

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -47,12 +48,18 @@ int64_t pickle_int(const PickleValuePtr& v, const char* what);
 std::vector<int64_t> pickle_dims(const PickleValuePtr& v, const char* what);
 
 /// A torch.save persistent id ('storage', <torch.XStorage>, '<key>', '<location>', numel),
-/// checked: a typed storage class, a key of at most 256 bytes (torch.save writes "0", "1", ...).
+/// checked: a typed storage class (numel in elements of its dtype) or
+/// torch.storage.UntypedStorage (numel in bytes; the dtype comes with the tensor:
+/// _rebuild_tensor_v3), a key of at most 256 bytes (torch.save writes "0", "1", ...).
 struct StorageId {
   std::string key;
-  DType dtype = DType::kFloat32;
+  std::optional<DType> dtype;  ///< nullopt: an UntypedStorage
   int64_t numel = 0;
 };
+
+/// The dtype a pickle names as a global `torch.<name>` (torch.float8_e4m3fn, ...); nullopt for
+/// anything else.
+std::optional<DType> dtype_of_global(const PickleValue& value);
 StorageId parse_storage_id(const PickleValuePtr& pid);
 
 }  // namespace shardload

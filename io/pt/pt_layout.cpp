@@ -3,6 +3,7 @@
 #include <any>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string_view>
 #include <unordered_map>
 
@@ -20,6 +21,7 @@ namespace {
 using Kind = PickleValue::Kind;
 
 constexpr std::string_view kRebuildTensorV2 = "torch._utils._rebuild_tensor_v2";
+constexpr std::string_view kRebuildTensorV3 = "torch._utils._rebuild_tensor_v3";
 constexpr std::string_view kRebuildParameter = "torch._utils._rebuild_parameter";
 constexpr std::string_view kRebuildParameterWithState =
     "torch._utils._rebuild_parameter_with_state";
@@ -27,10 +29,11 @@ constexpr std::string_view kRebuildParameterWithState =
 constexpr uint64_t kMaxPickleBytes = uint64_t{1} << 30;
 constexpr const char* kStorageType = "storage";
 
-/// A storage that data.pkl names: its zip member and the dtype of its class.
+/// A storage that data.pkl names: its zip member and the dtype of its class (none for an
+/// UntypedStorage, whose tensors name their dtype).
 struct Storage {
   std::string record;
-  DType dtype = DType::kFloat32;
+  std::optional<DType> dtype;
   uint64_t pos = 0;
   uint64_t bytes = 0;
 };
@@ -84,7 +87,7 @@ class LayoutReader {
   // ('storage', <StorageClass>, '<key>', '<location>', numel)
   PickleValuePtr persistent_load(const PickleValuePtr& pid) {
     const StorageId id = parse_storage_id(pid);
-    const DType dtype = id.dtype;
+    const std::optional<DType> dtype = id.dtype;
     const int64_t numel = id.numel;
     const std::string& key_text = id.key;
     auto it = storages_.find(key_text);
@@ -108,11 +111,12 @@ class LayoutReader {
     if (s.dtype != dtype) {
       throw FormatError("storage " + quote_text(s.record) + " is used with two dtypes");
     }
-    const auto elsize = static_cast<uint64_t>(dtype_size(s.dtype));
+    const auto elsize = static_cast<uint64_t>(s.dtype ? dtype_size(*s.dtype) : 1);
     if (numel < 0 || s.bytes / elsize < static_cast<uint64_t>(numel)) {
       throw FormatError("record " + quote_text(s.record) + " has " + std::to_string(s.bytes) +
-                        " bytes, fewer than " + std::to_string(numel) + " elements of " +
-                        std::string(dtype_name(s.dtype)));
+                        " bytes, fewer than " + std::to_string(numel) +
+                        (s.dtype ? " elements of " + std::string(dtype_name(*s.dtype))
+                                 : std::string(" bytes (an untyped storage)")));
     }
     return make_object(it->second, kStorageType);
   }
@@ -123,7 +127,19 @@ class LayoutReader {
       if (args.size() < 6 || args.size() > 7) {
         throw FormatError(f + " with " + std::to_string(args.size()) + " arguments");
       }
-      return make_object(rebuild_tensor(args), kPickleTensorType);
+      return make_object(rebuild_tensor(args, std::nullopt), kPickleTensorType);
+    }
+    if (f == kRebuildTensorV3) {
+      // (storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype[, metadata])
+      if (args.size() < 7 || args.size() > 8) {
+        throw FormatError(f + " with " + std::to_string(args.size()) + " arguments");
+      }
+      const std::optional<DType> dtype = dtype_of_global(*args[6]);
+      if (!dtype) {
+        throw FormatError("tensor of dtype " + args[6]->describe() +
+                          ", which this reader does not know");
+      }
+      return make_object(rebuild_tensor(args, dtype), kPickleTensorType);
     }
     if (f == kRebuildParameter || f == kRebuildParameterWithState) {
       if (args.size() < 3 || args.size() > 4) {
@@ -139,15 +155,22 @@ class LayoutReader {
   }
 
   // _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks[,
-  // metadata])
-  PtTensor rebuild_tensor(const std::vector<PickleValuePtr>& args) {
+  // metadata]) of a typed storage; _rebuild_tensor_v3 with the tensor's `dtype` (an untyped
+  // storage, or a typed one of that dtype). Offset, size and stride count elements of the dtype.
+  PtTensor rebuild_tensor(const std::vector<PickleValuePtr>& args, std::optional<DType> dtype) {
     const PickleValuePtr& sv = args[0];
     if (sv->kind != Kind::kObject || sv->type_name != kStorageType) {
       throw FormatError("tensor storage is a " + sv->describe());
     }
     const Storage& s = **std::any_cast<std::shared_ptr<Storage>>(&sv->object);
+    if (!dtype) dtype = s.dtype;
+    if (!dtype) throw FormatError("a tensor of an untyped storage without a dtype");
+    if (s.dtype && *s.dtype != *dtype) {
+      throw FormatError("a " + std::string(dtype_name(*dtype)) + " tensor of a " +
+                        std::string(dtype_name(*s.dtype)) + " storage");
+    }
     PtTensor t;
-    t.dtype = s.dtype;
+    t.dtype = *dtype;
     t.record = s.record;
     t.record_pos = s.pos;
     t.record_bytes = s.bytes;
@@ -176,7 +199,7 @@ class LayoutReader {
     if (empty) return t;
     // The last element the view touches must lie inside the storage.
     const auto available =
-        static_cast<int64_t>(s.bytes / static_cast<uint64_t>(dtype_size(s.dtype)));
+        static_cast<int64_t>(s.bytes / static_cast<uint64_t>(dtype_size(t.dtype)));
     int64_t last = t.storage_offset;
     for (size_t i = 0; i < t.shape.size(); ++i) {
       int64_t span = 0;

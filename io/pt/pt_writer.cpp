@@ -18,13 +18,10 @@
 namespace shardload {
 namespace {
 
-std::optional<std::string_view> storage_class(at::ScalarType type) {
-  auto dtype = dtype_from_scalar_type(type);
-  return dtype ? std::optional(torch_storage_class(*dtype)) : std::nullopt;
-}
-
-/// The pickle of OrderedDict(key -> _rebuild_tensor_v2(storage i, 0, size, stride, False,
-/// OrderedDict())), one storage per tensor.
+/// The pickle of OrderedDict(key -> tensor), one storage per tensor, as torch.save writes it:
+/// _rebuild_tensor_v2(typed storage i, 0, size, stride, False, OrderedDict()) for the dtypes
+/// with a legacy storage class, _rebuild_tensor_v3(UntypedStorage i, ..., dtype) for the others
+/// (uint16-64, complex32, float8, float4), whose storage counts bytes.
 std::string state_dict_pickle(const TensorList& tensors, const std::vector<at::Tensor>& data) {
   PickleWriter w;
   w.global("collections", "OrderedDict");
@@ -33,15 +30,21 @@ std::string state_dict_pickle(const TensorList& tensors, const std::vector<at::T
   w.mark();
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = data[i];
+    const DType dtype = *dtype_from_scalar_type(t.scalar_type());
+    const std::string_view storage = torch_storage_class(dtype);
     w.string(tensors[i].key);
-    w.global("torch._utils", "_rebuild_tensor_v2");
+    w.global("torch._utils", storage.empty() ? "_rebuild_tensor_v3" : "_rebuild_tensor_v2");
     w.mark();
     w.mark();
     w.string("storage");
-    w.global("torch", *storage_class(t.scalar_type()));
+    if (storage.empty()) {
+      w.global("torch.storage", "UntypedStorage");
+    } else {
+      w.global("torch", storage);
+    }
     w.string(std::to_string(i));
     w.string("cpu");
-    w.integer(t.numel());
+    w.integer(storage.empty() ? static_cast<int64_t>(t.nbytes()) : t.numel());
     w.tuple_from_mark();
     w.persistent_id();
     w.integer(0);
@@ -51,6 +54,7 @@ std::string state_dict_pickle(const TensorList& tensors, const std::vector<at::T
     w.global("collections", "OrderedDict");
     w.empty_tuple();
     w.reduce();
+    if (storage.empty()) w.global("torch", dtype_name(dtype));
     w.tuple_from_mark();
     w.reduce();
   }
@@ -71,7 +75,7 @@ void write_torch_file(const std::string& path, const TensorList& tensors) {
       throw UsageError(where + "key is not valid UTF-8 or contains NUL");
     }
     if (!tensor.defined()) throw UsageError(where + "undefined tensor");
-    if (!storage_class(tensor.scalar_type())) {
+    if (!dtype_from_scalar_type(tensor.scalar_type())) {
       throw UsageError(where + "unsupported dtype " +
                        std::string(c10::toString(tensor.scalar_type())));
     }

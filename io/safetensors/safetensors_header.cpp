@@ -34,8 +34,22 @@ SafetensorsEntry check_entry(PendingEntry& p, uint64_t data_size) {
   SafetensorsEntry e;
   e.key = std::move(p.key);
   const auto parsed = dtype_from_safetensors(*p.dtype);
-  if (!parsed) throw FormatError("unsupported dtype " + quote_text(*p.dtype, 40));
+  if (!parsed) {
+    // F6_E2M3 and F6_E3M2 are safetensors dtypes that PyTorch has no dtype for.
+    const bool no_torch = *p.dtype == "F6_E2M3" || *p.dtype == "F6_E3M2";
+    throw FormatError("unsupported dtype " + quote_text(*p.dtype, 40) +
+                      (no_torch ? " (PyTorch has no such dtype)" : ""));
+  }
   e.dtype = *parsed;
+  // F4 counts 4-bit values; PyTorch's float4_e2m1fn_x2 holds two of them per element, along
+  // the last dimension.
+  if (e.dtype == DType::kFloat4E2M1FNx2) {
+    if (p.shape->empty() || p.shape->back() % 2 != 0) {
+      throw FormatError("F4 shape " + shape_str(Shape(p.shape->begin(), p.shape->end())) +
+                        ": the last dimension must be even (two 4-bit values per byte)");
+    }
+    p.shape->back() /= 2;
+  }
   // The product of the nonzero dimensions must fit too: LibTorch computes strides from it, for
   // zero-size tensors as well.
   uint64_t nonzero = 1;

@@ -17,9 +17,12 @@
 namespace shardload {
 namespace {
 
+/// The dtype's safetensors code; nullopt for dtypes the format lacks (complex32, complex128,
+/// and what shardload itself lacks).
 std::optional<std::string_view> name_of(at::ScalarType type) {
   auto dtype = dtype_from_scalar_type(type);
-  return dtype ? std::optional(safetensors_code(*dtype)) : std::nullopt;
+  if (!dtype || safetensors_code(*dtype).empty()) return std::nullopt;
+  return safetensors_code(*dtype);
 }
 
 }  // namespace
@@ -45,13 +48,19 @@ void write_safetensors_file(const std::string& path, const TensorList& tensors,
     if (!tensor.defined()) throw UsageError(where + "undefined tensor");
     const auto dtype = name_of(tensor.scalar_type());
     if (!dtype) {
-      throw UsageError(where + "unsupported dtype " +
-                       std::string(c10::toString(tensor.scalar_type())));
+      throw UsageError(where + "dtype " + std::string(c10::toString(tensor.scalar_type())) +
+                       " has no safetensors dtype (save it as .pt or a shardload checkpoint)");
+    }
+    std::vector<int64_t> shape = tensor.sizes().vec();
+    if (tensor.scalar_type() == at::kFloat4_e2m1fn_x2) {
+      // F4 counts 4-bit values: two per element, along the last dimension.
+      if (shape.empty()) throw UsageError(where + "a 0-d float4_e2m1fn_x2 has no F4 shape");
+      shape.back() *= 2;
     }
     data.push_back(tensor.cpu().contiguous());
     const uint64_t nbytes = data.back().nbytes();
     header[key] = {{"dtype", std::string(*dtype)},
-                   {"shape", tensor.sizes().vec()},
+                   {"shape", shape},
                    {"data_offsets", {offset, offset + nbytes}}};
     offset += nbytes;
   }

@@ -178,11 +178,16 @@ def cases(workdir, good):
     add("safetensors key that is not UTF-8",
         safetensors(p("latin1_key.safetensors"),
                     b'{"caf\xe9":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', b"\0" * 4))
+    # C128 is no safetensors dtype; F6_E2M3 is one PyTorch has no dtype for.
     add("safetensors unknown dtype",
         safetensors(p("unknown_dtype.safetensors"),
-                    '{"w":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}}', b"\0" * 8))
+                    '{"w":{"dtype":"C128","shape":[1],"data_offsets":[0,16]}}', b"\0" * 16))
+    add("safetensors F6 dtype",
+        safetensors(p("f6_dtype.safetensors"),
+                    '{"w":{"dtype":"F6_E2M3","shape":[4],"data_offsets":[0,3]}}', b"\0" * 3))
+    # A quantized storage: a real torch class, not a plain tensor's.
     add("pt unknown storage class",
-        torch_zip(p("unknown_storage.pt"), state_dict((w, tensor("ComplexFloatStorage", "0", 1, 0,
+        torch_zip(p("unknown_storage.pt"), state_dict((w, tensor("QInt8Storage", "0", 1, 0,
                                                                  [1], [1]))), [("0", b"\0" * 8)]))
     add("safetensors duplicate key",
         safetensors(p("dup_key.safetensors"),
