@@ -35,7 +35,7 @@ std::vector<Declaration> decode_layout(std::string_view bytes) {
     Declaration d;
     d.key = in.str("key");
     const uint64_t dtype = in.u64("dtype");
-    if (dtype > static_cast<uint64_t>(DType::kBool)) in.fail("an unknown dtype");
+    if (dtype >= kDTypeCount) in.fail("an unknown dtype");
     d.dtype = static_cast<DType>(dtype);
     const uint64_t kind = in.u64("kind");
     if (kind > static_cast<uint64_t>(Declaration::Kind::kSplit)) in.fail("an unknown kind");

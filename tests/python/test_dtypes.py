@@ -50,8 +50,8 @@ def check(ok, what):
 
 def run(*args, expect=0):
     p = subprocess.run([BIN, *args], env=ENV, capture_output=True, text=True, timeout=120)
-    check(p.returncode == expect,
-          f"shardload {' '.join(args)}: exit {p.returncode}, expected {expect}\n{p.stderr[-800:]}")
+    p.ok = check(p.returncode == expect, f"shardload {' '.join(args)}: exit {p.returncode}, "
+                                         f"expected {expect}\n{p.stderr[-800:]}")
     return p
 
 
@@ -103,8 +103,8 @@ def main():
         run("convert", pt, ckpt)
         run("verify", ckpt)
         back = os.path.join(work, "back.pt")
-        run("convert", ckpt, back)
-        compare(torch.load(back, weights_only=True), sd, ".pt -> shardload -> .pt")
+        if run("convert", ckpt, back).ok:
+            compare(torch.load(back, weights_only=True), sd, ".pt -> shardload -> .pt")
         inspect = run("inspect", ckpt).stdout
         check("float8_e4m3fn" in inspect and "complex128" in inspect and "uint64" in inspect,
               f"inspect does not name the dtypes:\n{inspect[:600]}")
@@ -113,12 +113,19 @@ def main():
         ref = os.path.join(work, "ref.pt")
         torch.save({k: torch.zeros_like(v) for k, v in sd.items()}, ref)
         out = os.path.join(work, "loaded.pt")
-        run("load", ckpt, "--into", ref, "--out", out)
-        compare(torch.load(out, weights_only=True), sd, "load into the model")
+        if run("load", ckpt, "--into", ref, "--out", out).ok:
+            compare(torch.load(out, weights_only=True), sd, "load into the model")
+        # Under two ranks (the declarations of every dtype go between them), split along dim 0.
+        out = os.path.join(work, "loaded-np2.pt")
+        p = subprocess.run([os.environ.get("MPIRUN", "mpirun"), "-np", "2", BIN, "load", ckpt,
+                            "--into", ref, "--out", out, "--split", r"\.m$=0"], env=ENV,
+                           capture_output=True, text=True, timeout=120)
+        if check(p.returncode == 0, f"load at 2 ranks: exit {p.returncode}\n{p.stderr[-800:]}"):
+            compare(torch.load(out, weights_only=True), sd, "load at 2 ranks, split")
         # And from the .pt file itself, read in place.
         out = os.path.join(work, "loaded-pt.pt")
-        run("load", pt, "--into", ref, "--out", out)
-        compare(torch.load(out, weights_only=True), sd, "load from .pt in place")
+        if run("load", pt, "--into", ref, "--out", out).ok:
+            compare(torch.load(out, weights_only=True), sd, "load from .pt in place")
 
         # safetensors written by the safetensors package: every dtype it holds.
         # (A 0-d float4_e2m1fn_x2 has no F4 shape: its two values lie along the last dimension.)
@@ -130,8 +137,8 @@ def main():
         ckpt2 = os.path.join(work, "ckpt2")
         run("convert", st, ckpt2)
         back_st = os.path.join(work, "back.safetensors")
-        run("convert", ckpt2, back_st)
-        compare(load_file(back_st), st_sd, "safetensors -> shardload -> safetensors")
+        if run("convert", ckpt2, back_st).ok:
+            compare(load_file(back_st), st_sd, "safetensors -> shardload -> safetensors")
         # A dtype safetensors lacks is refused when writing one, naming the key.
         p = run("convert", ckpt, os.path.join(work, "no.safetensors"), expect=2)
         check("complex" in p.stderr, f"converting complex to safetensors: {p.stderr[-400:]}")
@@ -154,8 +161,8 @@ def main():
         hf_ref = os.path.join(work, "hf_ref.pt")
         torch.save({k: torch.zeros_like(v) for k, v in fp8.items()}, hf_ref)
         out = os.path.join(work, "loaded-hf.pt")
-        run("load", hf, "--into", hf_ref, "--out", out)
-        compare(torch.load(out, weights_only=True), fp8, "Hugging Face FP8 directory")
+        if run("load", hf, "--into", hf_ref, "--out", out).ok:
+            compare(torch.load(out, weights_only=True), fp8, "Hugging Face FP8 directory")
 
         # The Python API: save and load every dtype in place, and a float8 checkpoint into a
         # float32 model converts like copy_.
