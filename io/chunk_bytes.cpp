@@ -355,8 +355,9 @@ void verify_streaming(const ChunkBytes& c) {
   if (sum.digest() != c.checksum) mismatch(c, 0, c.nbytes, "chunk checksum");
 }
 
-void read_byte_ranges(const FileBytes& file, std::span<const ChunkRecord* const> rows, void* dst,
-                      const std::function<void(const ChunkRecord&, char*)>& each) {
+void read_byte_ranges(const FileBytes& file, std::span<const ChunkRecord* const> rows,
+                      std::span<const uint64_t> pos, void* dst,
+                      const std::function<void(size_t, char*)>& each) {
   char* out = static_cast<char*>(dst);
   size_t i = 0;
   while (i < rows.size()) {
@@ -367,9 +368,9 @@ void read_byte_ranges(const FileBytes& file, std::span<const ChunkRecord* const>
     for (; j < rows.size(); ++j) {
       if (rows[j]->nbytes == 0) continue;
       if (!any) {
-        start = end = rows[j]->data_offset;
+        start = end = pos[j];
         any = true;
-      } else if (rows[j]->data_offset != end) {
+      } else if (pos[j] != end) {
         break;
       }
       end = checked_add(end, rows[j]->nbytes, "data_offset + nbytes");
@@ -379,11 +380,11 @@ void read_byte_ranges(const FileBytes& file, std::span<const ChunkRecord* const>
         file.read_at(start, end - start, out);
       } catch (...) {
         rethrow_with_context("reading key " + quote_text(rows[i]->key) + " and " +
-                             std::to_string(j - i - 1) + " tensors after it: ");
+                             std::to_string(j - i - 1) + " chunks after it: ");
       }
     }
     for (; i < j; ++i) {
-      each(*rows[i], out);
+      each(i, out);
       out += rows[i]->nbytes;
     }
   }

@@ -55,11 +55,13 @@ void finish_in_place(const ChunkBytes& chunk, void* data, bool verify);
 /// the chunk checksum, bool values. Throws FormatError naming the first bad byte range.
 void verify_streaming(const ChunkBytes& chunk);
 
-/// Reads rows whose bytes are the file's [data_offset, data_offset + nbytes) whole, back to back
-/// into `dst`, with one read for each run of rows adjacent in the file (small tensors written
-/// one after the other), then calls `each(row, bytes)` on each row's bytes (to check them).
-/// For the readers of formats whose tensors are byte ranges (.safetensors, .pt).
-void read_byte_ranges(const FileBytes& file, std::span<const ChunkRecord* const> rows, void* dst,
-                      const std::function<void(const ChunkRecord&, char*)>& each);
+/// Reads rows whose bytes are the file's [pos[i], pos[i] + nbytes) whole, back to back into
+/// `dst`, with one read for each run of rows adjacent in the file (small tensors or packed chunks
+/// written one after the other), then calls `each(i, bytes)` on each row's bytes (to check them).
+/// Every reader's read_chunks: shard files pass the positions they located, the formats whose
+/// tensors are byte ranges (.safetensors, .pt) each row's data_offset.
+void read_byte_ranges(const FileBytes& file, std::span<const ChunkRecord* const> rows,
+                      std::span<const uint64_t> pos, void* dst,
+                      const std::function<void(size_t, char*)>& each);
 
 }  // namespace shardload

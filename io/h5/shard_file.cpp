@@ -538,38 +538,18 @@ void ShardReader::read_chunks(std::span<const ChunkRecord* const> rows, void* ds
       rethrow_with_context("In " + path_ + ": reading key '" + rows[i]->key + "': ");
     }
   }
-  char* out = static_cast<char*>(dst);
-  size_t i = 0;
-  while (i < rows.size()) {
-    // One read for a run of chunks that follow each other in the file (empty chunks join any).
-    size_t j = i;
-    uint64_t start = 0, end = 0;
-    bool any = false;
-    for (; j < rows.size(); ++j) {
-      if (rows[j]->nbytes == 0) continue;
-      if (!any) {
-        start = locs[j].pos;
-        end = start;
-        any = true;
-      } else if (locs[j].pos != end) {
-        break;
-      }
-      end += rows[j]->nbytes;
-    }
-    try {
-      if (any) impl_->bytes.read_at(start, end - start, out);
-    } catch (...) {
-      rethrow_with_context("In " + path_ + ": reading key '" + rows[i]->key + "' and " +
-                           std::to_string(j - i - 1) + " chunks after it: ");
-    }
-    for (; i < j; ++i) {
+  std::vector<uint64_t> pos(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) pos[i] = locs[i].pos;
+  try {
+    read_byte_ranges(impl_->bytes, rows, pos, dst, [&](size_t i, char* bytes) {
       try {
-        finish_in_place(impl_->chunk_bytes(*rows[i], locs[i]), out, verify);
+        finish_in_place(impl_->chunk_bytes(*rows[i], locs[i]), bytes, verify);
       } catch (...) {
-        rethrow_with_context("In " + path_ + ": reading key '" + rows[i]->key + "': ");
+        rethrow_with_context("reading key '" + rows[i]->key + "': ");
       }
-      out += rows[i]->nbytes;
-    }
+    });
+  } catch (...) {
+    rethrow_with_context("In " + path_ + ": ");
   }
 }
 

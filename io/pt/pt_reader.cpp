@@ -196,11 +196,13 @@ void PtReader::read_chunks(std::span<const ChunkRecord* const> rows, void* dst, 
     }
     const auto run = rows.subspan(i, j - i);
     try {
-      read_byte_ranges(impl_->bytes, run, out, [&](const ChunkRecord& row, char* bytes) {
+      std::vector<uint64_t> pos(run.size());
+      for (size_t k = 0; k < run.size(); ++k) pos[k] = run[k]->data_offset;
+      read_byte_ranges(impl_->bytes, run, pos, out, [&](size_t k, char* bytes) {
         try {
-          finish_in_place(impl_->chunk_bytes(row), bytes, /*verify=*/false);  // bool values
+          finish_in_place(impl_->chunk_bytes(*run[k]), bytes, /*verify=*/false);  // bool values
         } catch (...) {
-          rethrow_with_context("reading key " + quote_text(row.key) + ": ");
+          rethrow_with_context("reading key " + quote_text(run[k]->key) + ": ");
         }
       });
     } catch (...) {

@@ -133,11 +133,13 @@ void SafetensorsReader::read_chunks(std::span<const ChunkRecord* const> rows, vo
                                     bool /*verify*/) const {
   for (const ChunkRecord* row : rows) prepare(*row);
   try {
-    read_byte_ranges(impl_->bytes, rows, dst, [&](const ChunkRecord& row, char* bytes) {
+    std::vector<uint64_t> pos(rows.size());
+    for (size_t k = 0; k < rows.size(); ++k) pos[k] = rows[k]->data_offset;
+    read_byte_ranges(impl_->bytes, rows, pos, dst, [&](size_t k, char* bytes) {
       try {
-        finish_in_place(impl_->chunk_bytes(row), bytes, /*verify=*/false);  // bool values
+        finish_in_place(impl_->chunk_bytes(*rows[k]), bytes, /*verify=*/false);  // bool values
       } catch (...) {
-        rethrow_with_context("reading key " + quote_text(row.key) + ": ");
+        rethrow_with_context("reading key " + quote_text(rows[k]->key) + ": ");
       }
     });
   } catch (...) {
