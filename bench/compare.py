@@ -171,6 +171,12 @@ def main():
                     t.append(j["seconds"])
                     wrong += j["wrong_tensors"]
                 results[p] = (statistics.median(t), None, wrong)
+            if "dcp" in peer_dirs:  # shardload reading DCP's own files in place
+                t = []
+                for _ in range(args.repeat):
+                    before()
+                    t.append(shardload_load(args, peer_dirs["dcp"], ref, split)["seconds"])
+                results["shardload, reading the DCP checkpoint"] = (statistics.median(t), None, 0)
             t = []
             floor_args = ["--repeat", "1"] + (["--exchange"] if scenario == "replicated" else [])
             for _ in range(args.repeat):
@@ -199,6 +205,11 @@ def main():
         for s, name, secs, gbs, ratio, read, wrong in rows:
             print(f"| {s} | {name} | {secs:.3f} | {gbs:.2f} | {ratio:.2f}x | {read} | {wrong} |")
         for s, r in record["scenarios"].items():
+            secs = r["seconds"]
+            if "dcp" in secs and "shardload, reading the DCP checkpoint" in secs:
+                print(f"\n{s}: on DCP's own files, shardload is "
+                      f"{secs['dcp'] / secs['shardload, reading the DCP checkpoint']:.2f}x faster "
+                      "than dcp.load")
             print(f"\n{s}: shardload at {r['fraction_of_limit']:.2f}x the limit's speed; "
                   f"checksums cost {100 * r['checksum_cost']:.1f}% of the load; phases "
                   + ", ".join(f"{k} {v:.3f} s" for k, v in r["shardload_phase_seconds"].items()))

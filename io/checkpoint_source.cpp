@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/wire.h"
+#include "io/dcp/dcp_reader.h"
 #include "io/file_bytes.h"
 #include "io/file_system.h"
 #include "io/h5/shard_file.h"
@@ -56,6 +57,8 @@ std::string_view source_format_name(SourceFormat format) {
       return "safetensors";
     case SourceFormat::kTorch:
       return "torch";
+    case SourceFormat::kDcp:
+      return "dcp";
   }
   return "unknown";
 }
@@ -73,6 +76,8 @@ std::string CheckpointSource::missing_checksums_reason() const {
       return "safetensors files carry no checksums";
     case SourceFormat::kTorch:
       return "torch.save files carry no per-tensor checksums";
+    case SourceFormat::kDcp:
+      return "torch.distributed.checkpoint files carry no checksums";
   }
   return "";
 }
@@ -96,6 +101,19 @@ CheckpointSource find_checkpoint_source(const std::string& path, const std::stri
     }
     s.dir = parent_dir_of(path);
     s.manifest.shard_files = {base_name_of(path)};
+  } else if (is_directory(path) && !path_exists(path + "/" + kManifestName) &&
+             (path_exists(path + "/" + kDcpMetadataName) ||
+              path_exists(path + "/" + kMegatronMetadataName))) {
+    s.dir = path;
+    s.format = SourceFormat::kDcp;
+    auto md = std::make_shared<DcpMetadata>(read_dcp_metadata(path));
+    s.manifest.shard_files = md->files;
+    s.manifest.values = read_dcp_values(path, *md);
+    const bool megatron = md->megatron || path_exists(path + "/" + kMegatronMetadataName);
+    s.description = std::string(megatron ? "Megatron-Core torch_dist checkpoint"
+                                         : "torch.distributed.checkpoint directory") +
+                    " (" + std::to_string(md->files.size()) + " data file(s))";
+    s.dcp = std::move(md);
   } else if (is_directory(path) && !path_exists(path + "/" + kManifestName)) {
     s.dir = path;
     s.format = SourceFormat::kSafetensors;
@@ -140,6 +158,9 @@ std::string serialize_checkpoint_source(const CheckpointSource& s) {
   w.str(s.index_path);
   if (s.format == SourceFormat::kShardload) {
     w.str(serialize_manifest(s.manifest));
+  } else if (s.format == SourceFormat::kDcp) {
+    w.str(serialize_dcp_metadata(*s.dcp));
+    w.str(encode_values(s.manifest.values));
   } else {
     w.u64(s.manifest.shard_files.size());
     for (const auto& f : s.manifest.shard_files) w.str(f);
@@ -156,7 +177,7 @@ CheckpointSource deserialize_checkpoint_source(std::string_view bytes) {
   WireReader r(bytes, "serialized checkpoint source");
   CheckpointSource s;
   const uint64_t format = r.u64("format");
-  if (format > static_cast<uint64_t>(SourceFormat::kTorch)) r.fail("an unknown format");
+  if (format > static_cast<uint64_t>(SourceFormat::kDcp)) r.fail("an unknown format");
   s.format = static_cast<SourceFormat>(format);
   s.dir = r.str("directory");
   s.select = r.str("selection");
@@ -164,6 +185,11 @@ CheckpointSource deserialize_checkpoint_source(std::string_view bytes) {
   s.index_path = r.str("index path");
   if (s.format == SourceFormat::kShardload) {
     s.manifest = deserialize_manifest(r.str("manifest"));
+  } else if (s.format == SourceFormat::kDcp) {
+    auto md = std::make_shared<DcpMetadata>(deserialize_dcp_metadata(r.str("DCP metadata")));
+    s.manifest.shard_files = md->files;
+    s.manifest.values = decode_values(r.str("values"), "serialized checkpoint source");
+    s.dcp = std::move(md);
   } else {
     for (uint64_t n = r.count(8, "file count"); n > 0; --n) {
       s.manifest.shard_files.push_back(r.str("file name"));
@@ -186,6 +212,8 @@ std::unique_ptr<ChunkReader> open_chunk_reader(const CheckpointSource& source, i
       return std::make_unique<SafetensorsReader>(path);
     case SourceFormat::kTorch:
       return std::make_unique<PtReader>(path, source.select);
+    case SourceFormat::kDcp:
+      return std::make_unique<DcpReader>(path, source.dcp, file);
   }
   throw FormatError("In " + path + ": unknown format");
 }

@@ -13,6 +13,7 @@
 
 #include "core/chunk_record.h"
 #include "io/chunk_reader.h"
+#include "io/dcp/dcp_metadata.h"
 #include "io/h5/manifest.h"
 
 namespace shardload {
@@ -22,6 +23,7 @@ enum class SourceFormat : uint8_t {
   kShardload = 0,    ///< shard-*.h5 files and manifest.h5
   kSafetensors = 1,  ///< .safetensors files: a Hugging Face directory or one file
   kTorch = 2,        ///< one torch.save file (.pt, .pth, .bin, .ckpt)
+  kDcp = 3,          ///< a torch.distributed.checkpoint directory (also Megatron-Core torch_dist)
 };
 
 /// True when `path` ends in an extension of torch.save files: .pt, .pth, .bin, or .ckpt (what
@@ -49,6 +51,9 @@ struct CheckpointSource {
   /// find_checkpoint_source ran: serialize_checkpoint_source leaves the weight map out).
   std::string index_path;
   std::vector<std::pair<std::string, int32_t>> weight_map;
+  /// For kDcp: the parsed .metadata (its files are manifest.shard_files; its non-tensor items
+  /// are manifest.values).
+  std::shared_ptr<const DcpMetadata> dcp;
 
   /// The path of file `file` (which must be listed).
   std::string file_path(int32_t file) const;
@@ -59,7 +64,8 @@ struct CheckpointSource {
 };
 
 /// Finds what `path` is and reads its listing: manifest.h5 (which wins when a directory holds
-/// both), else model.safetensors.index.json (bounded, hf_index.h), else model.safetensors; a
+/// both), else a DCP .metadata (io/dcp/dcp_metadata.h; its non-tensor items are read as
+/// values), else model.safetensors.index.json (bounded, hf_index.h), else model.safetensors; a
 /// file by its extension (.safetensors; is_torch_save_path). `select` is only for a torch.save
 /// file (UsageError otherwise, "." excepted). Nothing else is opened. Not collective. Throws
 /// FormatError naming the path when it is none of these or its listing is invalid.

@@ -36,7 +36,8 @@ for t in "${targets[@]}"; do
   # may take a small multiple of the floor of their memory budget (64 MiB, ASan's shadow on top)
   # and well under a second, so 1 GiB resident (also the largest single allocation) and 5 s.
   case $t in
-    fuzz_pickle | fuzz_safetensors | fuzz_zip | fuzz_hf_index | fuzz_pt_layout | fuzz_tensor_file)
+    fuzz_pickle | fuzz_safetensors | fuzz_zip | fuzz_hf_index | fuzz_pt_layout | fuzz_tensor_file | \
+      fuzz_dcp_metadata)
       args+=(-rss_limit_mb=1024 -timeout=5) ;;
   esac
   log=$BUILD/$t.log

@@ -9,8 +9,7 @@
 #include "io/chunk_bytes.h"
 #include "io/file_bytes.h"
 #include "io/key_text.h"
-#include "io/pt/pt_layout.h"
-#include "io/pt/view_cover.h"
+#include "io/pt_layout.h"
 
 namespace shardload {
 namespace {
@@ -69,37 +68,6 @@ struct PtReader::Impl {
     c.is_bool = row.dtype == DType::kBool;
     c.name = "tensor data at byte " + std::to_string(row.data_offset);
     return c;
-  }
-
-  /// A box of a view that is not contiguous: the part of the storage the box reaches is read
-  /// once, its covered bool bytes (and no others) are checked, then its elements are gathered
-  /// in C order into `dst`.
-  void gather(const PtTensor& t, const Shape& offset, const Shape& shape, void* dst) const {
-    if (numel(shape) == 0) return;
-    const int64_t elsize = dtype_size(t.dtype);
-    int64_t first = t.storage_offset;
-    for (size_t d = 0; d < shape.size(); ++d) {
-      if (offset[d] < 0 || shape[d] < 0 || offset[d] > t.shape[d] - shape[d]) {
-        throw UsageError("box at " + shape_str(offset) + " of shape " + shape_str(shape) +
-                         " does not lie inside the tensor of shape " + shape_str(t.shape));
-      }
-      first += offset[d] * t.stride[d];
-    }
-    // Inside the storage: read_pt_layout checked the view's last element.
-    const ViewCover cover(shape, t.stride);
-    std::vector<char> buffer(static_cast<size_t>(cover.span() * elsize));
-    const uint64_t pos = t.record_pos + static_cast<uint64_t>(first * elsize);
-    bytes.read_at(pos, buffer.size(), buffer.data());
-    if (t.dtype == DType::kBool) {
-      check_bool_view(reinterpret_cast<const unsigned char*>(buffer.data()), shape, t.stride, pos);
-    }
-    gather_view(buffer.data(), shape, t.stride, elsize, static_cast<char*>(dst));
-  }
-
-  /// Bytes of the file that the tensor's view covers, from its first element to its last.
-  uint64_t stored_bytes(const PtTensor& t) const {
-    return static_cast<uint64_t>(ViewCover(t.shape, t.stride).span()) *
-           static_cast<uint64_t>(dtype_size(t.dtype));
   }
 };
 
@@ -172,7 +140,7 @@ void PtReader::read(const ChunkRecord& row, const Shape& offset_in_chunk, const 
     if (t.contiguous()) {
       read_box(impl_->chunk_bytes(row), row.shape, offset_in_chunk, shape, dst, /*verify=*/false);
     } else {
-      impl_->gather(t, offset_in_chunk, shape, dst);
+      read_pt_box(impl_->bytes, t, offset_in_chunk, shape, dst);
     }
   } catch (...) {
     rethrow_with_context("In " + path_ + ": reading key " + quote_text(row.key) + ": ");
@@ -220,48 +188,14 @@ void PtReader::read_chunks(std::span<const ChunkRecord* const> rows, void* dst, 
 
 void PtReader::verify_chunk(const ChunkRecord& row) const {
   try {
-    const PtTensor& t = impl_->tensor(row);
-    if (row.nbytes == 0) return;
-    const ViewCover cover(t.shape, t.stride);
-    const uint64_t span = impl_->stored_bytes(t);
-    if (t.dtype != DType::kBool) {
-      char last;  // the bytes lie inside the file (it may have shrunk since it was opened)
-      impl_->bytes.read_at(t.data_pos() + span - 1, 1, &last);
-      return;
-    }
-    // Exactly the stored bytes the view covers (a view may skip some, and a stride-0 expansion
-    // covers few), through a bounded window over its span.
-    check_view_cover(cover, t.shape);
-    std::vector<unsigned char> window(std::min<uint64_t>(span, kReadWindowBytes));
-    uint64_t lo = 0, hi = 0;  // the span's bytes [lo, hi) are in the window
-    cover.for_each_run([&](int64_t first, int64_t count) {
-      auto at = static_cast<uint64_t>(first);
-      const uint64_t end = at + static_cast<uint64_t>(count);
-      while (at < end) {
-        if (at < lo || at >= hi) {
-          lo = at;
-          hi = std::min<uint64_t>(span, lo + window.size());
-          impl_->bytes.read_at(t.data_pos() + lo, hi - lo, window.data());
-        }
-        const uint64_t stop = std::min(end, hi);
-        for (uint64_t k = at; k < stop; ++k) {
-          if (window[k - lo] > 1) {
-            throw FormatError("bool element " + std::to_string(k) +
-                              " of the stored bytes the view covers (byte " +
-                              std::to_string(t.data_pos() + k) + " of the file) holds byte value " +
-                              std::to_string(window[k - lo]) + " (a bool is 0 or 1)");
-          }
-        }
-        at = stop;
-      }
-    });
+    verify_pt_tensor(impl_->bytes, impl_->tensor(row));
   } catch (...) {
     rethrow_with_context("In " + path_ + ": reading key " + quote_text(row.key) + ": ");
   }
 }
 
 uint64_t PtReader::stored_bytes(const ChunkRecord& row) const {
-  return impl_->stored_bytes(impl_->tensor(row));
+  return pt_stored_bytes(impl_->tensor(row));
 }
 
 std::vector<std::string> PtReader::notes() const {

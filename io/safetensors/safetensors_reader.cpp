@@ -11,7 +11,7 @@
 #include "io/chunk_bytes.h"
 #include "io/file_bytes.h"
 #include "io/key_text.h"
-#include "io/safetensors/safetensors_header.h"
+#include "io/safetensors_header.h"
 
 namespace shardload {
 

@@ -11,7 +11,7 @@
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/key_text.h"
-#include "io/safetensors/safetensors_header.h"
+#include "io/safetensors_header.h"
 #include "io/torch_dtype.h"
 
 namespace shardload {

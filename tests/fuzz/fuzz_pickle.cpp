@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "core/error.h"
-#include "io/pt/pickle.h"
-#include "io/pt/pickle_data.h"
-#include "io/pt/pickle_select.h"
+#include "io/pickle.h"
+#include "io/pickle_data.h"
+#include "io/pickle_select.h"
 
 namespace {
 

@@ -7,7 +7,7 @@
 
 #include "core/error.h"
 #include "io/file_bytes.h"
-#include "io/pt/pt_layout.h"
+#include "io/pt_layout.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const auto file =

@@ -7,7 +7,7 @@
 #include <string_view>
 
 #include "core/error.h"
-#include "io/safetensors/safetensors_header.h"
+#include "io/safetensors_header.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 8) return 0;

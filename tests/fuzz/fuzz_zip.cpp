@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "core/error.h"
-#include "io/pt/zip_directory.h"
+#include "io/zip_directory.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {

@@ -21,6 +21,8 @@
 
 #include "core/error.h"
 #include "io/chunk_reader.h"
+#include "io/dcp/dcp_reader.h"
+#include "io/dcp/dcp_writer.h"
 #include "io/h5/shard_file.h"
 #include "io/pt/pt_reader.h"
 #include "io/pt/pt_writer.h"
@@ -71,6 +73,24 @@ void write_shard(const std::string& path, const TensorList& tensors) {
   writer.finish();
 }
 
+/// A DCP checkpoint of one rank's data file: its .metadata in the directory `path`.d, its data
+/// file moved to `path` (DcpReader opens any path it is given for the metadata's file 0).
+void write_dcp(const std::string& path, const TensorList& tensors) {
+  std::vector<DcpWriteChunk> chunks;
+  std::vector<at::Tensor> held;
+  for (const auto& [key, tensor] : tensors) {
+    const auto dtype = dtype_from_scalar_type(tensor.scalar_type());
+    if (!dtype) throw UsageError("key '" + key + "': no format dtype");
+    held.push_back(tensor.contiguous());
+    const Shape shape = tensor.sizes().vec();
+    chunks.push_back({key, *dtype, shape, Shape(shape.size(), 0), shape, held.back().data_ptr()});
+  }
+  const std::string dir = path + ".d";
+  std::vector<DcpMetadata> fragments{write_dcp_data_file(dir, 0, chunks, {})};
+  write_dcp_metadata(dir, merge_dcp_metadata(std::move(fragments)));
+  std::filesystem::rename(dir + "/" + dcp_data_file_name(0), path);
+}
+
 std::vector<Driver> drivers() {
   return {
       {"h5", "shard-00000-of-00001.h5", write_shard,
@@ -82,6 +102,11 @@ std::vector<Driver> drivers() {
        {at::kComplexHalf, at::kComplexDouble}},
       {"pt", "model.pt", write_torch_file,
        [](const std::string& p) { return std::make_unique<PtReader>(p, ""); }},
+      {"dcp", "__0_0.distcp", write_dcp,
+       [](const std::string& p) {
+         auto md = std::make_shared<const DcpMetadata>(read_dcp_metadata(p + ".d"));
+         return std::make_unique<DcpReader>(p, md, 0);
+       }},
   };
 }
 

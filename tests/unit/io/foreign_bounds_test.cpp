@@ -18,13 +18,13 @@
 #include "core/error.h"
 #include "io/file_bytes.h"
 #include "io/h5/manifest.h"
-#include "io/pt/pickle.h"
+#include "io/pickle.h"
 #include "io/pt/pt_reader.h"
-#include "io/pt/view_cover.h"
 #include "io/safetensors/hf_index.h"
-#include "io/safetensors/safetensors_header.h"
 #include "io/safetensors/safetensors_reader.h"
+#include "io/safetensors_header.h"
 #include "io/tensor_file.h"
+#include "io/view_cover.h"
 #include "tests/unit/temp_dir.h"
 
 namespace shardload {

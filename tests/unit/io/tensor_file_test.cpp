@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "core/error.h"
-#include "io/pt/pickle.h"
+#include "io/pickle.h"
 #include "tests/unit/temp_dir.h"
 
 namespace shardload {

@@ -4,7 +4,7 @@
 #include <string>
 
 #include "core/error.h"
-#include "io/safetensors/safetensors_header.h"
+#include "io/safetensors_header.h"
 
 namespace shardload {
 namespace {

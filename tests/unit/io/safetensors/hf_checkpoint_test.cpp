@@ -12,8 +12,8 @@
 
 #include "core/error.h"
 #include "io/checkpoint_source.h"
-#include "io/pt/pt_layout.h"
 #include "io/pt/pt_reader.h"
+#include "io/pt_layout.h"
 #include "io/safetensors/hf_index.h"
 #include "io/safetensors/safetensors_reader.h"
 #include "io/tensor_file.h"

@@ -1,5 +1,5 @@
 // The zip central directory check that runs before LibTorch's zip reader sees a .pt file.
-#include "io/pt/zip_directory.h"
+#include "io/zip_directory.h"
 
 #include <gtest/gtest.h>
 

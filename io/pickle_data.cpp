@@ -1,4 +1,4 @@
-#include "io/pt/pickle_data.h"
+#include "io/pickle_data.h"
 
 #include <any>
 #include <cmath>
@@ -225,6 +225,20 @@ PickleHooks checkpoint_pickle_hooks(decltype(PickleHooks::persistent_load) persi
   h.allow_global = is_checkpoint_global;
   h.persistent_load = std::move(persistent_load);
   h.call = std::move(call);
+  h.build = [](PickleValue& object, const PickleValuePtr& state) {
+    if (build_data_value(object, state)) return;
+    throw FormatError("cannot BUILD a " + object.describe() + " from a " + state->describe());
+  };
+  return h;
+}
+
+PickleHooks data_pickle_hooks() {
+  PickleHooks h;
+  h.allow_global = is_data_global;
+  h.persistent_load = [](const PickleValuePtr&) -> PickleValuePtr {
+    throw FormatError("a persistent id (a tensor's storage) where only plain data may be");
+  };
+  h.call = call_data_global;
   h.build = [](PickleValue& object, const PickleValuePtr& state) {
     if (build_data_value(object, state)) return;
     throw FormatError("cannot BUILD a " + object.describe() + " from a " + state->describe());

@@ -1,6 +1,6 @@
 // The bounded unpickler, the data constructors it interprets, and selection in nested
 // checkpoints (no LibTorch in any of them; tensors here are stand-in objects).
-#include "io/pt/pickle.h"
+#include "io/pickle.h"
 
 #include <gtest/gtest.h>
 
@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "core/error.h"
-#include "io/pt/pickle_data.h"
-#include "io/pt/pickle_select.h"
+#include "io/pickle_data.h"
+#include "io/pickle_select.h"
 
 namespace shardload {
 namespace {

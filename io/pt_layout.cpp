@@ -1,5 +1,6 @@
-#include "io/pt/pt_layout.h"
+#include "io/pt_layout.h"
 
+#include <algorithm>
 #include <any>
 #include <cstring>
 #include <memory>
@@ -8,12 +9,14 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "io/chunk_bytes.h"
 #include "io/key_text.h"
-#include "io/pt/pickle.h"
-#include "io/pt/pickle_data.h"
-#include "io/pt/pickle_select.h"
-#include "io/pt/zip_directory.h"
+#include "io/pickle.h"
+#include "io/pickle_data.h"
+#include "io/pickle_select.h"
 #include "io/read_budget.h"
+#include "io/view_cover.h"
+#include "io/zip_directory.h"
 
 namespace shardload {
 namespace {
@@ -48,8 +51,10 @@ PickleValuePtr make_object(std::any object, std::string_view type_name) {
 /// The zip members by name, and the unpickling hooks that describe tensors without reading them.
 class LayoutReader {
  public:
-  LayoutReader(const FileBytes& file, const std::vector<ZipMember>& members, std::string prefix)
-      : file_(file), prefix_(std::move(prefix)) {
+  /// `base`: the file position of the archive's first byte (member offsets count from it).
+  LayoutReader(const FileBytes& file, uint64_t base, const std::vector<ZipMember>& members,
+               std::string prefix)
+      : file_(file), base_(base), prefix_(std::move(prefix)) {
     for (const auto& m : members) members_.emplace(m.name, &m);
   }
 
@@ -71,7 +76,7 @@ class LayoutReader {
                         " bytes is larger than the limit of " + std::to_string(max_bytes));
     }
     std::string out(m->size, '\0');
-    file_.read_at(m->data_offset, out.size(), out.data());
+    file_.read_at(base_ + m->data_offset, out.size(), out.data());
     return out;
   }
 
@@ -103,7 +108,7 @@ class LayoutReader {
         throw FormatError("storage record " + quote_text(s->record) +
                           " is compressed; torch.save stores every record uncompressed");
       }
-      s->pos = m->data_offset;
+      s->pos = base_ + m->data_offset;
       s->bytes = m->size;
       it = storages_.emplace(key_text, std::move(s)).first;
     }
@@ -216,6 +221,7 @@ class LayoutReader {
   }
 
   const FileBytes& file_;
+  uint64_t base_ = 0;
   std::string prefix_;
   std::unordered_map<std::string, const ZipMember*> members_;
   std::unordered_map<std::string, std::shared_ptr<Storage>> storages_;
@@ -248,11 +254,25 @@ bool PtTensor::contiguous() const {
   return true;
 }
 
-PtLayout read_pt_layout(const FileBytes& file, const std::string& select) {
-  const uint64_t size = file.size();
-  if (size < 4) throw FormatError("file too short to be a torch.save file");
+namespace {
+
+/// An archive's checked zip directory, its records' folder and its data.pkl.
+struct Archive {
+  std::vector<ZipMember> members;
+  std::string prefix;
+  std::string pickle;
+};
+
+Archive open_archive(const FileBytes& file, ByteWindow window) {
+  const uint64_t size = window.length;
+  if (window.base > file.size() || size > file.size() - window.base) {
+    throw FormatError("archive of " + std::to_string(size) + " bytes at byte " +
+                      std::to_string(window.base) + " reaches past the end of the file (" +
+                      std::to_string(file.size()) + " bytes)");
+  }
+  if (size < 4) throw FormatError("too short to be a torch.save archive");
   unsigned char magic[4] = {};
-  file.read_at(0, 4, magic);
+  file.read_at(window.base, 4, magic);
   if (std::memcmp(magic, "PK\x03\x04", 4) != 0) {
     if (magic[0] == 0x80) {
       throw FormatError(
@@ -260,25 +280,28 @@ PtLayout read_pt_layout(const FileBytes& file, const std::string& select) {
           "_use_new_zipfile_serialization=False, is not supported; re-save it with a newer "
           "torch");
     }
-    throw FormatError("not a torch.save file (no zip signature)");
+    throw FormatError("not a torch.save archive (no zip signature)");
   }
-  const auto members = scan_zip_directory(
-      size, [&file](uint64_t offset, char* buf, size_t n) { file.read_at(offset, n, buf); });
+  Archive a;
+  a.members = scan_zip_directory(size, [&](uint64_t offset, char* buf, size_t n) {
+    file.read_at(window.base + offset, n, buf);
+  });
   // torch.save stores every record: a compressed member (of any method) is refused wherever it
   // is, never inflated, so that no declared size can make a reader allocate.
-  for (const ZipMember& m : members) {
+  for (const ZipMember& m : a.members) {
     if (m.method != 0) {
       throw FormatError("zip: member " + quote_text(m.name, 100) + " is compressed (method " +
                         std::to_string(m.method) +
                         "); torch.save stores every record uncompressed");
     }
   }
-  const size_t slash = members.front().name.find('/');
+  const size_t slash = a.members.front().name.find('/');
   if (slash == std::string::npos) {
-    throw FormatError("zip: member " + quote_text(members.front().name) +
+    throw FormatError("zip: member " + quote_text(a.members.front().name) +
                       " is not in a folder, as torch.save writes");
   }
-  LayoutReader reader(file, members, members.front().name.substr(0, slash + 1));
+  a.prefix = a.members.front().name.substr(0, slash + 1);
+  LayoutReader reader(file, window.base, a.members, a.prefix);
   if (reader.member("byteorder")) {
     const std::string order = reader.read("byteorder", 64);
     if (order != "little") {
@@ -290,11 +313,30 @@ PtLayout read_pt_layout(const FileBytes& file, const std::string& select) {
     throw FormatError(
         "no data.pkl record: not a torch.save file (a TorchScript archive from torch.jit.save?)");
   }
-  const std::string pickle = reader.read("data.pkl", kMaxPickleBytes);
+  a.pickle = reader.read("data.pkl", kMaxPickleBytes);
+  return a;
+}
+
+/// The archive in `window`, its directory checked and data.pkl unpickled: the root object,
+/// tensors described (`tensors`) or plain data only.
+PickleValuePtr unpickle_archive(const FileBytes& file, ByteWindow window, bool tensors) {
+  const Archive a = open_archive(file, window);
   // The parsed state may take a small multiple of the file's bytes (io/read_budget.h).
   PickleLimits limits;
-  limits.max_state_bytes = parse_budget(size);
-  const PickleValuePtr root = unpickle(pickle, reader.hooks(), limits);
+  limits.max_state_bytes = parse_budget(window.length);
+  if (!tensors) return unpickle(a.pickle, data_pickle_hooks(), limits);
+  LayoutReader reader(file, window.base, a.members, a.prefix);
+  return unpickle(a.pickle, reader.hooks(), limits);
+}
+
+}  // namespace
+
+PtLayout read_pt_layout(const FileBytes& file, const std::string& select) {
+  return read_pt_layout(file, select, ByteWindow{0, file.size()});
+}
+
+PtLayout read_pt_layout(const FileBytes& file, const std::string& select, ByteWindow window) {
+  const PickleValuePtr root = unpickle_archive(file, window, /*tensors=*/true);
   PtLayout out;
   if (select.empty()) {
     for (const auto& [key, value] : flat_state_dict(root)) out.tensors.push_back(named(key, value));
@@ -306,6 +348,89 @@ PtLayout read_pt_layout(const FileBytes& file, const std::string& select) {
   out.skipped = std::move(selection.skipped);
   out.other_tensors = std::move(selection.other_tensors);
   return out;
+}
+
+PtTensor read_pt_tensor_archive(const FileBytes& file, ByteWindow window) {
+  const PickleValuePtr root = unpickle_archive(file, window, /*tensors=*/true);
+  if (root->kind != Kind::kObject || root->type_name != kPickleTensorType) {
+    throw FormatError("the archive holds a " + root->describe() + ", not one tensor");
+  }
+  return named("", root);
+}
+
+PickleValuePtr read_pt_object_archive(const FileBytes& file, ByteWindow window) {
+  return unpickle_archive(file, window, /*tensors=*/false);
+}
+
+std::string read_pt_archive_pickle(const FileBytes& file, ByteWindow window) {
+  return open_archive(file, window).pickle;
+}
+
+void read_pt_box(const FileBytes& file, const PtTensor& t, const Shape& offset, const Shape& shape,
+                 void* dst) {
+  if (numel(shape) == 0) return;
+  const int64_t elsize = dtype_size(t.dtype);
+  int64_t first = t.storage_offset;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (offset.size() != shape.size() || shape.size() != t.shape.size() || offset[d] < 0 ||
+        shape[d] < 0 || offset[d] > t.shape[d] - shape[d]) {
+      throw UsageError("box at " + shape_str(offset) + " of shape " + shape_str(shape) +
+                       " does not lie inside the tensor of shape " + shape_str(t.shape));
+    }
+    first += offset[d] * t.stride[d];
+  }
+  // Inside the storage: the layout checked the view's last element. A contiguous view's box is
+  // gathered like any other (its runs are rows of the box).
+  const ViewCover cover(shape, t.stride);
+  std::vector<char> buffer(static_cast<size_t>(cover.span() * elsize));
+  const uint64_t pos = t.record_pos + static_cast<uint64_t>(first * elsize);
+  file.read_at(pos, buffer.size(), buffer.data());
+  if (t.dtype == DType::kBool) {
+    check_bool_view(reinterpret_cast<const unsigned char*>(buffer.data()), shape, t.stride, pos);
+  }
+  gather_view(buffer.data(), shape, t.stride, elsize, static_cast<char*>(dst));
+}
+
+uint64_t pt_stored_bytes(const PtTensor& t) {
+  return static_cast<uint64_t>(ViewCover(t.shape, t.stride).span()) *
+         static_cast<uint64_t>(dtype_size(t.dtype));
+}
+
+void verify_pt_tensor(const FileBytes& file, const PtTensor& t) {
+  if (t.nbytes() == 0) return;
+  const ViewCover cover(t.shape, t.stride);
+  const uint64_t span = pt_stored_bytes(t);
+  if (t.dtype != DType::kBool) {
+    char last;  // the bytes lie inside the file (it may have shrunk since it was opened)
+    file.read_at(t.data_pos() + span - 1, 1, &last);
+    return;
+  }
+  // Exactly the stored bytes the view covers (a view may skip some, and a stride-0 expansion
+  // covers few), through a bounded window over its span.
+  check_view_cover(cover, t.shape);
+  std::vector<unsigned char> window(std::min<uint64_t>(span, kReadWindowBytes));
+  uint64_t lo = 0, hi = 0;  // the span's bytes [lo, hi) are in the window
+  cover.for_each_run([&](int64_t first, int64_t count) {
+    auto at = static_cast<uint64_t>(first);
+    const uint64_t end = at + static_cast<uint64_t>(count);
+    while (at < end) {
+      if (at < lo || at >= hi) {
+        lo = at;
+        hi = std::min<uint64_t>(span, lo + window.size());
+        file.read_at(t.data_pos() + lo, hi - lo, window.data());
+      }
+      const uint64_t stop = std::min(end, hi);
+      for (uint64_t k = at; k < stop; ++k) {
+        if (window[k - lo] > 1) {
+          throw FormatError("bool element " + std::to_string(k) +
+                            " of the stored bytes the view covers (byte " +
+                            std::to_string(t.data_pos() + k) + " of the file) holds byte value " +
+                            std::to_string(window[k - lo]) + " (a bool is 0 or 1)");
+        }
+      }
+      at = stop;
+    }
+  });
 }
 
 }  // namespace shardload

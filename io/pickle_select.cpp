@@ -1,4 +1,4 @@
-#include "io/pt/pickle_select.h"
+#include "io/pickle_select.h"
 
 #include <charconv>
 #include <cmath>

@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include "io/pt/pickle.h"
+#include "io/pickle.h"
 
 namespace shardload {
 

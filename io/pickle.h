@@ -142,6 +142,27 @@ class PickleWriter {
   void persistent_id();
   /// SETITEMS: key/value pairs since the last MARK into the dict below the MARK.
   void set_items();
+  /// NONE.
+  void none();
+  /// BINFLOAT: the double's 8 bytes as they are (NaN payloads and -0.0 kept).
+  void floating(double value);
+  /// SHORT_BINBYTES / BINBYTES (protocol 3 opcodes, which every Python 3 unpickler reads).
+  void bytes(std::string_view data);
+  /// EMPTY_LIST.
+  void empty_list();
+  /// APPEND: the top of the stack onto the list below it.
+  void append();
+  /// APPENDS: the items since the last MARK onto the list below the MARK.
+  void appends();
+  /// EMPTY_DICT.
+  void empty_dict();
+  /// SETITEM: the key and value on top of the stack into the dict below them.
+  void set_item();
+  /// NEWOBJ: `cls.__new__(cls, *args)` for the class below the argument tuple.
+  void newobj();
+  /// BUILD: the top of the stack is the state (`__setstate__` or `__dict__` update) of the
+  /// object below it.
+  void build();
   /// Ends the pickle (STOP) and returns its bytes; the writer is empty afterwards.
   std::string finish();
 

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "core/dtype.h"
-#include "io/pt/pickle.h"
+#include "io/pickle.h"
 
 namespace shardload {
 
@@ -32,7 +32,7 @@ PickleValuePtr call_data_global(const PickleValue& callable,
 bool build_data_value(PickleValue& object, const PickleValuePtr& state);
 
 /// The globals a torch.save pickle may load, for both of its readers (io/pt/torch_file.cpp builds
-/// tensors, io/pt/pt_layout.cpp only describes them): the tensor rebuilders of torch._utils, the
+/// tensors, io/pt_layout.cpp only describes them): the tensor rebuilders of torch._utils, the
 /// typed storage classes (torch.FloatStorage, ...) and the data globals above. Nothing that can
 /// run code.
 bool is_checkpoint_global(const std::string& module, const std::string& name);
@@ -42,6 +42,9 @@ bool is_checkpoint_global(const std::string& module, const std::string& name);
 PickleHooks checkpoint_pickle_hooks(decltype(PickleHooks::persistent_load) persistent_load,
                                     decltype(PickleHooks::call) call);
 
+/// The hooks of a pickle that may hold plain data only (is_data_global; no persistent ids):
+/// a DCP bytes item, a torch.save of a step or a learning rate.
+PickleHooks data_pickle_hooks();
 /// The int `v`; FormatError naming `what` for anything else.
 int64_t pickle_int(const PickleValuePtr& v, const char* what);
 /// A tuple or list of at most kMaxDims non-negative ints (a size or a stride).

@@ -1,4 +1,4 @@
-#include "io/pt/view_cover.h"
+#include "io/view_cover.h"
 
 #include <algorithm>
 #include <cstring>

@@ -1,4 +1,4 @@
-#include "io/pt/zip_directory.h"
+#include "io/zip_directory.h"
 
 #include <algorithm>
 #include <cctype>

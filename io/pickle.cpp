@@ -1,6 +1,7 @@
-#include "io/pt/pickle.h"
+#include "io/pickle.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <limits>
 
@@ -628,6 +629,37 @@ void PickleWriter::empty_tuple() { op(kEmptyTuple); }
 void PickleWriter::reduce() { op(kReduce); }
 void PickleWriter::persistent_id() { op(kBinPersId); }
 void PickleWriter::set_items() { op(kSetItems); }
+void PickleWriter::none() { op(kNone); }
+
+void PickleWriter::floating(double value) {
+  // BINFLOAT is big-endian.
+  const auto bits = std::bit_cast<uint64_t>(value);
+  op(kBinFloat);
+  for (int i = 7; i >= 0; --i) out_.push_back(static_cast<char>(bits >> (8 * i)));
+}
+
+void PickleWriter::bytes(std::string_view data) {
+  if (data.size() > std::numeric_limits<uint32_t>::max()) {
+    throw UsageError("pickle: bytes of " + std::to_string(data.size()) + " bytes are too long");
+  }
+  if (data.size() < 256) {
+    op(kShortBinBytes);
+    out_.push_back(static_cast<char>(data.size()));
+  } else {
+    op(kBinBytes);
+    const auto n = static_cast<uint32_t>(data.size());
+    for (int i = 0; i < 4; ++i) out_.push_back(static_cast<char>(n >> (8 * i)));
+  }
+  out_ += data;
+}
+
+void PickleWriter::empty_list() { op(kEmptyList); }
+void PickleWriter::append() { op(kAppend); }
+void PickleWriter::appends() { op(kAppends); }
+void PickleWriter::empty_dict() { op(kEmptyDict); }
+void PickleWriter::set_item() { op(kSetItem); }
+void PickleWriter::newobj() { op(kNewObj); }
+void PickleWriter::build() { op(kBuild); }
 
 std::string PickleWriter::finish() {
   op(kStop);

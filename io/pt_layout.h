@@ -11,6 +11,7 @@
 #include "core/dtype.h"
 #include "core/shape.h"
 #include "io/file_bytes.h"
+#include "io/pickle.h"
 
 namespace shardload {
 
@@ -57,5 +58,41 @@ struct PtLayout {
 /// FormatError naming the key where one is involved (the caller adds the file's name), and
 /// UsageError when `select` names nothing in the file.
 PtLayout read_pt_layout(const FileBytes& file, const std::string& select);
+
+/// A byte range of a file that holds one whole torch.save archive (a DCP item).
+struct ByteWindow {
+  uint64_t base = 0;    ///< file position of the archive's first byte
+  uint64_t length = 0;  ///< its bytes
+};
+
+/// read_pt_layout of the archive that fills `window` of `file`: the zip's offsets count from
+/// the window's start, the tensors' positions are file positions. FormatError when the window
+/// does not lie inside the file.
+PtLayout read_pt_layout(const FileBytes& file, const std::string& select, ByteWindow window);
+
+/// The one tensor that the archive in `window` holds as its root object (torch.save(tensor):
+/// each tensor item of a DCP checkpoint), checked as read_pt_layout checks views; its key is
+/// empty. FormatError when the root is anything else.
+PtTensor read_pt_tensor_archive(const FileBytes& file, ByteWindow window);
+
+/// The root object of the archive in `window` when it holds plain data only (torch.save(obj):
+/// each non-tensor item of a DCP checkpoint), unpickled with data_pickle_hooks(): FormatError
+/// for a tensor or any global beyond plain data.
+PickleValuePtr read_pt_object_archive(const FileBytes& file, ByteWindow window);
+
+/// The data.pkl of the archive in `window`, its zip directory checked as read_pt_layout checks
+/// it, not unpickled.
+std::string read_pt_archive_pickle(const FileBytes& file, ByteWindow window);
+
+/// Reads the box (offset, shape) of the view `t` of `file` into `dst` (C order): the part of
+/// the storage the box spans is read once, the bool bytes it covers checked, its elements
+/// gathered. UsageError for a box outside the tensor.
+void read_pt_box(const FileBytes& file, const PtTensor& t, const Shape& offset, const Shape& shape,
+                 void* dst);
+/// The bytes of the storage the view spans, first element to last (a stride-0 expansion: few).
+uint64_t pt_stored_bytes(const PtTensor& t);
+/// Reads the view's stored bytes through bounded memory: bool values checked (exactly the
+/// bytes it covers), anything else only found inside the file. FormatError naming the byte.
+void verify_pt_tensor(const FileBytes& file, const PtTensor& t);
 
 }  // namespace shardload
