@@ -10,7 +10,9 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "core/value.h"
 #include "core/wire.h"
+#include "io/dcp/dcp_metadata.h"
 #include "io/dcp/dcp_reader.h"
 #include "io/file_bytes.h"
 #include "io/file_system.h"
@@ -40,6 +42,36 @@ bool is_regular_file(const std::string& path) {
 bool is_directory(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/// The tensors and bytes items of `md` under `select` (flat keys starting "select."), renamed
+/// without it; their files stay numbered as they were. UsageError when nothing is under it.
+std::shared_ptr<const DcpMetadata> select_dcp_keys(std::shared_ptr<DcpMetadata> md,
+                                                   const std::string& select,
+                                                   const std::string& path) {
+  const std::string prefix = select + ".";
+  auto strip = [&](std::string& key) {
+    if (!key.starts_with(prefix)) return false;
+    key = key.substr(prefix.size());
+    return true;
+  };
+  std::vector<DcpTensor> tensors;
+  for (auto& t : md->tensors) {
+    if (strip(t.fqn)) tensors.push_back(std::move(t));
+  }
+  std::vector<DcpBytesItem> items;
+  for (auto& b : md->bytes_items) {
+    if (strip(b.fqn)) items.push_back(std::move(b));
+  }
+  if (tensors.empty() && items.empty()) {
+    throw UsageError(path + ": --select " + quote_text(select) +
+                     " names no sub-dictionary of the checkpoint (no key starts with " +
+                     quote_text(prefix) + ")");
+  }
+  md->tensors = std::move(tensors);
+  md->bytes_items = std::move(items);
+  md->planner_data.clear();  // the values were read (and nested) before the selection
+  return md;
 }
 
 }  // namespace
@@ -141,7 +173,19 @@ CheckpointSource find_checkpoint_source(const std::string& path, const std::stri
     s.manifest = read_manifest(path);  // throws naming the path when it is no checkpoint
     s.description = "shardload checkpoint";
   }
-  if (!select.empty() && select != "." && s.format != SourceFormat::kTorch) {
+  if (!select.empty() && select != "." && s.format == SourceFormat::kDcp) {
+    // A sub-dictionary of the saved state ({"model": ..., "optim": ...}): its keys, without
+    // the prefix.
+    auto md = std::make_shared<DcpMetadata>(*s.dcp);
+    s.dcp = select_dcp_keys(std::move(md), select, path);
+    ValueList kept;
+    const std::string prefix = select + ".";
+    for (auto& [key, value] : s.manifest.values) {
+      if (key.starts_with(prefix)) kept.emplace_back(key.substr(prefix.size()), std::move(value));
+    }
+    s.manifest.values = std::move(kept);
+    s.description += ", its " + quote_text(select);
+  } else if (!select.empty() && select != "." && s.format != SourceFormat::kTorch) {
     throw UsageError(path + ": --select " + quote_text(select) +
                      " picks a sub-dictionary of a .pt checkpoint; this is a " + s.description);
   }

@@ -13,10 +13,11 @@
 
 #include "core/chunk_record.h"
 #include "io/chunk_reader.h"
-#include "io/dcp/dcp_metadata.h"
 #include "io/h5/manifest.h"
 
 namespace shardload {
+
+struct DcpMetadata;  // io/dcp/dcp_metadata.h
 
 /// The formats a checkpoint's files may have.
 enum class SourceFormat : uint8_t {
@@ -66,8 +67,10 @@ struct CheckpointSource {
 /// Finds what `path` is and reads its listing: manifest.h5 (which wins when a directory holds
 /// both), else a DCP .metadata (io/dcp/dcp_metadata.h; its non-tensor items are read as
 /// values), else model.safetensors.index.json (bounded, hf_index.h), else model.safetensors; a
-/// file by its extension (.safetensors; is_torch_save_path). `select` is only for a torch.save
-/// file (UsageError otherwise, "." excepted). Nothing else is opened. Not collective. Throws
+/// file by its extension (.safetensors; is_torch_save_path). `select` picks a sub-dictionary of
+/// a torch.save file, or of a DCP checkpoint (its keys under "select.", without the prefix:
+/// "model" of a {"model": ..., "optim": ...} save); for other formats it is a UsageError ("."
+/// excepted). Nothing else is opened. Not collective. Throws
 /// FormatError naming the path when it is none of these or its listing is invalid.
 CheckpointSource find_checkpoint_source(const std::string& path, const std::string& select = "");
 

@@ -29,7 +29,7 @@ namespace {
 struct ConvertArgs {
   std::string src;
   std::string dst;
-  int shards = 1;
+  int shards = 0;  ///< 0: not given (one file; under mpirun, one per rank)
   bool overwrite = false;
   bool quiet = false;
   int64_t step = -1;
@@ -301,7 +301,38 @@ Runner add_convert(CLI::App& app) {
                   "joined by '.' (model, state_dict, optimizer.state; '.' for the top level); "
                   "scalar leaves (epoch, lr, ...) go to the destination's metadata");
   return [args]() -> int {
-    if (args->select.empty() && !is_tensor_file(args->src) && !is_tensor_file(args->dst)) {
+    // Directory to directory: collective, unless one process is to write --shards N files of
+    // whole tensors (the one-process conversion, as before).
+    int under_mpirun = 0;  // tools/main.cpp starts MPI for every command under mpirun
+    MPI_Initialized(&under_mpirun);
+    if (args->shards > 0 && args->format == "dcp") {
+      throw UsageError("--shards is for a shardload destination (DCP: one file per rank)");
+    }
+    const bool single_with_shards = args->shards > 0 && !under_mpirun;
+    if (args->select.empty() && !is_tensor_file(args->src) && !is_tensor_file(args->dst) &&
+        !single_with_shards) {
+      if (args->shards > 0) {
+        throw UsageError(
+            "--shards is for a conversion by one process; under mpirun each rank "
+            "writes one file");
+      }
+      // Collective; a plain `shardload convert` (no mpirun) starts MPI as a singleton here,
+      // and only here: conversions to or from a file need none.
+      struct Singleton {
+        bool started = false;
+        Singleton() {
+          int initialized = 0;
+          MPI_Initialized(&initialized);
+          if (!initialized) {
+            int provided = 0;
+            MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
+            started = true;
+          }
+        }
+        ~Singleton() {
+          if (started) MPI_Finalize();
+        }
+      } singleton;
       return convert_collective(*args);
     }
     if (args->format == "dcp") {
@@ -341,7 +372,8 @@ Runner add_convert(CLI::App& app) {
       write_tensor_file(args->dst, tensors, metadata);
     } else {
       std::string dst = args->step >= 0 ? prepare_run_dir(args->dst, args->step) : args->dst;
-      print_notes(write_checkpoint(dst, tensors, args->shards, args->overwrite, metadata));
+      print_notes(
+          write_checkpoint(dst, tensors, std::max(args->shards, 1), args->overwrite, metadata));
       if (args->step >= 0) print_notes(publish_step(args->dst, args->step, args->keep_last));
     }
     if (!args->quiet) progress.finish(bytes);

@@ -10,7 +10,7 @@ and writes its crafted files under `workdir`. A Case says which commands meet th
 
 - "inspect", "verify": `shardload inspect|verify PATH` (PATH a checkpoint directory);
 - "load": `shardload load PATH --into good.ref --out OUT` in one process (a singleton) and under
-  `mpirun -np 2`;
+  `mpirun -np 2` (under mpirun for every third such case unless --full);
 - "load_into": `shardload load good.ckpt --into PATH --out OUT`, the same two ways (under mpirun
   only for every fourth such case unless --full: every rank reads the model file with the same
   code as the singleton, and the mpirun runs were a third of this test's time);
@@ -144,7 +144,10 @@ def commands(case, good, out, index=0):
             # One process as a singleton (no launcher: the one-process path is the same, and
             # mpirun's start and teardown cost more than the load), two under mpirun.
             yield f"{op}@np1", [BIN, "load", ckpt, "--into", ref, "--out", out]
-            if op == "load_into" and not FULL and index % 4:
+            # Under mpirun too: every fourth load_into case and every third load case (the
+            # rank that meets the bad file and the error reaching the other rank are the same
+            # code for every case); --full: all of them.
+            if not FULL and index % (4 if op == "load_into" else 3):
                 continue
             yield f"{op}@np2", [MPIRUN, "-np", "2", "--oversubscribe", BIN, "load", ckpt,
                                 "--into", ref, "--out", out]
@@ -223,7 +226,8 @@ def main():
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("SHARDLOAD_HOSTILE_JOBS", "2")),
                     help="cases checked at once (default 2: the test's PROCESSORS)")
     ap.add_argument("--full", action="store_true",
-                    help="every load_into case under mpirun -np 2 as well, not every fourth")
+                    help="every load and load_into case under mpirun -np 2 as well, not every "
+                         "third and fourth")
     args = ap.parse_args()
     global MEASURE, FULL
     MEASURE, FULL = args.measure, args.full
