@@ -366,8 +366,60 @@ std::string read_pt_archive_pickle(const FileBytes& file, ByteWindow window) {
   return open_archive(file, window).pickle;
 }
 
+namespace {
+
+/// A contiguous view's bytes as a byte range of the file: what checks them (bool values).
+ChunkBytes view_bytes(const FileBytes& file, const PtTensor& t) {
+  ChunkBytes c;
+  c.file = &file;
+  c.pos = t.data_pos();
+  c.nbytes = t.nbytes();
+  c.elem_size = dtype_size(t.dtype);
+  c.is_bool = t.dtype == DType::kBool;
+  c.name = "tensor data at byte " + std::to_string(c.pos);
+  return c;
+}
+
+}  // namespace
+
+void read_pt_views(const FileBytes& file, std::span<const ChunkRecord* const> rows,
+                   const std::function<const PtTensor&(const ChunkRecord&)>& view, void* dst) {
+  char* out = static_cast<char*>(dst);
+  size_t i = 0;
+  while (i < rows.size()) {
+    // A run of contiguous views: byte ranges, read together where they lie side by side.
+    size_t j = i;
+    std::vector<uint64_t> pos;
+    while (j < rows.size() && view(*rows[j]).contiguous())
+      pos.push_back(view(*rows[j++]).data_pos());
+    const auto run = rows.subspan(i, j - i);
+    read_byte_ranges(file, run, pos, out, [&](size_t k, char* bytes) {
+      try {
+        finish_in_place(view_bytes(file, view(*run[k])), bytes, /*verify=*/false);  // bools
+      } catch (...) {
+        rethrow_with_context("reading key " + quote_text(run[k]->key) + ": ");
+      }
+    });
+    for (const ChunkRecord* row : run) out += row->nbytes;
+    if (j < rows.size()) {  // a view that is not: gathered
+      const PtTensor& t = view(*rows[j]);
+      try {
+        read_pt_box(file, t, Shape(t.shape.size(), 0), t.shape, out);
+      } catch (...) {
+        rethrow_with_context("reading key " + quote_text(rows[j]->key) + ": ");
+      }
+      out += rows[j++]->nbytes;
+    }
+    i = j;
+  }
+}
+
 void read_pt_box(const FileBytes& file, const PtTensor& t, const Shape& offset, const Shape& shape,
                  void* dst) {
+  if (t.contiguous() && offset.size() == t.shape.size()) {
+    read_box(view_bytes(file, t), t.shape, offset, shape, dst, /*verify=*/false);
+    return;
+  }
   if (numel(shape) == 0) return;
   const int64_t elsize = dtype_size(t.dtype);
   int64_t first = t.storage_offset;

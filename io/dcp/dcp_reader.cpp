@@ -153,17 +153,6 @@ struct DcpReader::Impl {
     throw FormatError("the safetensors blob at byte " + std::to_string(at) + " has no entry " +
                       quote_text(item.tensor->fqn));
   }
-
-  ChunkBytes chunk_bytes(const ChunkRecord& row, const PtTensor& t) const {
-    ChunkBytes c;
-    c.file = &bytes;
-    c.pos = t.data_pos();
-    c.nbytes = row.nbytes;
-    c.elem_size = dtype_size(row.dtype);
-    c.is_bool = row.dtype == DType::kBool;
-    c.name = "tensor data at byte " + std::to_string(c.pos);
-    return c;
-  }
 };
 
 DcpReader::DcpReader(const std::string& path, std::shared_ptr<const DcpMetadata> metadata,
@@ -234,13 +223,7 @@ void DcpReader::prepare(const ChunkRecord& row) const {
 void DcpReader::read(const ChunkRecord& row, const Shape& offset_in_chunk, const Shape& shape,
                      void* dst, bool /*verify*/) const {
   try {
-    const PtTensor& t = impl_->view(row);
-    if (t.contiguous()) {
-      read_box(impl_->chunk_bytes(row, t), row.shape, offset_in_chunk, shape, dst,
-               /*verify=*/false);
-    } else {
-      read_pt_box(impl_->bytes, t, offset_in_chunk, shape, dst);
-    }
+    read_pt_box(impl_->bytes, impl_->view(row), offset_in_chunk, shape, dst);
   } catch (...) {
     rethrow_with_context("In " + path_ + ": reading key " + quote_text(row.key) + " chunk at " +
                          shape_str(row.offset) + ": ");
@@ -252,41 +235,16 @@ void DcpReader::read_chunk(const ChunkRecord& row, void* dst, bool verify) const
 }
 
 void DcpReader::read_chunks(std::span<const ChunkRecord* const> rows, void* dst,
-                            bool verify) const {
-  // Contiguous chunks are byte ranges, read together where they lie close (DCP packs items back
-  // to back, each ~1.5 KiB of zip around its data); views one by one.
-  char* out = static_cast<char*>(dst);
-  size_t i = 0;
-  while (i < rows.size()) {
-    size_t j = i;
-    std::vector<uint64_t> pos;
-    while (j < rows.size()) {
-      prepare(*rows[j]);
-      const PtTensor& t = impl_->view(*rows[j]);
-      if (!t.contiguous()) break;
-      pos.push_back(t.data_pos());
-      ++j;
-    }
-    const auto run = rows.subspan(i, j - i);
-    try {
-      read_byte_ranges(impl_->bytes, run, pos, out, [&](size_t k, char* bytes) {
-        try {
-          finish_in_place(impl_->chunk_bytes(*run[k], impl_->view(*run[k])), bytes,
-                          /*verify=*/false);  // bool values
-        } catch (...) {
-          rethrow_with_context("reading key " + quote_text(run[k]->key) + ": ");
-        }
-      });
-    } catch (...) {
-      rethrow_with_context("In " + path_ + ": ");
-    }
-    for (const ChunkRecord* row : run) out += row->nbytes;
-    if (j < rows.size()) {
-      read_chunk(*rows[j], out, verify);
-      out += rows[j]->nbytes;
-      ++j;
-    }
-    i = j;
+                            bool /*verify*/) const {
+  // Items lie back to back, each ~1.5 KiB of zip around its data: one read per chunk but where
+  // the safetensors serialization packs them.
+  for (const ChunkRecord* row : rows) prepare(*row);
+  try {
+    read_pt_views(
+        impl_->bytes, rows,
+        [this](const ChunkRecord& row) -> const PtTensor& { return impl_->view(row); }, dst);
+  } catch (...) {
+    rethrow_with_context("In " + path_ + ": ");
   }
 }
 

@@ -58,17 +58,6 @@ struct PtReader::Impl {
     }
     return t;
   }
-
-  ChunkBytes chunk_bytes(const ChunkRecord& row) const {
-    ChunkBytes c;
-    c.file = &bytes;
-    c.pos = row.data_offset;
-    c.nbytes = row.nbytes;
-    c.elem_size = dtype_size(row.dtype);
-    c.is_bool = row.dtype == DType::kBool;
-    c.name = "tensor data at byte " + std::to_string(row.data_offset);
-    return c;
-  }
 };
 
 PtReader::PtReader(const std::string& path, const std::string& select)
@@ -136,12 +125,7 @@ void PtReader::prepare(const ChunkRecord& row) const {
 void PtReader::read(const ChunkRecord& row, const Shape& offset_in_chunk, const Shape& shape,
                     void* dst, bool /*verify*/) const {
   try {
-    const PtTensor& t = impl_->tensor(row);
-    if (t.contiguous()) {
-      read_box(impl_->chunk_bytes(row), row.shape, offset_in_chunk, shape, dst, /*verify=*/false);
-    } else {
-      read_pt_box(impl_->bytes, t, offset_in_chunk, shape, dst);
-    }
+    read_pt_box(impl_->bytes, impl_->tensor(row), offset_in_chunk, shape, dst);
   } catch (...) {
     rethrow_with_context("In " + path_ + ": reading key " + quote_text(row.key) + ": ");
   }
@@ -151,38 +135,15 @@ void PtReader::read_chunk(const ChunkRecord& row, void* dst, bool verify) const 
   read(row, Shape(row.shape.size(), 0), row.shape, dst, verify);
 }
 
-void PtReader::read_chunks(std::span<const ChunkRecord* const> rows, void* dst, bool verify) const {
-  // Runs of contiguous tensors are byte ranges, read together; views one by one.
-  char* out = static_cast<char*>(dst);
-  size_t i = 0;
-  while (i < rows.size()) {
-    size_t j = i;
-    while (j < rows.size()) {
-      prepare(*rows[j]);
-      if (!impl_->tensor(*rows[j]).contiguous()) break;
-      ++j;
-    }
-    const auto run = rows.subspan(i, j - i);
-    try {
-      std::vector<uint64_t> pos(run.size());
-      for (size_t k = 0; k < run.size(); ++k) pos[k] = run[k]->data_offset;
-      read_byte_ranges(impl_->bytes, run, pos, out, [&](size_t k, char* bytes) {
-        try {
-          finish_in_place(impl_->chunk_bytes(*run[k]), bytes, /*verify=*/false);  // bool values
-        } catch (...) {
-          rethrow_with_context("reading key " + quote_text(run[k]->key) + ": ");
-        }
-      });
-    } catch (...) {
-      rethrow_with_context("In " + path_ + ": ");
-    }
-    for (const ChunkRecord* row : run) out += row->nbytes;
-    if (j < rows.size()) {
-      read_chunk(*rows[j], out, verify);
-      out += rows[j]->nbytes;
-      ++j;
-    }
-    i = j;
+void PtReader::read_chunks(std::span<const ChunkRecord* const> rows, void* dst,
+                           bool /*verify*/) const {
+  for (const ChunkRecord* row : rows) prepare(*row);
+  try {
+    read_pt_views(
+        impl_->bytes, rows,
+        [this](const ChunkRecord& row) -> const PtTensor& { return impl_->tensor(row); }, dst);
+  } catch (...) {
+    rethrow_with_context("In " + path_ + ": ");
   }
 }
 
