@@ -13,6 +13,7 @@
 #include "io/pickle.h"
 #include "io/pickle_data.h"
 #include "io/pt_layout.h"
+#include "io/pt_views.h"
 #include "io/read_budget.h"
 #include "io/safetensors_header.h"
 

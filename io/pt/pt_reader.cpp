@@ -10,6 +10,7 @@
 #include "io/file_bytes.h"
 #include "io/key_text.h"
 #include "io/pt_layout.h"
+#include "io/pt_views.h"
 
 namespace shardload {
 namespace {

@@ -15,6 +15,7 @@
 #include "io/file_bytes.h"
 #include "io/pickle.h"
 #include "io/pt_layout.h"
+#include "io/pt_views.h"
 #include "io/zip_directory.h"
 #include "io/zip_writer.h"
 #include "tests/unit/temp_dir.h"
