@@ -261,7 +261,9 @@ def main():
                 continue
             for case in cases:
                 load_case(work, os.path.join(out, case), os.path.join(out, f"{case}.expected.pt"),
-                          f"w{ranks}.{case}", ranks_list=(2,) if ranks == 2 else (3,))
+                          f"w{ranks}.{case}",
+                          ranks_list=(2,) if ranks == 2 else (3,) if case != "single_file_off"
+                          else (1,))
 
         # --select: the model of a {"model": ..., "optim": ...} save, strict, keys without the
         # prefix; a prefix that selects nothing is a usage error.
