@@ -334,15 +334,6 @@ DcpMetadata parse_dcp_metadata(std::string_view bytes, const std::string& name) 
       return out;
     };
 
-    auto take_storage_again = [&](const StorageKey& key) {
-      const RawStorage& s = storages.at(key);
-      DcpStorage out;
-      out.file = file_number(s.path);
-      out.offset = s.offset;
-      out.length = s.length;
-      return out;
-    };
-
     const PickleValuePtr& sdm = need_field(*root, "state_dict_metadata", "Metadata");
     if (sdm->kind != Kind::kDict) bad("state_dict_metadata is a " + sdm->describe());
     std::unordered_set<std::string> keys;
@@ -391,6 +382,7 @@ DcpMetadata parse_dcp_metadata(std::string_view bytes, const std::string& name) 
         bad(what + ": chunks are a " + chunks->describe());
       }
       int64_t covered = 0;  // elements of all chunks: with no overlap (validate_index), coverage
+      std::optional<DcpStorage> first_storage;  // an empty tensor's one chunk points there
       for (const auto& c : chunks->items) {
         if (!is_object(c, "ChunkStorageMetadata")) bad(what + ": a chunk is a " + c->describe());
         DcpChunk chunk;
@@ -410,6 +402,7 @@ DcpMetadata parse_dcp_metadata(std::string_view bytes, const std::string& name) 
           empty = empty || chunk.sizes[d] == 0;
         }
         chunk.storage = take_storage({fqn, chunk.offsets}, cw);
+        if (!first_storage) first_storage = chunk.storage;
         if (!empty) {
           if (__builtin_add_overflow(covered, shardload::numel(chunk.sizes), &covered)) {
             bad(what + ": its chunks hold more elements than 64 bits count");
@@ -424,9 +417,7 @@ DcpMetadata parse_dcp_metadata(std::string_view bytes, const std::string& name) 
         DcpChunk chunk;
         chunk.offsets = Shape(t.size.size(), 0);
         chunk.sizes = t.size;
-        const auto& first = chunks->items.front();
-        chunk.storage = take_storage_again(
-            {fqn, dims_of(need_field(*first, "offsets", what), what + ": chunk offsets")});
+        chunk.storage = *first_storage;
         t.chunks.push_back(std::move(chunk));
       }
       if (covered != numel) {
@@ -517,7 +508,6 @@ void put_storage(WireWriter& w, const DcpStorage& s) {
   w.u64(static_cast<uint64_t>(s.file));
   w.u64(s.offset);
   w.u64(s.length);
-  w.u8(static_cast<uint8_t>(s.encoding));
 }
 
 DcpStorage get_storage(WireReader& r, size_t files) {
@@ -527,9 +517,6 @@ DcpStorage get_storage(WireReader& r, size_t files) {
   s.file = static_cast<int32_t>(file);
   s.offset = r.u64("offset");
   s.length = r.u64("length");
-  const uint8_t e = r.u8("encoding");
-  if (e > 1) r.fail("an encoding");
-  s.encoding = static_cast<DcpEncoding>(e);
   return s;
 }
 

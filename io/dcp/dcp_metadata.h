@@ -21,18 +21,14 @@ namespace shardload {
 inline constexpr const char* kDcpMetadataName = ".metadata";
 inline constexpr const char* kMegatronMetadataName = "metadata.json";
 
-/// How an item's bytes are stored.
-enum class DcpEncoding : uint8_t {
-  kTorchSave = 0,    ///< a whole torch.save archive at [offset, offset + length)
-  kSafetensors = 1,  ///< `SerializationFormat.SAFETENSORS`: a safetensors blob starts at offset
-};
-
 /// Where one item lies: `_StorageInfo`.
 struct DcpStorage {
   int32_t file = 0;     ///< index into DcpMetadata::files
   uint64_t offset = 0;  ///< byte position in the file
-  uint64_t length = 0;  ///< bytes of the item (kSafetensors: the chunk's raw bytes)
-  DcpEncoding encoding = DcpEncoding::kTorchSave;
+  /// Bytes of the item: a torch.save archive at `offset`; with DCP's safetensors
+  /// serialization, `offset` is where the file's safetensors blob starts and `length` the
+  /// chunk's raw bytes (the reader tells the two apart by the item's first bytes).
+  uint64_t length = 0;
 };
 
 /// One stored chunk of a tensor (`ChunkStorageMetadata` and its `_StorageInfo`).

@@ -63,8 +63,12 @@ struct DcpReader::Impl {
   std::map<ItemKey, size_t> item_of;  ///< (key, offsets) -> items index
   mutable std::mutex open_mutex;      ///< guards `opened` and `blobs`
   mutable std::vector<std::unique_ptr<const PtTensor>> opened;  ///< per item, once opened
-  mutable std::map<uint64_t, SafetensorsHeader> blobs;          ///< by the blob's position
-  mutable std::map<uint64_t, uint64_t> blob_data_pos;
+  /// A safetensors blob (DCP's safetensors serialization): its header, where its data starts.
+  struct Blob {
+    SafetensorsHeader header;
+    uint64_t data_pos = 0;
+  };
+  mutable std::map<uint64_t, Blob> blobs;  ///< by the blob's position
 
   size_t item_index(const ChunkRecord& row) const {
     auto it = item_of.find({row.key, row.offset});
@@ -130,10 +134,11 @@ struct DcpReader::Impl {
       std::string json(header, '\0');
       bytes.read_at(at + 8, header, json.data());
       const uint64_t data_pos = at + 8 + header;
-      it = blobs.emplace(at, parse_safetensors_header(json, bytes.size() - data_pos)).first;
-      blob_data_pos[at] = data_pos;
+      it =
+          blobs.emplace(at, Blob{parse_safetensors_header(json, bytes.size() - data_pos), data_pos})
+              .first;
     }
-    for (const SafetensorsEntry& e : it->second.entries) {
+    for (const SafetensorsEntry& e : it->second.header.entries) {
       if (e.key != item.tensor->fqn) continue;
       PtTensor t;
       t.dtype = e.dtype;
@@ -142,7 +147,7 @@ struct DcpReader::Impl {
       for (size_t d = e.shape.size(); d-- > 1;)
         t.stride[d - 1] = t.stride[d] * std::max<int64_t>(e.shape[d], 1);
       t.record = "safetensors blob at byte " + std::to_string(at);
-      t.record_pos = blob_data_pos[at] + e.begin;
+      t.record_pos = it->second.data_pos + e.begin;
       t.record_bytes = e.end - e.begin;
       if (t.record_bytes != item.chunk->storage.length) {
         throw FormatError("its safetensors entry has " + std::to_string(t.record_bytes) +
