@@ -31,7 +31,8 @@ install(TARGETS shardload_cli RUNTIME DESTINATION "${CMAKE_INSTALL_BINDIR}")
 set(SHARDLOAD_PUBLIC_HEADERS
   core/chunk_record.h core/dtype.h core/error.h core/shape.h core/value.h
   io/checkpoint_source.h io/chunk_reader.h io/h5/format.h io/h5/manifest.h io/tensor_file.h
-  loader/checkpoint_info.h loader/load.h loader/load_options.h loader/partition.h
+  loader/async_save.h loader/checkpoint_info.h loader/load.h loader/load_options.h
+  loader/partition.h
   loader/progress.h loader/save.h loader/shardload.h loader/training_state.h
   sharding/box.h sharding/index_check.h sharding/load_plan.h sharding/rank_groups.h
   sharding/save_plan.h)

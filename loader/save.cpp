@@ -14,10 +14,12 @@
 #include "io/commit/run_dir.h"
 #include "io/h5/manifest.h"
 #include "io/h5/shard_file.h"
+#include "loader/async_save.h"
 #include "loader/checkpoint_path.h"
 #include "loader/collective.h"
 #include "loader/declarations.h"
 #include "loader/tensor_bytes.h"
+#include "sharding/box.h"
 #include "sharding/resolve.h"
 #include "shardload/config.h"
 #include "transport/communicator.h"
@@ -66,8 +68,16 @@ void check_values_agree(const Communicator& comm, PhaseRunner& phases, const Val
 
 }  // namespace
 
-SaveResult save(const Partition& partition, const std::string& path, MPI_Comm mpi_comm,
+SaveResult save(const Partition& partition, const std::string& path, MPI_Comm comm,
                 const SaveOptions& options) {
+  wait_for_save_to(path);
+  SaveResult r = detail::save_now(partition, path, comm, options);
+  r.blocked_seconds = r.seconds;
+  return r;
+}
+
+SaveResult detail::save_now(const Partition& partition, const std::string& path, MPI_Comm mpi_comm,
+                            const SaveOptions& options) {
   auto start = std::chrono::steady_clock::now();
   Communicator comm(mpi_comm, options.timeout_seconds);
   PhaseRunner phases(comm, "shardload::save(" + path + ")");
@@ -161,10 +171,31 @@ SaveResult save(const Partition& partition, const std::string& path, MPI_Comm mp
       row.order = key_order.at(e.key);
       row.dtype = h.dtype;
       row.global_shape = h.global_shape;
-      row.offset = h.region.offset;
-      row.shape = h.region.shape;
-      writer.add(std::move(row), host.of(e.tensor));
-      ++chunks;
+      const at::Tensor& t = e.tensor;
+      if ((t.device().is_cpu() && t.is_contiguous()) ||
+          static_cast<int64_t>(t.nbytes()) <= options.staging_bytes) {
+        row.offset = h.region.offset;
+        row.shape = h.region.shape;
+        writer.add(std::move(row), host.of(t));
+        ++chunks;
+      } else {
+        // Copied to host memory in pieces of at most staging_bytes, each its own chunk.
+        for_each_budget_piece(full_box(h.region.shape), static_cast<int64_t>(t.element_size()),
+                              std::max<int64_t>(options.staging_bytes, 1), [&](const Box& piece) {
+                                at::Tensor part = t;
+                                for (size_t d = 0; d < piece.shape.size(); ++d) {
+                                  part = part.narrow(static_cast<int64_t>(d), piece.offset[d],
+                                                     piece.shape[d]);
+                                }
+                                ChunkRecord r = row;
+                                r.offset = h.region.offset;
+                                for (size_t d = 0; d < r.offset.size(); ++d)
+                                  r.offset[d] += piece.offset[d];
+                                r.shape = piece.shape;
+                                writer.add(std::move(r), host.of(part));
+                                ++chunks;
+                              });
+      }
       if (options.progress &&
           std::chrono::steady_clock::now() - last_report > std::chrono::milliseconds(200)) {
         last_report = std::chrono::steady_clock::now();

@@ -36,6 +36,17 @@ struct SaveOptions {
   /// With `step`: after the save, keep only the `keep_last` highest step-N checkpoints of ROOT
   /// (never the one `latest` names). 0: keep all.
   int keep_last = 0;
+  /// The most host memory a save copies one tensor through at a time: a tensor in device memory
+  /// or not contiguous is written in pieces (boxes of its rows) of at most this many bytes, so
+  /// that a save holds no second copy of a large tensor (docs/GUARANTEES.md, "Memory").
+  int64_t staging_bytes = 64ll << 20;
+  /// save_async: the most host memory this rank's snapshots may hold at once, in bytes (the
+  /// snapshot of a save in flight plus what is kept for the next). 0: half of the machine's
+  /// physical memory.
+  int64_t snapshot_limit_bytes = 0;
+  /// save_async: when a rank's snapshot does not fit snapshot_limit_bytes, save synchronously on
+  /// every rank (the handle is done on return) instead of throwing UsageError.
+  bool sync_fallback = false;
 };
 
 struct SaveResult {
@@ -48,6 +59,10 @@ struct SaveResult {
   /// What the save did besides writing (identical on every rank): a checkpoint that a killed
   /// save had left beside the path restored, dead saves' leftovers or old steps removed.
   std::vector<std::string> notes;
+  /// The save ran in the background (save_async, not its synchronous fallback).
+  bool asynchronous = false;
+  /// Seconds the caller was blocked on this rank: the whole save, or save_async()'s snapshot.
+  double blocked_seconds = 0;
 };
 
 /// Saves every rank's partition as one checkpoint directory at `path`: one shard file per rank,
@@ -59,7 +74,14 @@ struct SaveResult {
 /// exception on every rank, before anything is written, when the declarations are inconsistent
 /// (UsageError naming key and ranks) or the path may not be written (checked again at commit);
 /// on an I/O failure, throws on every rank and leaves any previous checkpoint at `path` untouched.
+/// An asynchronous save to the same path still in flight (save_async) is waited for first.
 SaveResult save(const Partition& partition, const std::string& path, MPI_Comm comm,
                 const SaveOptions& options = {});
+
+namespace detail {
+/// save() without waiting for a save in flight (the background thread's).
+SaveResult save_now(const Partition& partition, const std::string& path, MPI_Comm comm,
+                    const SaveOptions& options);
+}  // namespace detail
 
 }  // namespace shardload

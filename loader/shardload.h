@@ -5,6 +5,7 @@
 #include "core/error.h"              // IWYU pragma: export
 #include "core/value.h"              // IWYU pragma: export
 #include "io/tensor_file.h"          // IWYU pragma: export
+#include "loader/async_save.h"       // IWYU pragma: export
 #include "loader/checkpoint_info.h"  // IWYU pragma: export
 #include "loader/load.h"             // IWYU pragma: export
 #include "loader/partition.h"        // IWYU pragma: export

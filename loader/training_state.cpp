@@ -337,7 +337,8 @@ void TrainingState::add_scheduler(const std::string& prefix, optim::LRScheduler&
   schedulers_.emplace_back(prefix, &scheduler);
 }
 
-SaveResult TrainingState::save(const std::string& path, MPI_Comm comm, SaveOptions options) {
+Partition TrainingState::prepare_save(const std::string& path, MPI_Comm comm,
+                                      SaveOptions& options) const {
   // Building is this rank's; a failure (an unknown optimizer, a parameter without a name) is
   // every rank's error, never a rank left alone in the save.
   TrainingStateBuild b;
@@ -351,7 +352,17 @@ SaveResult TrainingState::save(const std::string& path, MPI_Comm comm, SaveOptio
     options.values.emplace_back(last_epoch_key(prefix),
                                 Value::of_int(sched->*SchedulerSteps::count()));
   }
-  return shardload::save(b.partition, path, comm, options);
+  return std::move(b.partition);
+}
+
+SaveResult TrainingState::save(const std::string& path, MPI_Comm comm, SaveOptions options) {
+  Partition partition = prepare_save(path, comm, options);
+  return shardload::save(partition, path, comm, options);
+}
+
+SaveHandle TrainingState::save_async(const std::string& path, MPI_Comm comm, SaveOptions options) {
+  Partition partition = prepare_save(path, comm, options);
+  return shardload::save_async(partition, path, comm, options);
 }
 
 LoadResult TrainingState::load(const std::string& path, MPI_Comm comm, LoadOptions options) {

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "core/value.h"
+#include "loader/async_save.h"
 #include "loader/load.h"
 #include "loader/partition.h"
 #include "loader/save.h"
@@ -66,12 +67,19 @@ class TrainingState {
 
   /// Collective save of everything added (SaveOptions::values gets the plain values).
   SaveResult save(const std::string& path, MPI_Comm comm, SaveOptions options = {});
+  /// The same in the background (shardload::save_async): returns once every tensor, optimizer
+  /// state included, is copied into host memory and every plain value (a step, a scheduler's
+  /// count) taken; training may go on at once.
+  SaveHandle save_async(const std::string& path, MPI_Comm comm, SaveOptions options = {});
   /// Collective load of everything added, in place; the verdict covers every key, tensors and
   /// values. Throws as load() does; after a failed verdict nothing has changed (a fresh
   /// optimizer's state created for the load is dropped again).
   LoadResult load(const std::string& path, MPI_Comm comm, LoadOptions options = {});
 
  private:
+  /// The partition of everything added, with the plain values put into `options` (collective).
+  Partition prepare_save(const std::string& path, MPI_Comm comm, SaveOptions& options) const;
+
   std::vector<ModuleEntry> modules_;
   std::vector<OptimizerEntry> optimizers_;
   std::vector<std::pair<std::string, Value*>> values_;

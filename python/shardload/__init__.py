@@ -41,6 +41,7 @@ from ._shardload import (  # noqa: F401  (re-exported)
     Partition,
     PhaseSeconds,
     Progress,
+    SaveHandle,
     SaveOptions,
     SaveResult,
     SizeMismatch,
@@ -53,7 +54,8 @@ from ._shardload import (  # noqa: F401  (re-exported)
 
 __version__ = _C.__version__
 __all__ = [
-    "save", "load", "IncompatibleKeys", "Partition", "SplitRule", "Progress", "LoadOptions",
+    "save", "save_async", "wait_for_saves", "release_snapshot_memory", "SaveHandle",
+    "load", "IncompatibleKeys", "Partition", "SplitRule", "Progress", "LoadOptions",
     "SaveOptions", "LoadResult", "SaveResult", "PhaseSeconds", "SizeMismatch", "Conversion",
     "Uncovered", "Error", "FormatError", "VerdictError", "UsageError", "CommError", "StallReport",
 ]
@@ -226,7 +228,7 @@ def _read_composites(p, handle, on_stall, stall):
 
 def save(module_or_state_dict, path, *, split=None, overwrite=False, metadata=None, comm=None,
          timeout=None, progress=None, on_stall=None, stall_report_seconds=None,
-         allow_pickle=False, **options):
+         allow_pickle=False, async_=False, **options):
     """Saves every rank's tensors as one checkpoint directory at ``path``. Collective: every rank
     of ``comm`` calls it with the same path and options.
 
@@ -244,6 +246,8 @@ def save(module_or_state_dict, path, *, split=None, overwrite=False, metadata=No
     longer than ``stall_report_seconds`` (None: min(30, timeout / 4); 0: never) for other ranks
     (which ranks and hosts, which phase); the same line goes to stderr either way. Other
     keywords set ``SaveOptions`` fields. Returns a ``SaveResult``.
+
+    ``async_=True``: ``save_async``; returns a ``SaveHandle`` instead.
     """
     handle = _comm_handle(comm)
     _start_mpi(timeout)
@@ -264,9 +268,46 @@ def save(module_or_state_dict, path, *, split=None, overwrite=False, metadata=No
 
     p = _prepare(module_or_state_dict, path, split, make_options, for_load=False)
     stall, error = _stall_seconds(stall_report_seconds, p.error)
+    if async_ and not _waits_registered[0]:
+        _atexit.register(_C.wait_for_saves)  # runs before MPI is finalised (registered later)
+        _waits_registered[0] = True
     return _C.save(p.source, p.path, p.rules, p.options or SaveOptions(), progress, handle, error,
                    on_stall, stall, p.flat.values if p.flat and not error else None,
-                   bool(allow_pickle))
+                   bool(allow_pickle), bool(async_))
+
+
+_waits_registered = [False]
+
+
+def save_async(module_or_state_dict, path, **kwargs):
+    """``save`` in the background: returns a ``SaveHandle`` as soon as every tensor of the state
+    (a training state's optimizer state included) is copied into host memory that the save owns,
+    and every plain value taken; training may change the tensors at once. Writing, fsyncs, the
+    commit and ``latest`` run on a background thread with ``save``'s guarantees (the previous
+    checkpoint survives a crash at any moment; a failure leaves nothing). Collective, with
+    ``save``'s arguments (not ``progress``) and these ``SaveOptions`` fields:
+    ``snapshot_limit_bytes`` (the most host memory this rank's snapshots hold; 0: half of RAM)
+    and ``sync_fallback`` (save synchronously when a snapshot does not fit, instead of raising).
+
+    ``handle.wait()`` returns the ``SaveResult`` or raises the save's error, the same on every
+    rank; ``handle.done()`` polls. A later save to the same path waits for this one first; the
+    interpreter's exit waits for saves in flight. The background thread uses its own duplicate of
+    ``comm`` (made at the first async save), never ``comm`` itself, and needs MPI started with
+    MPI_THREAD_MULTIPLE (as mpi4py and shardload start it). ``release_snapshot_memory()`` frees
+    the host memory kept for the next snapshot.
+    """
+    return save(module_or_state_dict, path, async_=True, **kwargs)
+
+
+def wait_for_saves():
+    """Waits for every asynchronous save of this process (errors are their handles')."""
+    _C.wait_for_saves()
+
+
+def release_snapshot_memory():
+    """Frees the host memory kept for asynchronous saves' snapshots (after waiting for the saves
+    in flight). Returns the bytes freed."""
+    return _C.release_snapshot_memory()
 
 
 def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=None,

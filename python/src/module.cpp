@@ -152,6 +152,7 @@ StallCallback stall_callback(py::handle on_stall) {
 
 int64_t bytes_of(const LoadResult& r) { return r.bytes_read_total; }
 int64_t bytes_of(const SaveResult& r) { return r.bytes_written_total; }
+int64_t bytes_of(const SaveHandle&) { return 0; }
 
 /// The collective part of save and load: agree that every rank prepared, then run `call`.
 /// `timeout`: the caller's, for the agreement as for the rest; `on_stall`, `stall_seconds`: the
@@ -205,10 +206,11 @@ LoadResult py_load(py::handle source, const std::string& path, const std::vector
 
 /// `values`: (key, object) pairs of plain values, made typed Values here (a failure is this
 /// rank's error in the collective's first agreement, like every other bad argument).
-SaveResult py_save(py::handle source, const std::string& path, const std::vector<SplitRule>& rules,
+/// `asynchronous`: save_async, returning a SaveHandle.
+py::object py_save(py::handle source, const std::string& path, const std::vector<SplitRule>& rules,
                    SaveOptions options, py::handle progress, int64_t comm, std::string local_error,
-                   py::handle on_stall, double stall_seconds, py::handle values,
-                   bool allow_pickle) {
+                   py::handle on_stall, double stall_seconds, py::handle values, bool allow_pickle,
+                   bool asynchronous) {
   if (local_error.empty() && !values.is_none()) {
     try {
       for (py::handle item : values) {
@@ -225,12 +227,29 @@ SaveResult py_save(py::handle source, const std::string& path, const std::vector
       local_error = e.what();
     }
   }
-  return run_collective<SaveResult>(
+  if (asynchronous) {
+    // The background thread never calls into Python: no progress callback there.
+    if (local_error.empty() && !progress.is_none()) {
+      local_error = "progress= cannot be used with an asynchronous save (poll handle.done())";
+    }
+    return py::cast(run_collective<SaveHandle>(
+        "save_async", path, source, rules, py::none(), comm, local_error, options.timeout_seconds,
+        on_stall, stall_seconds, [&](Partition& partition, MPI_Comm mpi_comm, ProgressCallback) {
+          return save_async(partition, path, mpi_comm, options);
+        }));
+  }
+  return py::cast(run_collective<SaveResult>(
       "save", path, source, rules, progress, comm, local_error, options.timeout_seconds, on_stall,
       stall_seconds, [&](Partition& partition, MPI_Comm mpi_comm, ProgressCallback callback) {
         options.progress = std::move(callback);
         return save(partition, path, mpi_comm, options);
-      });
+      }));
+}
+
+/// Waits with the GIL released (the background save never takes it).
+SaveResult handle_wait(const SaveHandle& h) {
+  py::gil_scoped_release release;
+  return h.wait();
 }
 
 }  // namespace
@@ -272,8 +291,40 @@ PYBIND11_MODULE(_shardload, m) {
   m.def("save", &py_save, py::arg("source"), py::arg("path"), py::arg("rules"), py::arg("options"),
         py::arg("progress"), py::arg("comm"), py::arg("local_error"), py::arg("on_stall"),
         py::arg("stall_seconds"), py::arg("values") = py::none(), py::arg("allow_pickle") = false,
+        py::arg("asynchronous") = false,
         "Collective save of a Partition or a list of (key, tensor) pairs, with the plain "
-        "values (key, object) of the state.");
+        "values (key, object) of the state; with asynchronous=True a SaveHandle.");
+  py::class_<shardload::SaveHandle>(
+      m, "SaveHandle",
+      "An asynchronous save (shardload.save_async): the state is in host memory; writing and the "
+      "commit run in the background.")
+      .def("done", &shardload::SaveHandle::done,
+           "Whether the save has finished (committed or failed); never blocks.")
+      .def("wait", &handle_wait,
+           "Waits for the save; returns its SaveResult or raises its error, the same on every "
+           "rank.")
+      .def_property_readonly("blocked_seconds", &shardload::SaveHandle::blocked_seconds,
+                             "seconds save_async blocked the caller on this rank")
+      .def("__repr__", [](const shardload::SaveHandle& h) {
+        return std::string("SaveHandle(") + (h.done() ? "done" : "running") + ")";
+      });
+  m.def(
+      "wait_for_saves",
+      [] {
+        py::gil_scoped_release release;
+        shardload::wait_for_saves();
+      },
+      "Waits for every asynchronous save of this process (their errors are their handles').");
+  m.def(
+      "release_snapshot_memory",
+      [] {
+        py::gil_scoped_release release;
+        return shardload::release_snapshot_memory();
+      },
+      "Frees the host memory kept for the snapshots of later asynchronous saves (after waiting "
+      "for those in flight); returns the bytes freed.");
+  m.def("snapshot_memory_bytes", &shardload::snapshot_memory_bytes,
+        "Bytes of host memory held for asynchronous saves' snapshots.");
   m.def("match_rules", &shardload::match_rules, py::arg("rules"), py::arg("keys"),
         "For each key, the index of the first split rule whose pattern it matches, or -1.");
 }

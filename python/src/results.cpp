@@ -91,7 +91,15 @@ void bind_types(py::module_& m) {
                      ">= 0: the path is a run directory ROOT, saved as ROOT/step-N, ROOT/latest "
                      "naming it when complete")
       .def_readwrite("keep_last", &SaveOptions::keep_last,
-                     "with step: keep only this many highest step-N checkpoints (0: all)");
+                     "with step: keep only this many highest step-N checkpoints (0: all)")
+      .def_readwrite("staging_bytes", &SaveOptions::staging_bytes,
+                     "the most host memory a device or non-contiguous tensor is copied through "
+                     "at a time")
+      .def_readwrite("snapshot_limit_bytes", &SaveOptions::snapshot_limit_bytes,
+                     "async: the most host memory this rank's snapshots hold (0: half of RAM)")
+      .def_readwrite("sync_fallback", &SaveOptions::sync_fallback,
+                     "async: save synchronously when a snapshot does not fit, instead of "
+                     "raising");
 
   py::class_<PhaseSeconds>(m, "PhaseSeconds", "Seconds spent in each phase of a load, this rank.")
       .def_readonly("open", &PhaseSeconds::open)
@@ -183,6 +191,10 @@ void bind_types(py::module_& m) {
       .def_readonly("seconds", &SaveResult::seconds, "wall time, max over ranks")
       .def_readonly("path", &SaveResult::path, "the checkpoint written (ROOT/step-N with step)")
       .def_readonly("notes", &SaveResult::notes, "what the save did besides writing")
+      .def_readonly("asynchronous", &SaveResult::asynchronous,
+                    "written in the background (save_async)")
+      .def_readonly("blocked_seconds", &SaveResult::blocked_seconds,
+                    "seconds the caller was blocked, this rank")
       .def("__repr__", [](const SaveResult& r) {
         std::ostringstream s;
         s << "SaveResult(num_shards=" << r.num_shards

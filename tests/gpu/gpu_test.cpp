@@ -13,6 +13,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 
 #include "../mpi/mpi_test_util.h"
 #include "io/h5/shard_file.h"
@@ -378,6 +379,58 @@ TEST(Gpu, SaveFromCudaTensors) {
   load(cpu_split, ckpt, MPI_COMM_WORLD, options());
   expect_nccl(load(cuda, ckpt, MPI_COMM_WORLD, options()));
   expect_same(cuda, cpu_split);
+}
+
+/// save_async from CUDA tensors written by kernels still queued on a non-default current stream
+/// (the snapshot is ordered after them, on a stream of its own), changed on that stream right
+/// after save_async returns (the checkpoint is the state at the call), and a large non-contiguous
+/// CUDA tensor saved synchronously through staging_bytes pieces.
+TEST(Gpu, AsyncSaveFromCudaTensorsWithPendingKernels) {
+  SKIP_WITHOUT_GPU();
+  SharedDir dir("gpu-async");
+  const int64_t n = on_cpu() ? int64_t{1} << 16 : int64_t{32} << 20;
+  const TensorList full = {
+      {"pending", at::arange(n, at::TensorOptions().dtype(at::kFloat)).remainder(1000)},
+      {"split", make_tensor(51, at::kFloat, {1024, 257})},
+      {"wide", make_tensor(52, at::kBFloat16, {300, 2048})}};
+  const std::vector<SplitRule> rules = {{"^split$", 0, {}}};
+  const at::Device device = my_device();
+  std::optional<c10::cuda::CUDAStreamGuard> guard;
+  if (!on_cpu()) guard.emplace(c10::cuda::getStreamFromPool(false, device.index()));
+  Partition gpu = zeros_like_on(full, rules, device);
+  const Partition expected = Partition::from_global(full, rules, world_rank(), world_size());
+  for (int k = 0; k < (on_cpu() ? 3 : 200); ++k) {
+    for (auto& e : gpu.entries()) e.tensor.add_(1);  // queued on the current stream
+  }
+  for (size_t i = 0; i < full.size(); ++i) {
+    gpu.entries()[i].tensor.copy_(expected.entries()[i].tensor.to(device));
+  }
+  SaveOptions o;
+  o.timeout_seconds = 60;
+  SaveHandle h = save_async(gpu, dir.path + "/async", MPI_COMM_WORLD, o);
+  for (auto& e : gpu.entries()) e.tensor.fill_(-7);  // training goes on
+  EXPECT_TRUE(h.wait().asynchronous);
+  EXPECT_GT(snapshot_memory_bytes(), 0);
+  Partition cpu = zeros_like_on(full, rules, at::kCPU);
+  load(cpu, dir.path + "/async", MPI_COMM_WORLD, options());
+  for (size_t i = 0; i < full.size(); ++i) {
+    EXPECT_TRUE(same_bits(cpu.entries()[i].tensor, expected.entries()[i].tensor)) << full[i].key;
+  }
+
+  // A non-contiguous CUDA tensor through 256 KiB of staging at a time.
+  at::Tensor wide_t = full[2].tensor.to(device).t();
+  Partition p;
+  p.add("wide_t", wide_t);
+  o.staging_bytes = 256 << 10;
+  const SaveResult r = save(p, dir.path + "/pieces", MPI_COMM_WORLD, o);
+  int64_t chunks = 0;
+  MPI_Allreduce(&r.chunks_written, &chunks, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+  EXPECT_GE(chunks, int64_t{300} * 2048 * 2 / (256 << 10));  // the pieces, 256 KiB at most
+  at::Tensor got = at::zeros({2048, 300}, at::kBFloat16);
+  Partition q;
+  q.add("wide_t", got);
+  load(q, dir.path + "/pieces", MPI_COMM_WORLD, options());
+  EXPECT_TRUE(same_bits(got, full[2].tensor.t().contiguous()));
 }
 
 TEST(Gpu, CorruptBytesNeverReachTheGpu) {

@@ -187,7 +187,9 @@ double lr_of(torch::optim::Optimizer& opt) { return opt.param_groups()[0].option
 
 TEST(TrainingState, ResumedTrainingEqualsAnUninterruptedRun) {
   // AdamW with a StepLR schedule that halves the rate every 2 steps: resumed after 3 steps, the
-  // schedule must continue at step 3 (a step count lost would halve at other steps).
+  // schedule must continue at step 3 (a step count lost would halve at other steps). Saved
+  // asynchronously, while training goes on (parameters, moments, steps and the schedule all
+  // change, with the training's own collectives on the world): the checkpoint is step 3's.
   SharedDir dir{"training_resume"};
   const auto adamw = optimizers()[2].second;
   torch::manual_seed(7);
@@ -206,7 +208,16 @@ TEST(TrainingState, ResumedTrainingEqualsAnUninterruptedRun) {
   before.add_module("", *first);
   before.add_optimizer("optim", *first_opt);
   before.add_scheduler("sched", first_sched);
-  before.save(dir.path + "/run", MPI_COMM_WORLD, {.step = 3});
+  SaveHandle saving = before.save_async(dir.path + "/run", MPI_COMM_WORLD, {.step = 3});
+  train_scheduled(first, *first_opt, first_sched, 2, 99);
+  for (int i = 0; i < 20; ++i) {
+    int64_t x = i, sum = 0;
+    MPI_Allreduce(&x, &sum, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+    ASSERT_EQ(sum, i * world_size());
+  }
+  const SaveResult saved = saving.wait();
+  EXPECT_TRUE(saving.done() && saved.asynchronous);
+  EXPECT_EQ(saved.path, dir.path + "/run/step-3");
 
   torch::manual_seed(8);
   Net resumed(kHidden);
@@ -218,13 +229,47 @@ TEST(TrainingState, ResumedTrainingEqualsAnUninterruptedRun) {
   after.add_scheduler("sched", resumed_sched);
   const LoadResult r = after.load(dir.path + "/run", MPI_COMM_WORLD);  // ROOT/latest
   EXPECT_TRUE(r.missing_keys.empty() && r.unexpected_keys.empty());
-  EXPECT_EQ(lr_of(*resumed_opt), lr_of(*first_opt));
+  EXPECT_EQ(lr_of(*resumed_opt), lr_of(*reference_opt) * 2);  // step 3's (halved once since)
   train_scheduled(resumed, *resumed_opt, resumed_sched, 3, 31);
   EXPECT_EQ(lr_of(*resumed_opt), lr_of(*reference_opt));
   EXPECT_EQ(lr_of(*resumed_opt), 1e-2 * 0.25);  // halved at the 3rd and 5th steps (counts 2, 4)
   for (const auto& p : reference->named_parameters()) {
     EXPECT_TRUE(same_bits(resumed->named_parameters()[p.key()], p.value())) << p.key();
   }
+}
+
+TEST(AsyncSave, OnASubCommunicatorFreedWhileItRunsAndItsErrorsOnEveryRank) {
+  // Ranks split in two groups, each saving its own checkpoint; the group's communicator is freed
+  // with the save in flight: freeing it finishes the save first.
+  SharedDir dir{"async_sub"};
+  MPI_Comm half = MPI_COMM_NULL;
+  MPI_Comm_split(MPI_COMM_WORLD, world_rank() % 2, world_rank(), &half);
+  const std::string path = dir.path + "/group" + std::to_string(world_rank() % 2);
+  at::Tensor t = at::arange(12, at::kFloat).reshape({3, 4}) + world_rank() % 2;
+  const at::Tensor want = t.clone();
+  Partition p;
+  p.add("t", t);
+  SaveHandle h = save_async(p, path, half);
+  t.fill_(-1);
+  MPI_Comm_free(&half);
+  EXPECT_TRUE(h.done());
+  EXPECT_EQ(h.wait().path, path);
+  at::Tensor got = at::zeros({3, 4});
+  Partition q;
+  q.add("t", got);
+  load(q, path, MPI_COMM_SELF);
+  EXPECT_TRUE(same_bits(got, want));
+
+  // The background part's error (the target exists): the same on every rank, from wait().
+  SaveHandle again = save_async(p, dir.path + "/group0", MPI_COMM_WORLD);
+  std::string message;
+  try {
+    again.wait();
+  } catch (const UsageError& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("exists"), std::string::npos) << message;
+  EXPECT_TRUE(same_on_all_ranks(message));
 }
 
 /// {"model": net, "optim": opt}.
