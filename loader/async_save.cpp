@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -114,6 +115,8 @@ std::vector<std::shared_ptr<SaveHandle::State>> states_for(const std::string& ro
   return out;
 }
 
+std::atomic<bool> save_timed_out{false};
+
 int64_t default_snapshot_limit() {
   const long pages = ::sysconf(_SC_PHYS_PAGES);
   const long page = ::sysconf(_SC_PAGE_SIZE);
@@ -159,6 +162,8 @@ int64_t release_snapshot_memory() {
   wait_for_saves();
   return snapshot_pool().release_unused();
 }
+
+bool an_async_save_timed_out() { return save_timed_out; }
 
 int64_t snapshot_memory_bytes() { return snapshot_pool().held_bytes(); }
 
@@ -247,6 +252,7 @@ SaveHandle save_async(const Partition& partition, const std::string& path, MPI_C
       result.blocked_seconds = state->blocked;
     } catch (...) {
       error = std::current_exception();
+      if (current_error_kind() == ErrorKind::kTimeout) save_timed_out = true;
     }
     job->first = Partition();  // the snapshot's views of the slab go before the slab is reused
     snapshot_pool().give_back(job->second);

@@ -66,6 +66,10 @@ int64_t release_snapshot_memory();
 /// Bytes of snapshot memory this process holds (in use or kept for the next save).
 int64_t snapshot_memory_bytes();
 
+/// Whether an asynchronous save of this process failed with a TimeoutError (a rank it waited
+/// for is stuck: MPI_Finalize would wait for it too, so the process should end with MPI_Abort).
+bool an_async_save_timed_out();
+
 /// Waits for an asynchronous save to `path` (the same run directory root or checkpoint) that is
 /// still in flight. save() and save_async() call it first.
 void wait_for_save_to(const std::string& path);

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "loader/async_save.h"
 #include "transport/communicator.h"
 #include "transport/job_end.h"
 #include "transport/launcher.h"
@@ -65,7 +66,7 @@ bool ensure_mpi(double timeout_seconds) {
 void note_timeout() { timed_out = true; }
 
 void finalize_mpi_if_ours() {
-  if (timed_out) {
+  if (timed_out || an_async_save_timed_out()) {
     int initialized = 0, finalized = 0;
     MPI_Initialized(&initialized);
     MPI_Finalized(&finalized);
