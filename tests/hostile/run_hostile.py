@@ -10,9 +10,9 @@ and writes its crafted files under `workdir`. A Case says which commands meet th
 
 - "inspect", "verify": `shardload inspect|verify PATH` (PATH a checkpoint directory);
 - "load": `shardload load PATH --into good.ref --out OUT` in one process (a singleton) and under
-  `mpirun -np 2` (under mpirun for every fourth such case unless --full);
+  `mpirun -np 2` (under mpirun for every eighth such case unless --full);
 - "load_into": `shardload load good.ckpt --into PATH --out OUT`, the same two ways (under mpirun
-  only for every sixth such case unless --full: every rank reads the model file with the same
+  only for every twelfth such case unless --full: every rank reads the model file with the same
   code as the singleton, and the mpirun runs were a third of this test's time);
 - "convert": `shardload convert PATH OUT`;
 - "diff": `shardload diff PATH PATH` (the file against itself: every tensor is compared).
@@ -144,10 +144,10 @@ def commands(case, good, out, index=0):
             # One process as a singleton (no launcher: the one-process path is the same, and
             # mpirun's start and teardown cost more than the load), two under mpirun.
             yield f"{op}@np1", [BIN, "load", ckpt, "--into", ref, "--out", out]
-            # Under mpirun too: every sixth load_into case and every fourth load case (the
+            # Under mpirun too: every twelfth load_into case and every eighth load case (the
             # rank that meets the bad file and the error reaching the other rank are the same
             # code for every case); --full: all of them.
-            if not FULL and index % (6 if op == "load_into" else 4):
+            if not FULL and index % (12 if op == "load_into" else 8):
                 continue
             yield f"{op}@np2", [MPIRUN, "-np", "2", "--oversubscribe", BIN, "load", ckpt,
                                 "--into", ref, "--out", out]
