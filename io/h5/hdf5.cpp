@@ -42,6 +42,18 @@ std::string error_stack() {
   return out.empty() ? "HDF5 error" : out;
 }
 
+namespace {
+/// HDF5 registers an atexit handler that closes the files still open when the process ends. A
+/// file whose close failed (ENOSPC while HDF5 flushed it) stays half-closed in HDF5's tables and
+/// crashed that handler (SIGSEGV in H5F__close_cb at exit, seen after a save into a full disk).
+/// shardload closes or abandons its files itself and needs nothing done at exit: no handler.
+/// Runs when the library is loaded, before any HDF5 call initialises HDF5.
+const bool no_hdf5_atexit = [] {
+  H5dont_atexit();
+  return true;
+}();
+}  // namespace
+
 void silence_errors() {
   static std::once_flag once;
   std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });

@@ -14,7 +14,8 @@
     elsewhere), a save whose write fails with ENOSPC on the background thread: wait() raises on
     every rank, `latest` still names the first save and the failed step left nothing. Then
     save_async and MPI_Finalize (rank 0) or the interpreter's exit (rank 1) without wait(): the
-    save is finished there (latest names it, it loads).
+    save is finished there (latest names it, it loads). And a process whose synchronous saves
+    fail as HDF5 flushes a file at close (12 KiB left) exits cleanly.
   * `--role crash` at 2 ranks, SHARDLOAD_CRASH_AT=shard-written:1: rank 1 is killed while the
     background writes step 2; step 1 (saved by the driver) stays `latest` and loads, nothing is left
     beside it but the dead save's staging directory, which the next save removes.
@@ -106,6 +107,26 @@ def driver():
             check(latest(run) == "step-1", "full: latest still names step-1")
             check(sorted(os.listdir(run)) == ["latest", "step-1"],
                   f"full: the failed save left nothing: {sorted(os.listdir(run))}")
+        if full_disk:
+            # A synchronous save whose file HDF5 fails to flush at close (12 KiB left): the
+            # error is raised, and the process still exits cleanly (HDF5's own exit handler
+            # crashed on such a half-closed file).
+            filler = os.path.join(d, "filler")
+            free = os.statvfs(d).f_bavail * os.statvfs(d).f_frsize
+            with open(filler, "wb") as f:
+                f.write(bytes(max(0, free - (12 << 10))))
+            p = subprocess.run([sys.executable, "-c", (
+                "import torch, shardload\n"
+                "for n in (256, 2048, 8192, 30000):\n"
+                "    try:\n"
+                f"        shardload.save({{'w': torch.randn(n)}}, {d!r} + '/small%d' % n)\n"
+                "    except shardload.Error:\n"
+                "        print('raised')\n")], env=ENV, capture_output=True, text=True,
+                timeout=120)
+            check(p.returncode == 0 and "raised" in p.stdout,
+                  f"full: saves into a full disk raise and the process exits cleanly: "
+                  f"exit {p.returncode} {p.stdout} {p.stderr[-2000:]}")
+            os.remove(filler)
         run = os.path.join(d, "exit")
         check(latest(run) == "step-7", "exit: latest names the save left in flight")
         got = {"w": torch.zeros(12, 4)}
