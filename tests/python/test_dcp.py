@@ -151,7 +151,10 @@ for p, st in opt.state.items():
 g, wg = opt.param_groups[0], want["optim"]["param_groups"][0]
 ok &= g["lr"] == wg["lr"] and tuple(g["betas"]) == tuple(wg["betas"]) and \
     g["weight_decay"] == wg["weight_decay"]
-print("API", "OK" if ok else "MISMATCH", len(opt.state), g["lr"], g["weight_decay"])
+# One write per rank, whole lines: two ranks' prints interleave word by word otherwise.
+sys.stdout.write(f"API {'OK' if ok else 'MISMATCH'} {len(opt.state)} {g['lr']} "
+                 f"{g['weight_decay']}\n")
+sys.stdout.flush()
 """
 
 
@@ -286,7 +289,8 @@ def main():
         p = subprocess.run([*MPIRUN, "-np", "2", sys.executable, script, os.path.join(w4, "optim"),
                             os.path.join(w4, "optim.expected.pt")], env=ENV, capture_output=True,
                            text=True, timeout=180)
-        check(p.returncode == 0 and p.stdout.count(" OK ") == 2 and "MISMATCH" not in p.stdout,
+        check(p.returncode == 0 and p.stdout.split().count("OK") == 2 and
+              "MISMATCH" not in p.stdout,
               f"training state from DCP via the Python API: {p.stdout}{p.stderr[-1500:]}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
