@@ -155,10 +155,7 @@ TensorList read_checkpoint(const std::string& path, const std::string& select) {
     auto [it, fresh] = slot.emplace(row.key, out.size());
     const auto options = at::TensorOptions().dtype(scalar_type_of(row.dtype));
     if (fresh) out.push_back({row.key, at::empty(row.global_shape, options)});
-    at::Tensor view = out[it->second].tensor;
-    for (size_t d = 0; d < row.shape.size(); ++d) {
-      view = view.narrow(static_cast<int64_t>(d), row.offset[d], row.shape[d]);
-    }
+    at::Tensor view = box_view(out[it->second].tensor, Box{row.offset, row.shape});
     // The output tensors are fresh and dropped on any error: they may serve as staging.
     const ChunkReader& reader = files.get(row.file);
     if (view.is_contiguous()) {

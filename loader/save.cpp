@@ -19,7 +19,6 @@
 #include "loader/collective.h"
 #include "loader/declarations.h"
 #include "loader/tensor_bytes.h"
-#include "sharding/box.h"
 #include "sharding/resolve.h"
 #include "shardload/config.h"
 #include "transport/communicator.h"
@@ -182,17 +181,13 @@ SaveResult detail::save_now(const Partition& partition, const std::string& path,
         // Copied to host memory in pieces of at most staging_bytes, each its own chunk.
         for_each_budget_piece(full_box(h.region.shape), static_cast<int64_t>(t.element_size()),
                               std::max<int64_t>(options.staging_bytes, 1), [&](const Box& piece) {
-                                at::Tensor part = t;
-                                for (size_t d = 0; d < piece.shape.size(); ++d) {
-                                  part = part.narrow(static_cast<int64_t>(d), piece.offset[d],
-                                                     piece.shape[d]);
-                                }
                                 ChunkRecord r = row;
                                 r.offset = h.region.offset;
-                                for (size_t d = 0; d < r.offset.size(); ++d)
+                                for (size_t d = 0; d < r.offset.size(); ++d) {
                                   r.offset[d] += piece.offset[d];
+                                }
                                 r.shape = piece.shape;
-                                writer.add(std::move(r), host.of(part));
+                                writer.add(std::move(r), host.of(box_view(t, piece)));
                                 ++chunks;
                               });
       }

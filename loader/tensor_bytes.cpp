@@ -18,6 +18,14 @@ DType dtype_of(const at::Tensor& t, const std::string& key) {
 
 Shape shape_of(const at::Tensor& t) { return Shape(t.sizes().begin(), t.sizes().end()); }
 
+at::Tensor box_view(const at::Tensor& tensor, const Box& box) {
+  at::Tensor view = tensor;
+  for (size_t d = 0; d < box.shape.size(); ++d) {
+    view = view.narrow(static_cast<int64_t>(d), box.offset[d], box.shape[d]);
+  }
+  return view;
+}
+
 at::Tensor host_contiguous(const at::Tensor& t) {
   at::Tensor h = t.device().is_cpu() ? t : t.cpu();
   return h.is_contiguous() ? h : h.contiguous();

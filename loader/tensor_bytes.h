@@ -6,6 +6,7 @@
 #include "core/dtype.h"
 #include "core/shape.h"
 #include "io/torch_dtype.h"
+#include "sharding/box.h"
 
 namespace shardload {
 
@@ -14,6 +15,9 @@ namespace shardload {
 DType dtype_of(const at::Tensor& tensor, const std::string& key);
 /// The tensor's shape.
 Shape shape_of(const at::Tensor& tensor);
+/// The part of `tensor` that `box` covers (box coordinates relative to the tensor's origin): a
+/// view.
+at::Tensor box_view(const at::Tensor& tensor, const Box& box);
 /// The tensor as a contiguous CPU tensor (itself when it already is one).
 at::Tensor host_contiguous(const at::Tensor& tensor);
 

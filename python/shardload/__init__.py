@@ -81,6 +81,7 @@ class IncompatibleKeys(_TorchIncompatibleKeys):
 
 
 _finalize_registered = False
+_waits_registered = False  # the atexit wait for asynchronous saves in flight
 
 
 def _start_mpi(timeout):
@@ -268,15 +269,13 @@ def save(module_or_state_dict, path, *, split=None, overwrite=False, metadata=No
 
     p = _prepare(module_or_state_dict, path, split, make_options, for_load=False)
     stall, error = _stall_seconds(stall_report_seconds, p.error)
-    if async_ and not _waits_registered[0]:
+    global _waits_registered
+    if async_ and not _waits_registered:
         _atexit.register(_C.wait_for_saves)  # runs before MPI is finalised (registered later)
-        _waits_registered[0] = True
+        _waits_registered = True
     return _C.save(p.source, p.path, p.rules, p.options or SaveOptions(), progress, handle, error,
                    on_stall, stall, p.flat.values if p.flat and not error else None,
                    bool(allow_pickle), bool(async_))
-
-
-_waits_registered = [False]
 
 
 def save_async(module_or_state_dict, path, **kwargs):
