@@ -1,7 +1,11 @@
 // Planner scale benchmark: what one rank spends on the declaration exchange, the resolution and
-// the load plan, for simulated jobs of thousands of ranks with Megatron-like DP x TP x PP layouts.
-// No MPI: the other ranks' contributions to the exchange are computed beforehand (they are their
-// work, in parallel), and the one rank's share is timed and its heap measured.
+// its share of the load plan, as load() does them, for simulated jobs of up to 16,384 ranks:
+// Megatron-like DP x TP x PP, FSDP (every tensor split along dim 0 over all ranks, even slabs,
+// empty ones at the tail), HSDP (shard over 8, replicate across the groups) and MoE expert
+// parallelism. Rows marked "whole plan" time what load() did before: every rank resolved per
+// rank and planned every rank's pieces. No MPI: the other ranks' contributions to the exchange
+// are computed beforehand (they are their work, in parallel), and the one rank's share is timed
+// and its heap measured.
 //
 //   build/bench/plan_scale [--repeat N] [--only SUBSTRING]
 //
@@ -67,12 +71,21 @@ using Clock = std::chrono::steady_clock;
 
 // ---- The simulated job ----
 
+enum class Kind {
+  kMegatron,  ///< DP x TP x PP, matrices as explicit boxes (add_shard)
+  kFsdp,      ///< every tensor split along dim 0 over all ranks (add_split, all ranks)
+  kHsdp,      ///< split along dim 0 over groups of `tp` consecutive ranks, `dp` groups
+  kMoe,       ///< expert parallel: `tp` experts per layer, one per EP rank, `dp` replicas
+};
+
 struct Config {
   std::string name;
   int dp = 1, tp = 1, pp = 1;
   int tensors = 0;
   int save_tp = 8;             ///< the checkpoint was saved by TP save_tp (one stage, one replica)
   bool small_tensors = false;  ///< every tensor 1 KiB and replicated instead of GPT layers
+  Kind kind = Kind::kMegatron;
+  bool whole = false;  ///< time the whole plan with per-rank resolution (load() before)
   int ranks() const { return dp * tp * pp; }
 };
 
@@ -129,10 +142,70 @@ DType dtype_of(const Config& c) { return c.small_tensors ? DType::kFloat32 : DTy
 int tp_of(const Config& c, int rank) { return rank % c.tp; }
 int pp_of(const Config& c, int rank) { return rank / (c.tp * c.dp); }
 
-/// What `rank` declares: its stage's tensors, matrices as explicit boxes (add_shard).
+/// MoE: per layer the attention (replicated), the router and one expert pair per EP rank.
+std::vector<TensorSpec> moe_layer_specs(int layer, int experts) {
+  const std::string p = "layers." + std::to_string(layer) + ".";
+  const int64_t h = kHidden;
+  std::vector<TensorSpec> out = {
+      {p + "input_layernorm.weight", {h}, -1},
+      {p + "self_attention.query_key_value.weight", {3 * h, h}, -1},
+      {p + "self_attention.dense.weight", {h, h}, -1},
+      {p + "post_attention_layernorm.weight", {h}, -1},
+      {p + "mlp.router.weight", {experts, h}, -1},
+  };
+  for (int e = 0; e < experts; ++e) {
+    out.push_back({p + "mlp.experts." + std::to_string(e) + ".w1", {4 * h, h}, e});
+    out.push_back({p + "mlp.experts." + std::to_string(e) + ".w2", {h, 4 * h}, e});
+  }
+  return out;
+}
+
+int moe_layers(const Config& c) { return std::max(1, c.tensors / (5 + 2 * c.tp)); }
+
+/// FSDP's even slab of n rows for `rank` of `ranks`: ceil(n / ranks) rows, fewer or none at
+/// the tail.
+int64_t fsdp_slab(int64_t n, int ranks, int rank) {
+  const int64_t even = (n + ranks - 1) / ranks;
+  return std::clamp<int64_t>(n - even * rank, 0, even);
+}
+
+/// What `rank` declares: its stage's tensors, matrices as explicit boxes (add_shard); FSDP and
+/// HSDP as splits (add_split); MoE its experts and the shared layers whole.
 std::vector<Declaration> declarations_of(const Config& c, int rank) {
-  const int tp = tp_of(c, rank);
   std::vector<Declaration> out;
+  if (c.kind == Kind::kMoe) {
+    const int ep = rank % c.tp;
+    for (int l = 0; l < moe_layers(c); ++l) {
+      for (auto& t : moe_layer_specs(l, c.tp)) {
+        if (t.split_dim >= 0 && t.split_dim != ep) continue;  // another EP rank's expert
+        Declaration d;
+        d.key = std::move(t.key);
+        d.dtype = DType::kBFloat16;
+        d.local_shape = t.shape;
+        out.push_back(std::move(d));
+      }
+    }
+    return out;
+  }
+  if (c.kind == Kind::kFsdp || c.kind == Kind::kHsdp) {
+    const int shard = c.kind == Kind::kFsdp ? c.ranks() : c.tp;
+    const int at = c.kind == Kind::kFsdp ? rank : rank % c.tp;
+    for (auto& t : tensors_of(c, -1)) {
+      Declaration d;
+      d.key = std::move(t.key);
+      d.dtype = dtype_of(c);
+      d.kind = Declaration::Kind::kSplit;
+      d.split_dim = 0;
+      d.local_shape = t.shape;
+      d.local_shape[0] = fsdp_slab(t.shape[0], shard, at);
+      if (c.kind == Kind::kHsdp) {
+        for (int m = 0; m < c.tp; ++m) d.group.push_back(rank - at + m);
+      }
+      out.push_back(std::move(d));
+    }
+    return out;
+  }
+  const int tp = tp_of(c, rank);
   for (auto& t : tensors_of(c, pp_of(c, rank))) {
     Declaration d;
     d.key = std::move(t.key);
@@ -153,10 +226,51 @@ std::vector<Declaration> declarations_of(const Config& c, int rank) {
   return out;
 }
 
+/// Ranks with the same key here declare the same canonical layout (the exchange's grouping, worked
+/// out without building every rank's declarations).
+std::vector<int64_t> layout_key(const Config& c, int rank) {
+  switch (c.kind) {
+    case Kind::kMegatron:
+      return {tp_of(c, rank), pp_of(c, rank)};
+    case Kind::kHsdp:
+    case Kind::kMoe:
+      return {rank % c.tp};
+    case Kind::kFsdp: {
+      // The slab of each distinct row count.
+      std::vector<int64_t> key;
+      for (int64_t rows : {kHidden, 3 * kHidden, 4 * kHidden}) {
+        key.push_back(fsdp_slab(rows, c.ranks(), rank));
+      }
+      return key;
+    }
+  }
+  return {};
+}
+
 /// The global index of the checkpoint, in state-dict order.
 std::vector<ChunkRecord> index_of(const Config& c) {
   std::vector<ChunkRecord> index;
   int64_t order = 0;
+  if (c.kind == Kind::kMoe) {
+    // Saved by the same expert-parallel layout: every tensor one chunk, an expert's in its EP
+    // rank's file.
+    for (int l = 0; l < moe_layers(c); ++l) {
+      for (auto& t : moe_layer_specs(l, c.tp)) {
+        ChunkRecord r;
+        r.key = t.key;
+        r.dtype = DType::kBFloat16;
+        r.global_shape = t.shape;
+        r.offset.assign(t.shape.size(), 0);
+        r.shape = t.shape;
+        r.file = static_cast<int32_t>(t.split_dim >= 0 ? t.split_dim : order % c.tp);
+        r.dataset = "/t/" + std::to_string(index.size());
+        r.nbytes = static_cast<uint64_t>(numel(r.shape) * dtype_size(r.dtype));
+        r.order = order++;
+        index.push_back(std::move(r));
+      }
+    }
+    return index;
+  }
   for (auto& t : tensors_of(c, -1)) {
     const int parts = t.split_dim < 0 ? 1 : c.save_tp;
     for (int s = 0; s < parts; ++s) {
@@ -208,15 +322,15 @@ Measure measure(const Config& c) {
   const std::vector<ChunkRecord> index = index_of(c);
   const std::vector<Declaration> mine = declarations_of(c, 0);
   // What the other ranks contribute: their hash and size (step 1) and, for the first rank of each
-  // layout, its bytes (step 2). Ranks at the same (tp, pp) position declare the same boxes, so
-  // their bytes are computed once per position.
+  // layout, its bytes (step 2). Ranks with the same layout key declare the same canonical
+  // layout, so their bytes are computed once per key.
   std::vector<LayoutHash> hashes(static_cast<size_t>(ranks));
   std::vector<uint64_t> sizes(static_cast<size_t>(ranks));
   std::vector<std::string> representative_bytes(static_cast<size_t>(ranks));
   {
-    std::map<std::pair<int, int>, std::pair<LayoutHash, std::string>> positions;
+    std::map<std::vector<int64_t>, std::pair<LayoutHash, std::string>> positions;
     for (int r = 0; r < ranks; ++r) {
-      auto [it, fresh] = positions.try_emplace({tp_of(c, r), pp_of(c, r)});
+      auto [it, fresh] = positions.try_emplace(layout_key(c, r));
       if (fresh) {
         it->second.second = encode_layout(declarations_of(c, r), r);
         it->second.first = layout_hash(it->second.second);
@@ -245,11 +359,13 @@ Measure measure(const Config& c) {
       gathered[static_cast<size_t>(representative)] != bytes || !(hash == received_hashes[0]);
   DeclaredLayouts declared = assemble_layouts(std::move(groups), gathered);
   const auto exchanged = Clock::now();
-  // Resolution and plan, as load() does them (which drops the layouts once resolved).
-  const RankGroups needs = resolve_declarations(declared);
+  // Resolution and plan, as load() does them (which drops the layouts once resolved): splits over
+  // all ranks kept symbolic and this rank's share of the plan; or (whole) as load() did before.
+  const RankGroups needs = resolve_declarations(declared, /*symbolic_splits=*/!c.whole);
   declared = {};
   const auto resolved = Clock::now();
-  const LoadPlan plan = plan_load(index, needs, PlanOptions{});
+  const LoadPlan plan = c.whole ? plan_load(index, needs, PlanOptions{})
+                                : plan_load_for_rank(index, needs, 0, PlanOptions{});
   const auto planned = Clock::now();
   auto secs = [](Clock::time_point a, Clock::time_point b) {
     return std::chrono::duration<double>(b - a).count();
@@ -266,14 +382,37 @@ Measure measure(const Config& c) {
   m.messages = static_cast<int64_t>(plan.messages.size());
   m.bytes_received = 24 * static_cast<int64_t>(ranks);
   for (const auto& b : gathered) m.bytes_received += static_cast<int64_t>(b.size());
-  // Correctness in the same run: every stored byte is needed here, so each is read exactly once,
-  // and every reader receives what it reads.
-  int64_t stored = 0, read = 0;
-  for (const auto& row : index) stored += static_cast<int64_t>(row.nbytes);
-  for (int64_t b : plan.read_bytes) read += b;
+  // Correctness in the same run. Every reader receives what it reads and is one of its
+  // message's ranks; nothing is missing, unexpected or uncovered.
   bool readers_receive = true;
-  for (const Piece& p : plan.pieces) readers_receive &= plan.need_of(p, p.reader) >= 0;
-  m.check = !collided && stored == read && readers_receive && plan.missing_keys.empty() &&
+  for (const Message& msg : plan.messages) {
+    const auto rs = plan.ranks_of(msg);
+    for (int32_t p : msg.pieces) {
+      const Piece& piece = plan.pieces[static_cast<size_t>(p)];
+      readers_receive &= plan.need_of(piece, piece.reader) >= 0 && piece.reader == msg.reader &&
+                         std::binary_search(rs.begin(), rs.end(), piece.reader);
+    }
+  }
+  bool bytes_right = true;
+  if (c.whole) {
+    // Every stored byte is needed here, so each is read exactly once.
+    int64_t stored = 0, read = 0;
+    for (const auto& row : index) stored += static_cast<int64_t>(row.nbytes);
+    for (int64_t b : plan.read_bytes) read += b;
+    bytes_right = stored == read;
+  } else {
+    // Rank 0's share: it receives every element it needs once, and reads what its pieces say.
+    int64_t needed = 0, received = 0, read = 0;
+    for (const Need& n : needs.concrete_list(0)) {
+      needed += box_numel(n.region) * dtype_size(n.dtype);
+    }
+    for (const Piece& p : plan.pieces) {
+      if (plan.need_of(p, 0) >= 0) received += p.nbytes;
+      if (p.reader == 0) read += p.nbytes;
+    }
+    bytes_right = needed == received && read == plan.read_bytes[0];
+  }
+  m.check = !collided && bytes_right && readers_receive && plan.missing_keys.empty() &&
             plan.unexpected_keys.empty() && plan.uncovered.empty();
   m.ok = true;
   return m;
@@ -341,6 +480,25 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  using shardload::Kind;
+  auto fsdp = [](int ranks, int tensors, bool whole = false) {
+    Config c{"FSDP " + std::to_string(ranks) + (whole ? " (whole plan, as before)" : ""), ranks, 1,
+             1, tensors};
+    c.kind = Kind::kFsdp;
+    c.whole = whole;
+    return c;
+  };
+  auto hsdp = [](int shard, int replicas, int tensors) {
+    Config c{"HSDP shard " + std::to_string(shard) + " x replicate " + std::to_string(replicas),
+             replicas, shard, 1, tensors};
+    c.kind = Kind::kHsdp;
+    return c;
+  };
+  auto moe = [](int ep, int dp, int tensors) {
+    Config c{"MoE EP " + std::to_string(ep) + " x DP " + std::to_string(dp), dp, ep, 1, tensors};
+    c.kind = Kind::kMoe;
+    return c;
+  };
   const std::vector<Config> configs = {
       {"DP 8 x TP 8", 8, 8, 1, 1000},
       {"DP 32 x TP 8", 32, 8, 1, 1000},
@@ -350,6 +508,16 @@ int main(int argc, char** argv) {
       {"DP 64 x TP 8 x PP 8, saved at TP 4", 64, 8, 8, 10000, 4},
       {"DP 256 x TP 8 x PP 8", 256, 8, 8, 10000},
       {"DP 2, 1 KiB tensors, replicated", 2, 1, 1, 100000, 2, true},
+      fsdp(256, 1000, true),
+      fsdp(1024, 1000, true),
+      fsdp(64, 1000),
+      fsdp(256, 1000),
+      fsdp(1024, 1000),
+      fsdp(4096, 10000),
+      fsdp(16384, 10000),
+      hsdp(8, 512, 10000),
+      moe(64, 64, 10000),
+      moe(64, 256, 10000),
   };
   std::printf(
       "| layout | ranks | tensors | rank groups | bytes received | exchange + resolve + plan | "

@@ -328,7 +328,8 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
   LoadPlan plan;
   phases.run("plan", [&] {
     KeyMapper mapper(options);
-    needs = resolve_declarations(declared);
+    // Splits over all ranks stay symbolic: FSDP's thousands of ranks are a few groups.
+    needs = resolve_declarations(declared, /*symbolic_splits=*/true);
     declared = {};
     const auto my_group = static_cast<size_t>(needs.group_of[static_cast<size_t>(rank)]);
     for (size_t g = 0; g < needs.lists.size(); ++g) {
@@ -350,14 +351,15 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
     }
     index = std::move(mapped);
     accept_legacy_scalars(index, needs.lists);
-    plan = plan_load(index, needs, PlanOptions{options.message_bytes});
+    // This rank's share of the plan: what it reads, sends and receives (and the whole verdict).
+    plan = plan_load_for_rank(index, needs, rank, PlanOptions{options.message_bytes});
     match_values(manifest, options, value_keys, plan, result);
     defer_keys(options, plan, result);
   });
   result.seconds.plan = seconds_since(t);
   // What the transfer needs of the plan phase: this rank's needs, and the partition entry each
   // lands in.
-  const std::vector<Need>& my_needs = needs.of_rank(rank);
+  const std::vector<Need> my_needs = needs.concrete_list(rank);
 
   // 4. Verdict: decided from the plan alone, identically on every rank, before any tensor byte
   //    is read or written.
@@ -398,7 +400,8 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
   t = Clock::now();
   phases.enter("result");
   result.bytes_read_total = comm.allreduce_sum(result.bytes_read);
-  for (const auto& p : plan.pieces) result.bytes_needed_total += p.nbytes;
+  // Every piece is read by one rank: the pieces each rank reads add up to the whole plan's.
+  result.bytes_needed_total = comm.allreduce_sum(plan.read_bytes[static_cast<size_t>(rank)]);
   result.seconds.result = seconds_since(t);
   result.wall_seconds = comm.allreduce_max(seconds_since(load_start));
   result.format = std::string(source_format_name(source.format));

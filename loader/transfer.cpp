@@ -30,7 +30,7 @@ constexpr int64_t kHeader = 16;
 constexpr int64_t kDirectBytes = int64_t{1} << 20;
 /// Messages in flight on one rank at most (besides the staging budget).
 constexpr size_t kMaxInFlight = 64;
-/// Device messages in one group at most (groups are drawn from the plan: the same on every rank).
+/// Device ring slots reserved beyond the ring's bytes (alignment of the messages in it).
 constexpr int64_t kMaxGroupMessages = 16;
 /// Seconds between progress reports.
 constexpr double kProgressEvery = 0.2;
@@ -275,6 +275,8 @@ struct Transfer::Impl {
   /// deliveries may still write; the reader threads stop.
   void abandon() {
     if (device) device->abort();
+    if (status_transport) status_transport->abort();
+    if (data_transport) data_transport->abort();
     abandoned = true;
     readers->stop();
   }
@@ -336,7 +338,8 @@ Transfer::Transfer(const TransferInputs& in) : impl_(std::make_unique<Impl>(in))
   for (size_t i = 0; i < s.mine.size(); ++i) {
     const Message& m = *s.mine[i];
     const int64_t size = kHeader + (m.reader == s.rank || !s.mine_on_device[i] ? m.nbytes : 0);
-    largest = std::max(largest, size);
+    // Whichever route the ranks choose, the largest message fits.
+    largest = std::max(largest, kHeader + m.nbytes);
     total += size + 16;
   }
   // Page-locked staging when bytes go on to a device: the uploads run at full speed.
@@ -404,22 +407,25 @@ void Transfer::Impl::connect(PhaseRunner& phases) {
   }
   phases.reduce("transfer", kind, error);
 
-  // A message goes the device route when every one of its receivers lands all its pieces on
-  // the device: each rank tells, for its messages in plan order, whether it does.
-  std::vector<bool> device_message(in.plan.messages.size(), false);
-  std::string mine_bits((mine.size() + 7) / 8, '\0');
-  for (size_t i = 0; i < mine.size(); ++i) {
-    if (mine_on_device[i]) mine_bits[i / 8] = static_cast<char>(mine_bits[i / 8] | (1 << (i % 8)));
+  // A message goes the device route when every rank lands each of its chunks in device memory:
+  // each rank marks the chunks it lands in host memory, and one OR over the chunks of the index
+  // (which every rank holds) tells every rank the same, without anyone knowing the others'
+  // messages.
+  std::vector<uint8_t> host_chunks((in.index.size() + 7) / 8, 0);
+  for (const Message* m : mine) {
+    for_my_pieces(*m, [&](const Piece& piece, int32_t need, int64_t) {
+      if (on_device(destination(piece, need))) return;
+      const auto c = static_cast<size_t>(piece.chunk);
+      host_chunks[c / 8] = static_cast<uint8_t>(host_chunks[c / 8] | (1u << (c % 8)));
+    });
   }
-  const std::vector<std::string> bits =
-      comm.size() == 1 ? std::vector<std::string>{mine_bits} : comm.allgather(mine_bits);
-  std::vector<size_t> position(bits.size(), 0);  // per rank: its messages seen so far
-  for (size_t i = 0; i < in.plan.messages.size(); ++i) {
+  if (comm.size() > 1) comm.allreduce_or(host_chunks);
+  std::vector<bool> device_message(mine.size(), false);
+  for (size_t i = 0; i < mine.size(); ++i) {
     bool all = true;
-    for (int r : in.plan.ranks_of(in.plan.messages[i])) {
-      const size_t k = position[static_cast<size_t>(r)]++;
-      const std::string& b = bits[static_cast<size_t>(r)];
-      if (k / 8 >= b.size() || !(b[k / 8] & (1 << (k % 8)))) all = false;
+    for (int32_t p : mine[i]->pieces) {
+      const auto c = static_cast<size_t>(in.plan.pieces[static_cast<size_t>(p)].chunk);
+      if (host_chunks[c / 8] & (1u << (c % 8))) all = false;
     }
     device_message[i] = all;
   }
@@ -439,31 +445,22 @@ void Transfer::Impl::connect(PhaseRunner& phases) {
 }
 
 void Transfer::Impl::assign_device_groups(const std::vector<bool>& device_message) {
-  // Group boundaries are a pure function of the plan (and of what every rank reported, which
-  // all ranks hold alike): consecutive device messages of the plan, closed at a byte or count
-  // limit. Every rank draws the same boundaries, whatever the order its statuses arrive in.
-  int64_t group = 0, bytes = 0, count = 0, last = -1;
-  size_t i_mine = 0;
-  for (size_t i = 0; i < in.plan.messages.size(); ++i) {
-    const bool mine_here = i_mine < mine.size() && mine[i_mine] == &in.plan.messages[i];
-    if (device_message[i]) {
-      const Message& m = in.plan.messages[i];
-      if (count > 0 && (bytes + m.nbytes > group_bytes() || count == kMaxGroupMessages)) {
-        ++group;
-        bytes = 0;
-        count = 0;
-      }
-      bytes += m.nbytes;
-      ++count;
-      if (mine_here) {
-        route[i_mine] = Route::kDevice;
-        group_of[i_mine] = group;
-        if (group != last) my_groups.emplace_back();
-        my_groups.back().push_back(i_mine);
-        last = group;
-      }
+  // One group per device message, numbered by the message itself (its first piece's chunk and
+  // first element), so every rank of the message draws the same group from its own share of
+  // the plan, and issues its groups in plan order, which is the same relative order everywhere.
+  for (size_t i = 0; i < mine.size(); ++i) {
+    if (!device_message[i]) continue;
+    const Piece& first = in.plan.pieces[static_cast<size_t>(mine[i]->pieces.front())];
+    const ChunkRecord& row = in.index[static_cast<size_t>(first.chunk)];
+    uint64_t element = 0;
+    for (size_t d = 0; d < row.shape.size(); ++d) {
+      element = element * static_cast<uint64_t>(row.shape[d]) +
+                static_cast<uint64_t>(first.box.offset[d] - row.offset[d]);
     }
-    if (mine_here) ++i_mine;
+    const uint64_t id = static_cast<uint64_t>(first.chunk) * 0x9e3779b97f4a7c15ull + element;
+    route[i] = Route::kDevice;
+    group_of[i] = static_cast<int64_t>(id >> 1);
+    my_groups.push_back({i});
   }
 }
 

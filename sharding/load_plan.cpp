@@ -1,6 +1,7 @@
 #include "sharding/load_plan.h"
 
 #include <algorithm>
+#include <functional>
 #include <numeric>
 #include <optional>
 #include <string_view>
@@ -9,7 +10,6 @@
 #include "core/error.h"
 #include "sharding/decompose.h"
 #include "sharding/key_table.h"
-#include "sharding/rank_loads.h"
 #include "sharding/sweep.h"
 
 namespace shardload {
@@ -55,55 +55,75 @@ struct ModelKey {
   int64_t chunks_at = 0;  ///< its chunks in `key_chunks`, index order
   int32_t chunks_size = 0;
   int32_t rank_set = -1;  ///< the rank set of all its needers, once known
+  int32_t split = -1;     ///< the SplitTable of its needers that hold it symbolically, or -1
   bool plannable = false;
 };
 
-/// Interns receiving rank sets: one per distinct list of receiving groups, its ranks the sorted
-/// union of the groups' members, stored once in the plan.
+/// Interns receiving rank sets: one per distinct set of ranks (the sorted union of the
+/// receivers' groups' members, or the single member a symbolic split's receiver names), stored
+/// once in the plan. Two receiver lists with the same ranks (a group of one rank, and that rank
+/// as a member of a split) give the same set.
 class RankSets {
  public:
   RankSets(const RankGroups& groups, LoadPlan& plan) : groups_(groups), plan_(plan) {
     plan_.rank_set_at.assign(1, 0);
   }
-  /// The set of the ranks of `receivers`' groups.
+  /// The set of the ranks of `receivers`.
   int32_t of(std::span<const Receiver> receivers) {
-    // Consecutive pieces mostly go to the same groups.
-    if (last_ >= 0 && same_groups(last_, receivers)) return last_;
-    uint64_t h = receivers.size();
+    // Consecutive pieces (and keys) mostly go to the same receivers; only who they are matters,
+    // not where each lands.
+    auto same_ranks = [](const Receiver& a, const Receiver& b) {
+      return a.group == b.group && a.rank == b.rank;
+    };
+    if (last_ >= 0 && std::equal(last_receivers_.begin(), last_receivers_.end(), receivers.begin(),
+                                 receivers.end(), same_ranks)) {
+      return last_;
+    }
+    last_receivers_.assign(receivers.begin(), receivers.end());
+    scratch_.clear();
     for (const Receiver& r : receivers) {
-      h ^= static_cast<uint64_t>(r.group) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+      if (r.rank >= 0) {
+        scratch_.push_back(r.rank);
+      } else {
+        const auto& m = groups_.members[static_cast<size_t>(r.group)];
+        scratch_.insert(scratch_.end(), m.begin(), m.end());
+      }
+    }
+    std::sort(scratch_.begin(), scratch_.end());
+    uint64_t h = scratch_.size();
+    for (int r : scratch_) {
+      h ^= static_cast<uint64_t>(r) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
     }
     auto& candidates = by_hash_[h];
     for (int32_t s : candidates) {
-      if (same_groups(s, receivers)) return last_ = s;
+      const auto at = static_cast<size_t>(plan_.rank_set_at[static_cast<size_t>(s)]);
+      const auto end = static_cast<size_t>(plan_.rank_set_at[static_cast<size_t>(s) + 1]);
+      if (std::equal(plan_.rank_sets.begin() + static_cast<std::ptrdiff_t>(at),
+                     plan_.rank_sets.begin() + static_cast<std::ptrdiff_t>(end), scratch_.begin(),
+                     scratch_.end())) {
+        return last_ = s;
+      }
     }
-    const auto s = static_cast<int32_t>(groups_of_set_.size());
-    std::vector<int32_t>& g = groups_of_set_.emplace_back();
-    const size_t begin = plan_.rank_sets.size();
-    for (const Receiver& r : receivers) {
-      g.push_back(r.group);
-      const auto& m = groups_.members[static_cast<size_t>(r.group)];
-      plan_.rank_sets.insert(plan_.rank_sets.end(), m.begin(), m.end());
-    }
-    std::sort(plan_.rank_sets.begin() + static_cast<std::ptrdiff_t>(begin), plan_.rank_sets.end());
+    const auto s = static_cast<int32_t>(plan_.rank_set_at.size() - 1);
+    plan_.rank_sets.insert(plan_.rank_sets.end(), scratch_.begin(), scratch_.end());
     plan_.rank_set_at.push_back(static_cast<int64_t>(plan_.rank_sets.size()));
     candidates.push_back(s);
     return last_ = s;
   }
+  int32_t size() const { return static_cast<int32_t>(plan_.rank_set_at.size() - 1); }
 
  private:
-  bool same_groups(int32_t s, std::span<const Receiver> receivers) const {
-    const auto& g = groups_of_set_[static_cast<size_t>(s)];
-    return std::equal(g.begin(), g.end(), receivers.begin(), receivers.end(),
-                      [](int32_t a, const Receiver& b) { return a == b.group; });
-  }
-
   const RankGroups& groups_;
   LoadPlan& plan_;
   std::unordered_map<uint64_t, std::vector<int32_t>> by_hash_;
-  std::vector<std::vector<int32_t>> groups_of_set_;
+  std::vector<Receiver> last_receivers_;
+  std::vector<int> scratch_;
   int32_t last_ = -1;
 };
+
+/// plan_load (only_rank < 0) or plan_load_for_rank.
+LoadPlan plan(const std::vector<ChunkRecord>& index, const RankGroups& needs, int only_rank,
+              const PlanOptions& options);
 
 }  // namespace
 
@@ -113,11 +133,30 @@ int32_t LoadPlan::need_of(const Piece& piece, int rank) const {
   const auto receivers = receivers_of(piece);
   auto it = std::lower_bound(receivers.begin(), receivers.end(), g,
                              [](const Receiver& r, int32_t group) { return r.group < group; });
-  return it != receivers.end() && it->group == g ? it->need : -1;
+  for (; it != receivers.end() && it->group == g; ++it) {
+    if (it->rank < 0 || it->rank == rank) return it->need;
+  }
+  return -1;
 }
 
 LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& needs,
                    const PlanOptions& options) {
+  return plan(index, needs, -1, options);
+}
+
+LoadPlan plan_load_for_rank(const std::vector<ChunkRecord>& index, const RankGroups& needs,
+                            int rank, const PlanOptions& options) {
+  if (rank < 0 || rank >= needs.ranks()) {
+    throw UsageError("plan_load_for_rank: rank " + std::to_string(rank) + " of " +
+                     std::to_string(needs.ranks()));
+  }
+  return plan(index, needs, rank, options);
+}
+
+namespace {
+
+LoadPlan plan(const std::vector<ChunkRecord>& index, const RankGroups& needs, int only_rank,
+              const PlanOptions& options) {
   if (options.message_bytes <= 0) {
     throw UsageError("plan_load: message_bytes must be positive, got " +
                      std::to_string(options.message_bytes));
@@ -127,8 +166,22 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
   auto need_at = [&](const Receiver& r) -> const Need& {
     return lists[static_cast<size_t>(r.group)][static_cast<size_t>(r.need)];
   };
+  for (const SplitTable& t : needs.splits) {
+    // Runs back to back from 0 to the total, over every rank.
+    bool ok = !t.run_first.empty() && t.run_first.size() == t.run_size.size() &&
+              t.run_size.size() == t.run_offset.size() && t.ranks == needs.ranks() && t.dim >= 0;
+    int64_t at = 0;
+    for (size_t j = 0; ok && j < t.run_first.size(); ++j) {
+      const int end = j + 1 < t.run_first.size() ? t.run_first[j + 1] : t.ranks;
+      ok = t.run_offset[j] == at && t.run_size[j] >= 0 && t.run_first[j] < end &&
+           (j > 0 || t.run_first[0] == 0);
+      at += t.run_size[j] * (end - (ok ? t.run_first[j] : 0));
+    }
+    if (!ok || at != t.total) throw UsageError("plan_load: an invalid split table");
+  }
   LoadPlan plan;
   plan.group_of = needs.group_of;
+  plan.rank = only_rank;
 
   // Model keys in model order: rank 0's needs, then keys first seen on rank 1, and so on. Groups
   // are ordered by their first member, and a key's lowest needing rank is the first member of
@@ -142,7 +195,16 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
   for (size_t g = 0; g < lists.size(); ++g) {
     const int r = needs.members[g].front();
     for (const Need& n : lists[g]) {
-      if (!inside(n.global_shape, n.region)) {
+      if (n.split >= 0) {
+        if (static_cast<size_t>(n.split) >= needs.splits.size() ||
+            needs.splits[static_cast<size_t>(n.split)].ranks != needs.ranks() ||
+            needs.splits[static_cast<size_t>(n.split)].total !=
+                n.global_shape[static_cast<size_t>(
+                    needs.splits[static_cast<size_t>(n.split)].dim)]) {
+          throw UsageError(quoted(n.key) + ": rank " + std::to_string(r) +
+                           " needs it through an invalid split table");
+        }
+      } else if (!inside(n.global_shape, n.region)) {
         throw UsageError(quoted(n.key) + ": rank " + std::to_string(r) + " needs region " +
                          box_str(n.region) + ", which lies outside global shape " +
                          shape_str(n.global_shape));
@@ -158,7 +220,16 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
         check_same_tensor(*k.first, k.first_rank, n, r, "needs");
         k.last_group = static_cast<int32_t>(g);
       }
-      ++keys[static_cast<size_t>(id)].needers_size;
+      ModelKey& k = keys[static_cast<size_t>(id)];
+      if (n.split >= 0) {
+        if (k.split >= 0 && k.split != n.split) {
+          throw UsageError(quoted(n.key) + ": rank " + std::to_string(r) +
+                           " needs it through another split table than rank " +
+                           std::to_string(k.first_rank));
+        }
+        k.split = n.split;
+      }
+      ++k.needers_size;
       key_of_need.push_back(id);
     }
   }
@@ -238,6 +309,7 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
     if (stored.dtype != k.first->dtype) {
       plan.conversions.push_back({k.first->key, stored.dtype, k.first->dtype});
     }
+    int64_t stored_elements = 0;
     for (int32_t c : chunks) {
       const ChunkRecord& rec = index[static_cast<size_t>(c)];
       if (rec.offset.size() != stored.global_shape.size() ||
@@ -246,59 +318,117 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
                           shape_str(rec.offset) + " and shape " + shape_str(rec.shape) +
                           " for global shape " + shape_str(stored.global_shape));
       }
+      stored_elements += numel(rec.shape);
     }
+    // Chunks of a validated index are disjoint and inside the tensor: when they hold as many
+    // elements as the tensor, they cover every region (no region need be looked at).
+    k.plannable = true;
+    if (stored_elements == numel(stored.global_shape)) continue;
     const auto needers = needers_of(k);
     std::optional<Sweep> sweep;
-    if (needers.size() * chunks.size() > kSweepPairs && !stored.global_shape.empty()) {
+    if (!stored.global_shape.empty()) {
       sweep.emplace(chunks.size(), stored.global_shape.size(), [&](size_t i) {
         const ChunkRecord& rec = index[static_cast<size_t>(chunks[i])];
         return std::pair<const Shape&, const Shape&>(rec.offset, rec.shape);
       });
     }
-    bool covered = true;
-    for (const Receiver& who : needers) {
-      const Box& region = need_at(who).region;
+    auto check = [&](const Box& region, std::vector<int> ranks) {
       const int64_t want = box_numel(region);
-      if (want == 0) continue;
-      // Chunks of a validated index are disjoint, so their overlaps with the region add up.
+      if (want == 0) return;
+      // Disjoint chunks: their overlaps with the region add up.
       int64_t have = 0;
+      found.clear();
       if (sweep) {
-        found.clear();
         sweep->candidates(region.offset, region.shape, found);
-        for (int32_t i : found) {
-          const ChunkRecord& rec = index[static_cast<size_t>(chunks[static_cast<size_t>(i)])];
-          have += overlap_numel(rec.offset, rec.shape, region.offset, region.shape);
-        }
       } else {
-        for (int32_t c : chunks) {
-          const ChunkRecord& rec = index[static_cast<size_t>(c)];
-          have += overlap_numel(rec.offset, rec.shape, region.offset, region.shape);
-        }
+        for (size_t i = 0; i < chunks.size(); ++i) found.push_back(static_cast<int32_t>(i));
       }
-      if (have == want) continue;
-      covered = false;
+      for (int32_t i : found) {
+        const ChunkRecord& rec = index[static_cast<size_t>(chunks[static_cast<size_t>(i)])];
+        have += overlap_numel(rec.offset, rec.shape, region.offset, region.shape);
+      }
+      if (have == want) return;
+      k.plannable = false;
       std::vector<Box> boxes;
       for (int32_t c : chunks) {
         boxes.push_back(
             Box{index[static_cast<size_t>(c)].offset, index[static_cast<size_t>(c)].shape});
       }
-      plan.uncovered.push_back({k.first->key, needs.members[static_cast<size_t>(who.group)],
-                                uncovered_bounds(region, boxes).value_or(region)});
+      plan.uncovered.push_back(
+          {k.first->key, std::move(ranks), uncovered_bounds(region, boxes).value_or(region)});
+    };
+    for (const Receiver& who : needers) {
+      const Need& n = need_at(who);
+      if (n.split < 0) {
+        check(n.region, needs.members[static_cast<size_t>(who.group)]);
+        continue;
+      }
+      // A symbolic split: each member its own region (a failing load only).
+      for (int m : needs.members[static_cast<size_t>(who.group)]) {
+        check(needs.region_of(n, m), {m});
+      }
     }
-    k.plannable = covered;
   }
 
-  // Pieces, chunk by chunk in index order: the needed part of each chunk cut into boxes with
-  // one set of receiving groups each, then into pieces that fit a message.
-  std::unordered_map<int32_t, Sweep> needer_sweeps;  // by key, where many groups need it
-  std::vector<Receiver> overlapping;
+  // The chunks to cut, with the box of each that is cut: every chunk whole (the whole plan), or
+  // (one rank's share) each chunk's part inside the rank's own region, in index order.
+  struct Cut {
+    int32_t chunk;
+    Box box;
+  };
+  std::vector<Cut> cuts;
+  if (only_rank < 0) {
+    cuts.reserve(index.size());
+    for (size_t ci = 0; ci < index.size(); ++ci) {
+      if (key_of_chunk[ci] < 0 || !keys[static_cast<size_t>(key_of_chunk[ci])].plannable) continue;
+      if (numel(index[ci].shape) == 0) continue;
+      cuts.push_back(Cut{static_cast<int32_t>(ci), Box{index[ci].offset, index[ci].shape}});
+    }
+  } else {
+    for (const Need& n : needs.of_rank(only_rank)) {
+      const int32_t id = key_id.find(n.key);
+      const ModelKey& k = keys[static_cast<size_t>(id)];
+      if (!k.plannable) continue;
+      const Box region = needs.region_of(n, only_rank);
+      if (box_numel(region) == 0) continue;
+      const auto chunks = chunks_of(k);
+      auto consider = [&](int32_t c) {
+        const ChunkRecord& rec = index[static_cast<size_t>(c)];
+        if (overlap_numel(rec.offset, rec.shape, region.offset, region.shape) == 0) return;
+        cuts.push_back(Cut{c, *intersect(Box{rec.offset, rec.shape}, region)});
+      };
+      if (chunks.size() > kSweepPairs && !region.shape.empty()) {
+        const Sweep sweep(chunks.size(), region.shape.size(), [&](size_t i) {
+          const ChunkRecord& rec = index[static_cast<size_t>(chunks[i])];
+          return std::pair<const Shape&, const Shape&>(rec.offset, rec.shape);
+        });
+        found.clear();
+        sweep.candidates(region.offset, region.shape, found);
+        for (int32_t i : found) consider(chunks[static_cast<size_t>(i)]);
+      } else {
+        for (int32_t c : chunks) consider(c);
+      }
+    }
+    std::sort(cuts.begin(), cuts.end(),
+              [](const Cut& a, const Cut& b) { return a.chunk < b.chunk; });
+  }
+
+  // Pieces, cut by cut: the needed part of each box cut into boxes with one set of receivers
+  // each (the boxes a rank's share gets are those of the whole plan: decompose's boxes depend
+  // only on the region each receiver set covers), then into pieces that fit a message.
+  std::unordered_map<int32_t, Sweep> needer_sweeps;  // by key, where many explicit needers
+  struct Overlap {
+    Receiver who;
+    Box region;
+  };
+  std::vector<Overlap> overlapping;
   std::vector<Box> parts;
   std::vector<Receiver> label_receivers;
   // The rank set of each piece (messages are keyed by reader and rank set).
   RankSets sets(needs, plan);
   std::vector<int32_t> set_of_piece;
-  plan.pieces.reserve(index.size());
-  set_of_piece.reserve(index.size());
+  plan.pieces.reserve(cuts.size());
+  set_of_piece.reserve(cuts.size());
   auto add_pieces = [&](int32_t c, const Box& box, int64_t receivers_at, int32_t receivers_size,
                         int32_t set, int64_t elem) {
     if (set < 0) {
@@ -322,31 +452,56 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
     plan.receivers.insert(plan.receivers.end(), list.begin(), list.end());
     return at;
   };
-  for (size_t ci = 0; ci < index.size(); ++ci) {
-    if (key_of_chunk[ci] < 0) continue;
-    const auto c = static_cast<int32_t>(ci);
-    ModelKey& k = keys[static_cast<size_t>(key_of_chunk[ci])];
-    if (!k.plannable) continue;
-    const ChunkRecord& chunk = index[ci];
-    if (numel(chunk.shape) == 0) continue;
+  for (const Cut& cut : cuts) {
+    const int32_t c = cut.chunk;
+    const int32_t id = key_of_chunk[static_cast<size_t>(c)];
+    ModelKey& k = keys[static_cast<size_t>(id)];
+    const ChunkRecord& chunk = index[static_cast<size_t>(c)];
+    const Box& cbox = cut.box;
     const int64_t elem = dtype_size(chunk.dtype);
     const auto needers = needers_of(k);
 
-    // The needers whose regions overlap the chunk, ascending group; whether each holds it whole.
+    // The receivers whose regions overlap the box, ascending (group, rank); whether each holds
+    // it whole.
     overlapping.clear();
     bool all_whole = true;
-    auto consider = [&](const Receiver& who) {
-      const Box& region = need_at(who).region;
-      const int64_t n = overlap_numel(chunk.offset, chunk.shape, region.offset, region.shape);
+    auto consider = [&](const Receiver& who, const Box& region) {
+      const int64_t n = overlap_numel(cbox.offset, cbox.shape, region.offset, region.shape);
       if (n == 0) return;
-      overlapping.push_back(who);
-      all_whole = all_whole && box_inside(chunk.offset, chunk.shape, region.offset, region.shape);
+      overlapping.push_back(Overlap{who, region});
+      all_whole = all_whole && box_inside(cbox.offset, cbox.shape, region.offset, region.shape);
     };
-    if (needers.size() * static_cast<size_t>(k.chunks_size) > kSweepPairs && !chunk.shape.empty()) {
-      auto it = needer_sweeps.find(key_of_chunk[ci]);
+    if (k.split >= 0) {
+      // Explicit needers (a split's groups are skipped), then the split's members that meet
+      // the box, found in its table.
+      for (const Receiver& who : needers) {
+        const Need& n = need_at(who);
+        if (n.split < 0) {
+          consider(who, n.region);
+        }
+      }
+      const SplitTable& t = needs.splits[static_cast<size_t>(k.split)];
+      const auto d = static_cast<size_t>(t.dim);
+      t.for_each_meeting(
+          cbox.offset[d], cbox.offset[d] + cbox.shape[d], [&](int m, int64_t, int64_t) {
+            const auto g = needs.group_of[static_cast<size_t>(m)];
+            auto it =
+                std::lower_bound(needers.begin(), needers.end(), g,
+                                 [](const Receiver& r, int32_t group) { return r.group < group; });
+            if (it == needers.end() || it->group != g) return;
+            const Need& n = need_at(*it);
+            if (n.split < 0) return;
+            consider(Receiver{g, it->need, m}, needs.region_of(n, m));
+          });
+      std::sort(overlapping.begin(), overlapping.end(), [](const Overlap& a, const Overlap& b) {
+        return a.who.group != b.who.group ? a.who.group < b.who.group : a.who.rank < b.who.rank;
+      });
+    } else if (needers.size() * static_cast<size_t>(k.chunks_size) > kSweepPairs &&
+               !chunk.shape.empty()) {
+      auto it = needer_sweeps.find(id);
       if (it == needer_sweeps.end()) {
         it = needer_sweeps
-                 .try_emplace(key_of_chunk[ci], needers.size(), chunk.shape.size(),
+                 .try_emplace(id, needers.size(), chunk.shape.size(),
                               [&](size_t i) {
                                 const Box& region = need_at(needers[i]).region;
                                 return std::pair<const Shape&, const Shape&>(region.offset,
@@ -355,48 +510,51 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
                  .first;
       }
       found.clear();
-      it->second.candidates(chunk.offset, chunk.shape, found);
+      it->second.candidates(cbox.offset, cbox.shape, found);
       std::sort(found.begin(), found.end());
-      for (int32_t i : found) consider(needers[static_cast<size_t>(i)]);
+      for (int32_t i : found) {
+        consider(needers[static_cast<size_t>(i)], need_at(needers[static_cast<size_t>(i)]).region);
+      }
     } else {
-      for (const Receiver& who : needers) consider(who);
+      for (const Receiver& who : needers) consider(who, need_at(who).region);
     }
     if (overlapping.empty()) continue;
 
-    const Box cbox{chunk.offset, chunk.shape};
+    label_receivers.clear();
     if (all_whole) {
-      // Fast path: every receiver holds the whole chunk (a replicated tensor, a shard that lies
+      // Fast path: every receiver holds the whole box (a replicated tensor, a shard that lies
       // inside each receiver's region): one box, no grid.
-      if (overlapping.size() == needers.size()) {
+      if (k.split < 0 && overlapping.size() == needers.size()) {
         if (k.rank_set < 0) k.rank_set = sets.of(needers);
         add_pieces(c, cbox, k.needers_at, k.needers_size, k.rank_set, elem);
       } else {
-        add_pieces(c, cbox, append_receivers(overlapping), static_cast<int32_t>(overlapping.size()),
-                   -1, elem);
+        for (const Overlap& o : overlapping) label_receivers.push_back(o.who);
+        add_pieces(c, cbox, append_receivers(label_receivers),
+                   static_cast<int32_t>(label_receivers.size()), -1, elem);
       }
       continue;
     }
     parts.clear();
-    for (const Receiver& who : overlapping) {
-      parts.push_back(*intersect(cbox, need_at(who).region));
-    }
+    for (const Overlap& o : overlapping) parts.push_back(*intersect(cbox, o.region));
     if (std::all_of(parts.begin(), parts.end(), [&](const Box& b) { return b == parts[0]; })) {
-      // Every receiver needs the same part of the chunk.
-      add_pieces(c, parts[0], append_receivers(overlapping),
-                 static_cast<int32_t>(overlapping.size()), -1, elem);
+      // Every receiver needs the same part of the box.
+      for (const Overlap& o : overlapping) label_receivers.push_back(o.who);
+      add_pieces(c, parts[0], append_receivers(label_receivers),
+                 static_cast<int32_t>(label_receivers.size()), -1, elem);
       continue;
     }
     for (const auto& [box, label] : decompose(cbox, parts)) {
       label_receivers.clear();
-      for (int32_t p : label) label_receivers.push_back(overlapping[static_cast<size_t>(p)]);
+      for (int32_t p : label) label_receivers.push_back(overlapping[static_cast<size_t>(p)].who);
       add_pieces(c, box, append_receivers(label_receivers),
                  static_cast<int32_t>(label_receivers.size()), -1, elem);
     }
   }
   needer_sweeps.clear();
 
-  // Readers: largest pieces first, each to the receiving rank with the fewest bytes so far (ties
-  // to the lower rank), found through one heap per group.
+  // Readers, set by set: among the pieces with the same receiving ranks, largest first (ties in
+  // piece order), each to the member with the fewest bytes of that set so far (ties to the
+  // lower rank). Every member of a set has all of the set's pieces in its share, in this order.
   {
     std::vector<int32_t> order(plan.pieces.size());
     std::iota(order.begin(), order.end(), 0);
@@ -404,21 +562,27 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
       return plan.pieces[static_cast<size_t>(a)].nbytes >
              plan.pieces[static_cast<size_t>(b)].nbytes;
     });
-    RankLoads loads(needs);
+    plan.read_bytes.assign(static_cast<size_t>(needs.ranks()), 0);
+    // Per set: a min-heap of (bytes of the set read so far, rank), made when first used.
+    std::vector<std::vector<std::pair<int64_t, int>>> heaps(static_cast<size_t>(sets.size()));
+    const auto lighter = std::greater<std::pair<int64_t, int>>();
     for (int32_t p : order) {
       Piece& piece = plan.pieces[static_cast<size_t>(p)];
-      const auto receivers = plan.receivers_of(piece);
-      int32_t best_group = receivers.front().group;
-      std::pair<int64_t, int> best = loads.lightest(best_group);
-      for (const Receiver& r : receivers.subspan(1)) {
-        if (const auto l = loads.lightest(r.group); l < best) {
-          best = l;
-          best_group = r.group;
-        }
+      const auto set = static_cast<size_t>(set_of_piece[static_cast<size_t>(p)]);
+      auto& heap = heaps[set];
+      if (heap.empty()) {
+        const auto at = static_cast<size_t>(plan.rank_set_at[set]);
+        const auto end = static_cast<size_t>(plan.rank_set_at[set + 1]);
+        for (size_t i = at; i < end; ++i) heap.emplace_back(0, plan.rank_sets[i]);
+        std::make_heap(heap.begin(), heap.end(), lighter);
       }
-      piece.reader = loads.assign(best_group, piece.nbytes);
+      std::pop_heap(heap.begin(), heap.end(), lighter);
+      auto& lightest = heap.back();
+      piece.reader = lightest.second;
+      lightest.first += piece.nbytes;
+      std::push_heap(heap.begin(), heap.end(), lighter);
+      plan.read_bytes[static_cast<size_t>(piece.reader)] += piece.nbytes;
     }
-    plan.read_bytes = loads.take_bytes();
   }
 
   // Messages: pieces with the same reader and receiving ranks, packed in piece order; a message
@@ -445,4 +609,5 @@ LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& need
   return plan;
 }
 
+}  // namespace
 }  // namespace shardload

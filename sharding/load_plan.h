@@ -49,10 +49,11 @@ struct Conversion {
 };
 
 /// Where a piece lands: in the Need `need` of the list of group `group` (RankGroups), on every
-/// member of the group.
+/// member of the group, or (`rank` >= 0, a need that is a symbolic split) on that member alone.
 struct Receiver {
   int32_t group = 0;
   int32_t need = 0;
+  int32_t rank = -1;
   bool operator==(const Receiver&) const = default;
 };
 
@@ -108,8 +109,11 @@ struct LoadPlan {
   std::vector<Piece> pieces;
   /// Messages in the order every rank executes them.
   std::vector<Message> messages;
-  /// Bytes each rank reads from disk (sum of nbytes of the pieces it reads).
+  /// Bytes each rank reads from disk (sum of nbytes of the pieces it reads). In the plan of one
+  /// rank (plan_load_for_rank), only that rank's entry is its whole share.
   std::vector<int64_t> read_bytes;
+  /// -1 for the whole plan; the rank whose share this is (plan_load_for_rank).
+  int rank = -1;
 
   /// The ranks a message goes to, ascending (the reader included). Consumers of a plan use this
   /// accessor, never the representation behind it.
@@ -121,7 +125,7 @@ struct LoadPlan {
   /// Where `piece` lands on `rank`: the index of the Need in that rank's list, or -1 when the
   /// rank does not receive it. O(log receiving groups).
   int32_t need_of(const Piece& piece, int rank) const;
-  /// The receiving groups of `piece` and where it lands in each.
+  /// The receivers of `piece` (ascending by group, then rank) and where it lands with each.
   std::span<const Receiver> receivers_of(const Piece& piece) const {
     return std::span<const Receiver>(receivers).subspan(static_cast<size_t>(piece.receivers_at),
                                                         static_cast<size_t>(piece.receivers_size));
@@ -137,14 +141,25 @@ struct LoadPlan {
 };
 
 /// The whole load plan. `needs` holds every rank's partition, once per group of ranks with
-/// identical needs (RankGroups); every rank computes the same plan from the same inputs. Pieces
-/// are made only for keys present in both with equal global shapes and full coverage; a piece's
-/// reader is one of its receiving ranks, the one with the fewest bytes assigned so far (pieces
-/// taken largest first, ties to the lower rank), so reads are balanced and mostly local. Only
-/// elements some rank needs are read. The cost grows with chunks times receiving groups, plus
-/// ranks, never with ranks times tensors; a chunk that lies inside every receiver's region is one
-/// piece without any grid decomposition.
+/// identical needs (RankGroups; splits over all ranks may be symbolic); every rank computes the
+/// same plan from the same inputs. Pieces are made only for keys present in both with equal
+/// global shapes and full coverage: each stored chunk's needed part cut into boxes with one set
+/// of receivers each (decompose), in index order. A piece's reader is one of its receiving
+/// ranks: among the pieces with the same receiving ranks, taken largest first (ties in piece
+/// order), each goes to the member with the fewest bytes of that set so far (ties to the lower
+/// rank), so reads are balanced and local, and the choice depends only on pieces every member of
+/// the set has in its own share. Only elements some rank needs are read.
 LoadPlan plan_load(const std::vector<ChunkRecord>& index, const RankGroups& needs,
                    const PlanOptions& options);
+
+/// Rank `rank`'s share of plan_load: the verdict fields whole (the same on every rank), and only
+/// the pieces it receives (every piece it reads is one) and the messages that carry them, in the
+/// whole plan's order, with the same boxes, readers and receiving ranks. Each rank's share of a
+/// message is the same message, so the ranks of a message issue it in the same order without
+/// anyone holding the others' pieces. The cost grows with the rank's own needs and the chunks
+/// and receivers they meet (a symbolic split: O(log) per tensor to find the members it meets),
+/// not with ranks times tensors: FSDP over thousands of ranks costs O(tensors) per rank.
+LoadPlan plan_load_for_rank(const std::vector<ChunkRecord>& index, const RankGroups& needs,
+                            int rank, const PlanOptions& options);
 
 }  // namespace shardload

@@ -1,5 +1,6 @@
 #include "sharding/rank_groups.h"
 
+#include <algorithm>
 #include <functional>
 #include <string_view>
 #include <unordered_map>
@@ -28,6 +29,56 @@ size_t list_hash(const std::vector<Holding>& list) {
 }
 
 }  // namespace
+
+void SplitTable::append(int ranks_in_run, int64_t size) {
+  if (ranks_in_run <= 0) return;
+  if (!run_size.empty() && run_size.back() == size) {
+    ranks += ranks_in_run;
+    total += size * ranks_in_run;
+    return;
+  }
+  run_first.push_back(ranks);
+  run_size.push_back(size);
+  run_offset.push_back(total);
+  ranks += ranks_in_run;
+  total += size * ranks_in_run;
+}
+
+size_t SplitTable::run_of_rank(int rank) const {
+  const auto it = std::upper_bound(run_first.begin(), run_first.end(), rank);
+  return static_cast<size_t>(it - run_first.begin()) - 1;
+}
+
+size_t SplitTable::run_of_offset(int64_t offset) const {
+  const auto it = std::upper_bound(run_offset.begin(), run_offset.end(), offset);
+  return it == run_offset.begin() ? 0 : static_cast<size_t>(it - run_offset.begin()) - 1;
+}
+
+int64_t SplitTable::offset_of(int rank) const {
+  const size_t run = run_of_rank(rank);
+  return run_offset[run] + (rank - run_first[run]) * run_size[run];
+}
+
+int64_t SplitTable::size_of(int rank) const { return run_size[run_of_rank(rank)]; }
+
+Box RankGroups::region_of(const Holding& h, int rank) const {
+  if (h.split < 0) return h.region;
+  const SplitTable& t = splits[static_cast<size_t>(h.split)];
+  Box b = h.region;
+  b.offset[static_cast<size_t>(t.dim)] = t.offset_of(rank);
+  b.shape[static_cast<size_t>(t.dim)] = t.size_of(rank);
+  return b;
+}
+
+std::vector<Holding> RankGroups::concrete_list(int rank) const {
+  std::vector<Holding> list = of_rank(rank);
+  for (Holding& h : list) {
+    if (h.split < 0) continue;
+    h.region = region_of(h, rank);
+    h.split = -1;
+  }
+  return list;
+}
 
 std::string ranks_str(const std::vector<int>& ranks) {
   std::string s = "[";

@@ -89,22 +89,26 @@ void check_layout(const std::vector<Declaration>& layout, int rank, int nranks, 
                          ", but its local shape " + shape_str(d.local_shape) + " has " +
                          std::to_string(ndim) + " dimensions");
       }
-      const std::vector<int> group = absolute_group(d.group, rank, nranks);
-      for (size_t a = 0; a < group.size(); ++a) {
-        if (group[a] < 0 || group[a] >= nranks) {
-          throw UsageError(who() + " names rank " + std::to_string(group[a]) +
-                           " in its split group " + ranks_str(group) + ", but there are " +
-                           std::to_string(nranks) + " ranks");
+      if (!d.group.empty()) {
+        // (A split over all ranks names every rank once, by construction: nothing to check.)
+        const std::vector<int> group = absolute_group(d.group, rank, nranks);
+        for (int m : group) {
+          if (m < 0 || m >= nranks) {
+            throw UsageError(who() + " names rank " + std::to_string(m) + " in its split group " +
+                             ranks_str(group) + ", but there are " + std::to_string(nranks) +
+                             " ranks");
+          }
         }
-        if (std::find(group.begin(), group.begin() + static_cast<std::ptrdiff_t>(a), group[a]) !=
-            group.begin() + static_cast<std::ptrdiff_t>(a)) {
-          throw UsageError(who() + " names rank " + std::to_string(group[a]) +
+        std::vector<int> sorted = group;
+        std::sort(sorted.begin(), sorted.end());
+        if (auto twice = std::adjacent_find(sorted.begin(), sorted.end()); twice != sorted.end()) {
+          throw UsageError(who() + " names rank " + std::to_string(*twice) +
                            " twice in its split group " + ranks_str(group));
         }
-      }
-      if (std::find(group.begin(), group.end(), rank) == group.end()) {
-        throw UsageError(who() + " declares a split over ranks " + ranks_str(group) +
-                         ", which does not include rank " + std::to_string(rank));
+        if (!std::binary_search(sorted.begin(), sorted.end(), rank)) {
+          throw UsageError(who() + " declares a split over ranks " + ranks_str(group) +
+                           ", which does not include rank " + std::to_string(rank));
+        }
       }
       if (d.group.empty()) {
         info.all_ranks_split = true;
@@ -120,20 +124,32 @@ void check_layout(const std::vector<Declaration>& layout, int rank, int nranks, 
 /// Checks that rank m's declaration `o` of a split declared by rank r as `d` over `group` agrees.
 void check_member(const Declaration& d, int r, const std::vector<int>& group, const Declaration& o,
                   int m, int nranks) {
-  const std::string pair = quoted(d.key) + ": rank " + std::to_string(r);
-  const std::string other = "rank " + std::to_string(m);
+  // The words of an error, made only when there is one (this runs per member and tensor).
+  auto pair = [&] { return quoted(d.key) + ": rank " + std::to_string(r); };
+  auto other = [&] { return "rank " + std::to_string(m); };
   if (o.kind != Kind::kSplit) {
-    throw UsageError(pair + " declares it split, " + other + " declares it " + kind_name(o.kind));
+    throw UsageError(pair() + " declares it split, " + other() + " declares it " +
+                     kind_name(o.kind));
   }
   if (o.split_dim != d.split_dim) {
-    throw UsageError(pair + " splits it along dimension " + std::to_string(d.split_dim) + ", " +
-                     other + " along dimension " + std::to_string(o.split_dim));
+    throw UsageError(pair() + " splits it along dimension " + std::to_string(d.split_dim) + ", " +
+                     other() + " along dimension " + std::to_string(o.split_dim));
   }
-  if (!(o.group.empty() && d.group.empty())) {
+  // Both relative to their ranks: the same members when m + o.group[i] == r + d.group[i].
+  const bool same_relative =
+      !o.group.empty() && o.group.size() == d.group.size() &&
+      std::equal(o.group.begin(), o.group.end(), d.group.begin(), [&](int a, int b) {
+        return static_cast<int64_t>(m) + a == static_cast<int64_t>(r) + b;
+      });
+  if (!(o.group.empty() && d.group.empty()) && !same_relative) {
+    // (A split over all ranks passes an empty `group`: its list is not spelled out.)
     const std::vector<int> theirs = absolute_group(o.group, m, nranks);
     if (theirs != group) {
-      throw UsageError(pair + " splits it over ranks " + ranks_str(group) + ", " + other +
-                       " over ranks " + ranks_str(theirs));
+      auto name = [&](const std::vector<int>& g) {
+        return g.empty() ? std::string("all ranks") : "ranks " + ranks_str(g);
+      };
+      throw UsageError(pair() + " splits it over " + name(group) + ", " + other() + " over " +
+                       name(o.group.empty() ? std::vector<int>{} : theirs));
     }
   }
   bool same_other_dims = o.local_shape.size() == d.local_shape.size();
@@ -143,7 +159,7 @@ void check_member(const Declaration& d, int r, const std::vector<int>& group, co
     }
   }
   if (!same_other_dims) {
-    throw UsageError(pair + " holds local shape " + shape_str(d.local_shape) + ", " + other +
+    throw UsageError(pair() + " holds local shape " + shape_str(d.local_shape) + ", " + other() +
                      " holds " + shape_str(o.local_shape) + ": split parts may differ only" +
                      " in dimension " + std::to_string(d.split_dim));
   }
@@ -160,7 +176,7 @@ struct VectorHash {
 
 }  // namespace
 
-RankGroups resolve_declarations(const DeclaredLayouts& declared) {
+RankGroups resolve_declarations(const DeclaredLayouts& declared, bool symbolic_splits) {
   const int nranks = declared.ranks();
   const auto& layouts = declared.layouts;
   std::vector<LayoutInfo> info(layouts.size());
@@ -201,7 +217,9 @@ RankGroups resolve_declarations(const DeclaredLayouts& declared) {
         key.push_back(declared.layout_of[static_cast<size_t>(m)]);
       }
     }
-    if (li.all_ranks_split) key.push_back(r);
+    // A split over all ranks gives each rank its own offset: its own group, unless the offsets
+    // are kept symbolic (then ranks with one layout share a group and the split's table).
+    if (li.all_ranks_split && !symbolic_splits) key.push_back(r);
     auto [it, fresh] = group_of_key.try_emplace(key, static_cast<int32_t>(out.members.size()));
     if (fresh) {
       out.members.emplace_back();
@@ -211,29 +229,36 @@ RankGroups resolve_declarations(const DeclaredLayouts& declared) {
     out.group_of[static_cast<size_t>(r)] = it->second;
   }
 
-  // Splits over all ranks: every member's declaration checked and the prefix sums of the sizes
-  // worked out once per key (against the first rank that resolves it).
-  std::unordered_map<std::string_view, std::vector<int64_t>> all_ranks_offsets;
-  auto offsets_over_all = [&](const Declaration& d, int r) -> const std::vector<int64_t>& {
-    auto [it, fresh] = all_ranks_offsets.try_emplace(d.key);
+  // Splits over all ranks: every distinct layout's declaration checked and the slab sizes laid
+  // out once per key (against the first rank that resolves it), by runs of consecutive ranks
+  // with one layout, so a split over thousands of ranks costs its runs, not its ranks.
+  std::vector<std::pair<int, int32_t>> layout_runs;  // (first rank, layout)
+  for (int r = 0; r < nranks; ++r) {
+    const int32_t l = declared.layout_of[static_cast<size_t>(r)];
+    if (layout_runs.empty() || layout_runs.back().second != l) layout_runs.emplace_back(r, l);
+  }
+  std::unordered_map<std::string_view, int32_t> split_of_key;
+  std::vector<SplitTable> tables;
+  auto split_over_all = [&](const Declaration& d, int r) -> int32_t {
+    auto [it, fresh] = split_of_key.try_emplace(d.key, static_cast<int32_t>(tables.size()));
     if (!fresh) return it->second;
-    const std::vector<int> group = absolute_group({}, r, nranks);
-    std::vector<int64_t>& prefix = it->second;
-    prefix.assign(1, 0);
-    for (int m = 0; m < nranks; ++m) {
-      const int32_t l = declared.layout_of[static_cast<size_t>(m)];
+    SplitTable& table = tables.emplace_back();
+    table.dim = d.split_dim;
+    for (size_t run = 0; run < layout_runs.size(); ++run) {
+      const auto [m, l] = layout_runs[run];
+      const int end = run + 1 < layout_runs.size() ? layout_runs[run + 1].first : nranks;
       const LayoutInfo& li = info[static_cast<size_t>(l)];
       const int32_t w = li.where.find(d.key);
       if (w < 0) {
         throw UsageError(quoted(d.key) + ": rank " + std::to_string(r) + " splits it over ranks " +
-                         ranks_str(group) + ", but rank " + std::to_string(m) +
-                         " does not declare it");
+                         ranks_str(absolute_group({}, r, nranks)) + ", but rank " +
+                         std::to_string(m) + " does not declare it");
       }
       const Declaration& o = layouts[static_cast<size_t>(l)][static_cast<size_t>(w)];
-      check_member(d, r, group, o, m, nranks);
-      prefix.push_back(prefix.back() + o.local_shape[static_cast<size_t>(d.split_dim)]);
+      check_member(d, r, {}, o, m, nranks);
+      table.append(end - m, o.local_shape[static_cast<size_t>(d.split_dim)]);
     }
-    return prefix;
+    return it->second;
   };
 
   // Each group's list, resolved at its first member.
@@ -251,9 +276,14 @@ RankGroups resolve_declarations(const DeclaredLayouts& declared) {
       } else if (d.kind == Kind::kSplit) {
         const size_t dim = static_cast<size_t>(d.split_dim);
         if (d.group.empty()) {
-          const std::vector<int64_t>& prefix = offsets_over_all(d, r);
-          h.region.offset[dim] = prefix[static_cast<size_t>(r)];
-          h.global_shape[dim] = prefix.back();
+          const int32_t t = split_over_all(d, r);
+          const SplitTable& table = tables[static_cast<size_t>(t)];
+          h.global_shape[dim] = table.total;
+          if (symbolic_splits) {
+            h.split = t;  // offset 0 here: each member's is the table's
+          } else {
+            h.region.offset[dim] = table.offset_of(r);
+          }
         } else {
           const std::vector<int> group = absolute_group(d.group, r, nranks);
           int64_t total = 0;
@@ -277,6 +307,8 @@ RankGroups resolve_declarations(const DeclaredLayouts& declared) {
       list.push_back(std::move(h));
     }
   }
+
+  if (symbolic_splits) out.splits = std::move(tables);
 
   // Every rank that declares a key must agree on its dtype and global shape (nothing to compare
   // within one group: its list is one rank's).

@@ -19,6 +19,11 @@ namespace shardload {
 /// rank or names a rank twice or out of range, members of a group disagree (kind, dim, group,
 /// other dims) or one does not declare the key, a kShard box lies outside its global shape, a
 /// dimension is out of range or negative, or ranks disagree on a key's dtype or global shape.
-RankGroups resolve_declarations(const DeclaredLayouts& declared);
+///
+/// With `symbolic_splits`, a split over all ranks (FSDP, a DTensor Shard over the world) is not
+/// resolved per rank: ranks with the same layout share one group whose holding of the key names
+/// a SplitTable (Holding::split) giving each member's offset, so FSDP over thousands of ranks
+/// resolves to a few groups (RankGroups::region_of makes a member's region concrete).
+RankGroups resolve_declarations(const DeclaredLayouts& declared, bool symbolic_splits = false);
 
 }  // namespace shardload

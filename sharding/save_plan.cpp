@@ -37,6 +37,9 @@ void check_same_tensor(const Holding& a, int ra, const Holding& b, int rb,
 }
 
 SavePlan plan_save(const RankGroups& holdings) {
+  if (!holdings.splits.empty()) {
+    throw UsageError("plan_save: holdings with symbolic splits (resolve them per rank)");
+  }
   check_rank_groups(holdings, "plan_save");
 
   // A distinct region of a key and the (group, holding index) pairs that hold it, ascending group.

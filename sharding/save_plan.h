@@ -36,6 +36,9 @@ struct Holding {
   DType dtype = DType::kFloat32;
   Shape global_shape;
   Box region;
+  /// -1, or (in RankGroups made with symbolic splits) the index of the SplitTable of a split over
+  /// all ranks: then region.offset[dim] is 0 and each member's offset is the table's.
+  int32_t split = -1;
 
   bool operator==(const Holding&) const = default;
 };

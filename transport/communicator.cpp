@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -640,6 +641,16 @@ double Communicator::allreduce_max(double value) const {
     SHARDLOAD_MPI(MPI_Iallreduce(&value, &out, 1, MPI_DOUBLE, MPI_MAX, comm_, req));
   });
   return out;
+}
+
+void Communicator::allreduce_or(std::vector<uint8_t>& bits) const {
+  if (bits.size() > static_cast<size_t>(INT_MAX)) {
+    throw CommError("allreduce_or: " + std::to_string(bits.size()) + " bytes in one call");
+  }
+  guarded("MPI_Iallreduce", [&](MPI_Request* req) {
+    SHARDLOAD_MPI(MPI_Iallreduce(MPI_IN_PLACE, bits.data(), static_cast<int>(bits.size()),
+                                 MPI_UINT8_T, MPI_BOR, comm_, req));
+  });
 }
 
 void Communicator::broadcast(std::string& bytes, int root) const {

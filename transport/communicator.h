@@ -130,6 +130,8 @@ class Communicator {
   int64_t allreduce_sum(int64_t value) const;
   int64_t allreduce_max(int64_t value) const;
   double allreduce_max(double value) const;
+  /// The bitwise OR of every rank's `bits` (the same length on every rank), in place.
+  void allreduce_or(std::vector<uint8_t>& bits) const;
   /// `root`'s bytes on every rank (any size).
   void broadcast(std::string& bytes, int root) const;
   void barrier() const;

@@ -50,8 +50,11 @@ class MpiTransport : public Transport {
   ~MpiTransport() override {
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+    // After abort() operations may still be pending on the communicator: it is never freed, so
+    // that a later duplicate cannot get its context and match what was left unmatched.
+    if (!finalized && !aborted_ && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
   }
+  void abort() override { aborted_ = true; }
   std::string name() const override { return "mpi"; }
   bool supports(MemoryKind kind) const override { return kind == MemoryKind::kHost; }
 
@@ -111,6 +114,7 @@ class MpiTransport : public Transport {
   MPI_Comm comm_;
   int size_;
   int rank_;
+  bool aborted_ = false;
 };
 
 }  // namespace

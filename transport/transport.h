@@ -44,8 +44,9 @@ class Transport {
   /// (messages over 2 GiB are cut into parts). When `ranks` is every rank, a broadcast.
   virtual std::unique_ptr<Delivery> start(void* data, size_t nbytes, int root,
                                           std::span<const int> ranks) = 0;
-  /// Ends every operation in flight without waiting (after a timeout or a peer's failure).
-  /// Default: nothing to do.
+  /// Ends every operation in flight without waiting (after a timeout or a peer's failure). What
+  /// was left unmatched must never match a later transport's operations (the MPI backend keeps
+  /// its communicator, so no later duplicate gets its context). Default: nothing to do.
   virtual void abort() {}
 
   /// A failure of this rank alone in the middle of a transfer (a device error), told to every

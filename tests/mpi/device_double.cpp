@@ -150,7 +150,8 @@ class DoubleTransport : public DeviceTransport {
     stream_->join();
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (comm_ != MPI_COMM_NULL && !finalized) MPI_Comm_free(&comm_);
+    // Deliveries an abort() left unmatched stay on the communicator: never freed then.
+    if (comm_ != MPI_COMM_NULL && !finalized && !abandoned_) MPI_Comm_free(&comm_);
   }
 
   std::string name() const override { return "double"; }
@@ -226,6 +227,7 @@ class DoubleTransport : public DeviceTransport {
   }
 
   void abort() override {
+    abandoned_ = true;
     if (grouped_) {
       grouped_ = false;
       --open_groups;
@@ -307,6 +309,7 @@ class DoubleTransport : public DeviceTransport {
   bool grouped_ = false;
   int64_t group_ = -1;
   int starts_ = 0;
+  bool abandoned_ = false;
   std::vector<Op> pending_;
 };
 

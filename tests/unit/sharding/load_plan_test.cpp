@@ -1006,5 +1006,337 @@ TEST(PlanLoadProperty, CheckerCatchesEveryWrongPlanner) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// One rank's share of the plan (plan_load_for_rank): what the whole plan gives that rank, the
+// same boxes, readers, receivers and message order, from needs that may hold splits over all
+// ranks symbolically.
+
+/// Needs grouped as load() resolves them: a key every rank needs as consecutive slabs along one
+/// dimension in rank order (an FSDP split) becomes a SplitTable, and ranks whose lists are then
+/// equal share a group. Other keys stay explicit.
+RankGroups symbolic_groups(const std::vector<std::vector<Need>>& needs, int* splits_made) {
+  const int Q = static_cast<int>(needs.size());
+  std::vector<std::vector<Need>> lists = needs;
+  std::vector<SplitTable> tables;
+  std::set<std::string> keys;
+  for (const auto& list : needs) {
+    for (const Need& n : list) keys.insert(n.key);
+  }
+  for (const std::string& key : keys) {
+    std::vector<const Need*> of(Q, nullptr);
+    for (int r = 0; r < Q; ++r) {
+      for (const Need& n : needs[r]) {
+        if (n.key == key) of[r] = &n;
+      }
+    }
+    if (std::count(of.begin(), of.end(), nullptr) > 0 || of[0]->global_shape.empty()) continue;
+    const Shape& g = of[0]->global_shape;
+    for (size_t d = 0; d < g.size(); ++d) {
+      bool tiles = true;
+      int64_t at = 0;
+      for (int r = 0; r < Q && tiles; ++r) {
+        for (size_t e = 0; e < g.size(); ++e) {
+          if (e == d) continue;
+          tiles &= of[r]->region.offset[e] == 0 && of[r]->region.shape[e] == g[e];
+        }
+        tiles &= of[r]->region.offset[d] == at;
+        at += of[r]->region.shape[d];
+      }
+      if (!tiles || at != g[d]) continue;
+      SplitTable t;
+      t.dim = static_cast<int64_t>(d);
+      for (int r = 0; r < Q; ++r) t.append(1, of[r]->region.shape[d]);
+      tables.push_back(t);
+      for (int r = 0; r < Q; ++r) {
+        for (Need& n : lists[r]) {
+          if (n.key != key) continue;
+          n.split = static_cast<int32_t>(tables.size() - 1);
+          n.region.offset[d] = 0;
+        }
+      }
+      break;
+    }
+  }
+  *splits_made = static_cast<int>(tables.size());
+  RankGroups groups = RankGroups::merge_equal(std::move(lists));
+  groups.splits = std::move(tables);
+  return groups;
+}
+
+/// What differs between rank r's share and the whole plan's pieces and messages for rank r.
+std::vector<std::string> share_differences(const LoadPlan& whole, const LoadPlan& share, int r) {
+  std::vector<std::string> out;
+  if (whole.missing_keys != share.missing_keys) out.push_back("missing_keys");
+  if (whole.unexpected_keys != share.unexpected_keys) out.push_back("unexpected_keys");
+  if (whole.size_mismatches != share.size_mismatches) out.push_back("size_mismatches");
+  if (whole.conversions != share.conversions) out.push_back("conversions");
+  if (uncovered_per_rank(whole) != uncovered_per_rank(share)) out.push_back("uncovered");
+  if (share.read_bytes.at(r) != whole.read_bytes.at(r)) out.push_back("read_bytes");
+  std::vector<int32_t> share_of(whole.pieces.size(), -1);
+  std::vector<int32_t> mine;
+  for (size_t p = 0; p < whole.pieces.size(); ++p) {
+    if (whole.need_of(whole.pieces[p], r) < 0) continue;
+    share_of[p] = static_cast<int32_t>(mine.size());
+    mine.push_back(static_cast<int32_t>(p));
+  }
+  if (mine.size() != share.pieces.size()) {
+    out.push_back("pieces: " + std::to_string(share.pieces.size()) + " in the share, " +
+                  std::to_string(mine.size()) + " in the whole plan");
+    return out;
+  }
+  for (size_t i = 0; i < mine.size(); ++i) {
+    const Piece &x = whole.pieces[mine[i]], &y = share.pieces[i];
+    if (x.chunk != y.chunk || x.box != y.box || x.reader != y.reader || x.nbytes != y.nbytes ||
+        whole.need_of(x, r) != share.need_of(y, r)) {
+      out.push_back("piece " + std::to_string(i) + " " + box_str(y.box) + " reader " +
+                    std::to_string(y.reader) + " vs " + box_str(x.box) + " reader " +
+                    std::to_string(x.reader));
+    }
+  }
+  std::vector<const Message*> messages;
+  for (const Message& m : whole.messages) {
+    const auto rs = whole.ranks_of(m);
+    if (std::find(rs.begin(), rs.end(), r) != rs.end()) messages.push_back(&m);
+  }
+  if (messages.size() != share.messages.size()) {
+    out.push_back("number of messages");
+    return out;
+  }
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const Message &x = *messages[i], &y = share.messages[i];
+    std::vector<int32_t> pieces;
+    for (int32_t p : x.pieces) pieces.push_back(share_of[p]);
+    if (x.reader != y.reader || pieces != y.pieces || x.nbytes != y.nbytes ||
+        ranks(whole, x) != ranks(share, y)) {
+      out.push_back("message " + std::to_string(i));
+    }
+  }
+  return out;
+}
+
+TEST(PlanLoadProperty, EachRanksShareIsItsPartOfTheWholePlan) {
+  std::mt19937 rng(16384);
+  Case c{rng};
+  int symbolic = 0, shared_messages = 0;
+  for (int iter = 0; iter < 300; ++iter) {
+    const Scenario s = make_scenario(c, iter);
+    SCOPED_TRACE(s.trace);
+    const LoadPlan whole =
+        plan_load(s.index, RankGroups::merge_equal(s.needs), PlanOptions{s.budget});
+    int splits = 0;
+    const RankGroups groups = symbolic_groups(s.needs, &splits);
+    symbolic += splits > 0;
+    // The whole plan from symbolic needs is the whole plan.
+    EXPECT_EQ(differences(plan_load(s.index, groups, PlanOptions{s.budget}), whole, s.Q),
+              std::vector<std::string>{});
+    for (int r = 0; r < s.Q; ++r) {
+      const LoadPlan share = plan_load_for_rank(s.index, groups, r, PlanOptions{s.budget});
+      EXPECT_EQ(share_differences(whole, share, r), std::vector<std::string>{}) << "rank " << r;
+      for (const Message& m : share.messages) shared_messages += share.ranks_of(m).size() > 1;
+    }
+    if (HasFailure()) break;
+  }
+  EXPECT_GT(symbolic, 30);
+  EXPECT_GT(shared_messages, 100);
+}
+
+/// The layouts large jobs load with, small: FSDP (every key split along dim 0 over all ranks,
+/// even slabs, empty ones at the tail), HSDP (split over groups of `shard` consecutive ranks,
+/// replicated across the groups), expert parallel (each expert's key held whole by the ranks of
+/// its EP index, a shared key by all). Saved by 1 to 5 ranks in random tilings.
+Scenario named_scenario(Case& c, int kind, int iter) {
+  static const char* names[] = {"FSDP", "HSDP", "expert parallel"};
+  Scenario s;
+  const int shard = static_cast<int>(c.pick(2, 4)), replicas = static_cast<int>(c.pick(1, 3));
+  s.Q = kind == 0 ? static_cast<int>(c.pick(2, 9)) : shard * replicas;
+  s.budget = std::vector<int64_t>{64ll << 20, 16, 40}[c.pick(0, 2)];
+  const int P = static_cast<int>(c.pick(1, 5));
+  s.trace = std::string(names[kind]) + " iter " + std::to_string(iter) + " P=" + std::to_string(P) +
+            " Q=" + std::to_string(s.Q) + " budget=" + std::to_string(s.budget);
+  const int nkeys = kind == 2 ? shard + 1 : 3;
+  std::vector<std::vector<Holding>> holdings(P);
+  std::vector<std::pair<std::string, Shape>> keys;
+  for (int k = 0; k < nkeys; ++k) {
+    Shape g = {std::vector<int64_t>{1, 2, 3, 5, 7, 13}[c.pick(0, 5)]};
+    if (c.pick(0, 1)) g.push_back(std::vector<int64_t>{1, 3, 4}[c.pick(0, 2)]);
+    keys.emplace_back("k" + std::to_string(k), g);
+    std::string name;
+    const auto layout = random_layout(c, g, P, /*tiling=*/true, name);
+    s.trace += " | k" + std::to_string(k) + " " + shape_str(g) + " saved " + name;
+    for (int r = 0; r < P; ++r)
+      holdings[r].push_back(Holding{keys[k].first, DType::kFloat32, g, *layout[r]});
+  }
+  const SavePlan save = plan_save(RankGroups::one_per_rank(holdings));
+  for (int r = 0; r < P; ++r) {
+    for (int32_t i : save.writes[r]) {
+      const Holding& h = holdings[r][i];
+      s.index.push_back(
+          ChunkRecord{h.key, h.dtype, h.global_shape, h.region.offset, h.region.shape, r,
+                      "/c/" + std::to_string(s.index.size()),
+                      static_cast<uint64_t>(box_numel(h.region) * dtype_size(h.dtype)), 0});
+    }
+  }
+  s.needs.resize(s.Q);
+  for (int r = 0; r < s.Q; ++r) {
+    for (int k = 0; k < nkeys; ++k) {
+      const auto& [key, g] = keys[k];
+      if (kind == 0) {
+        s.needs[r].push_back(Need{key, DType::kFloat32, g, even_split(g, 0, s.Q, r)});
+      } else if (kind == 1) {
+        s.needs[r].push_back(Need{key, DType::kFloat32, g, even_split(g, 0, shard, r % shard)});
+      } else if (k == nkeys - 1 || k == r % shard) {
+        s.needs[r].push_back(Need{key, DType::kFloat32, g, full_box(g)});
+      }
+    }
+  }
+  s.groups = RankGroups::merge_equal(s.needs).groups();
+  return s;
+}
+
+TEST(PlanLoadProperty, FsdpHsdpAndExpertParallelShares) {
+  std::mt19937 rng(4096);
+  Case c{rng};
+  int symbolic = 0, with_pieces = 0;
+  for (int iter = 0; iter < 240; ++iter) {
+    const Scenario s = named_scenario(c, iter % 3, iter);
+    SCOPED_TRACE(s.trace);
+    const LoadPlan whole =
+        plan_load(s.index, RankGroups::merge_equal(s.needs), PlanOptions{s.budget});
+    // Every byte read once, by a rank that needs it; every needed element delivered once.
+    const auto bad = violations(s, whole);
+    EXPECT_TRUE(bad.empty()) << ::testing::PrintToString(bad);
+    EXPECT_TRUE(whole.unexpected_keys.empty());
+    int splits = 0;
+    const RankGroups groups = symbolic_groups(s.needs, &splits);
+    symbolic += splits > 0;
+    for (int r = 0; r < s.Q; ++r) {
+      const LoadPlan share = plan_load_for_rank(s.index, groups, r, PlanOptions{s.budget});
+      EXPECT_EQ(share_differences(whole, share, r), std::vector<std::string>{}) << "rank " << r;
+      with_pieces += !share.pieces.empty();
+    }
+    if (HasFailure()) break;
+  }
+  EXPECT_GT(symbolic, 60);  // every FSDP case, and HSDP ones with one group
+  EXPECT_GT(with_pieces, 500);
+}
+
+TEST(PlanLoadProperty, ShareCheckerCatchesEveryWrongShare) {
+  // Each way a rank's share can go wrong is caught by share_differences, on which the two tests
+  // above rely; and a symbolic split whose table is off by one element plans a different share.
+  std::mt19937 rng(512);
+  Case c{rng};
+  struct ShareMutation {
+    const char* name;
+    std::function<bool(LoadPlan&, int)> apply;
+  };
+  const std::vector<ShareMutation> mutations = {
+      {"a piece dropped",
+       [](LoadPlan& p, int) {
+         if (p.messages.empty()) return false;
+         Message& m = p.messages.back();
+         m.pieces.pop_back();
+         if (m.pieces.empty()) p.messages.pop_back();
+         p.pieces.pop_back();
+         return true;
+       }},
+      {"another reader of the set",
+       [](LoadPlan& p, int) {
+         for (Message& m : p.messages) {
+           const auto rs = p.ranks_of(m);
+           if (rs.size() < 2) continue;
+           const int other = rs[0] == m.reader ? rs[1] : rs[0];
+           m.reader = other;
+           for (int32_t i : m.pieces) p.pieces[i].reader = other;
+           return true;
+         }
+         return false;
+       }},
+      {"two messages swapped",
+       [](LoadPlan& p, int) {
+         for (size_t i = 1; i < p.messages.size(); ++i) {
+           if (p.messages[i - 1].reader != p.messages[i].reader ||
+               p.messages[i - 1].nbytes != p.messages[i].nbytes) {
+             std::swap(p.messages[i - 1], p.messages[i]);
+             return true;
+           }
+         }
+         return false;
+       }},
+      {"a box one element short",
+       [](LoadPlan& p, int) {
+         for (Piece& piece : p.pieces) {
+           for (int64_t& e : piece.box.shape) {
+             if (e > 1) {
+               --e;
+               return true;
+             }
+           }
+         }
+         return false;
+       }},
+      {"a message to one rank fewer",
+       [](LoadPlan& p, int r) {
+         for (Message& m : p.messages) {
+           const auto rs = p.ranks_of(m);
+           if (rs.size() < 2) continue;
+           // A set of its ranks less the last one other than r.
+           std::vector<int> fewer(rs.begin(), rs.end());
+           fewer.erase(
+               std::find(fewer.begin(), fewer.end(), fewer.back() == r ? fewer[0] : fewer.back()));
+           m.rank_set = static_cast<int32_t>(p.rank_set_at.size() - 1);
+           p.rank_sets.insert(p.rank_sets.end(), fewer.begin(), fewer.end());
+           p.rank_set_at.push_back(static_cast<int64_t>(p.rank_sets.size()));
+           return true;
+         }
+         return false;
+       }},
+  };
+  std::vector<int> applied(mutations.size()), caught(mutations.size());
+  int tables = 0, tables_caught = 0;
+  for (int iter = 0; iter < 90; ++iter) {
+    const Scenario s = named_scenario(c, iter % 3, iter);
+    SCOPED_TRACE(s.trace);
+    const LoadPlan whole =
+        plan_load(s.index, RankGroups::merge_equal(s.needs), PlanOptions{s.budget});
+    int splits = 0;
+    RankGroups groups = symbolic_groups(s.needs, &splits);
+    for (int r = 0; r < s.Q; ++r) {
+      for (size_t k = 0; k < mutations.size(); ++k) {
+        LoadPlan share = plan_load_for_rank(s.index, groups, r, PlanOptions{s.budget});
+        if (!mutations[k].apply(share, r)) continue;
+        ++applied[k];
+        caught[k] += !share_differences(whole, share, r).empty();
+      }
+    }
+    // A table with a run of non-empty slabs one element late: some rank's share must differ
+    // (or the planner refuse it).
+    size_t late = 0;
+    for (size_t j = 1; splits > 0 && j < groups.splits[0].run_size.size() && !late; ++j) {
+      if (groups.splits[0].run_size[j] > 0) late = j;
+    }
+    if (late > 0) {
+      ++tables;
+      groups.splits[0].run_offset[late] += 1;
+      bool differs = false;
+      for (int r = 0; r < s.Q && !differs; ++r) {
+        try {
+          differs = !share_differences(
+                         whole, plan_load_for_rank(s.index, groups, r, PlanOptions{s.budget}), r)
+                         .empty();
+        } catch (const Error&) {
+          differs = true;
+        }
+      }
+      tables_caught += differs;
+    }
+  }
+  for (size_t k = 0; k < mutations.size(); ++k) {
+    EXPECT_GE(applied[k], 20) << mutations[k].name;
+    EXPECT_EQ(caught[k], applied[k]) << mutations[k].name;
+  }
+  EXPECT_GE(tables, 10);
+  EXPECT_EQ(tables_caught, tables);
+}
+
 }  // namespace
 }  // namespace shardload
