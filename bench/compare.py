@@ -18,9 +18,10 @@ Warm (default): the files were just written, so they are in the page cache and t
 memory bandwidth. --cold: before every load (every loader, and the limit) the files are flushed
 and evicted from the page cache (posix_fadvise DONTNEED), so reads come from the disk.
 
-Also measured: shardload with `--direct-io` (cold runs only: reads around the page cache), and
-shardload with its checksum checks off (`--no-verify`), the cost of verifying
-every byte.
+Also measured: shardload with `--direct-io` (cold runs only: reads around the page cache),
+shardload with its checksum checks off (`--no-verify`), the cost of verifying every byte, and
+shardload with `--read-in-place` (the reading rank's bytes straight into its tensors, no staging
+copy; a corrupt chunk then leaves that tensor holding unverified bytes).
 """
 import argparse
 import json
@@ -155,6 +156,11 @@ def main():
                 before()
                 t.append(shardload_load(args, ours, ref, split, "--no-verify")["seconds"])
             results["shardload, checksums off"] = (statistics.median(t), read, 0)
+            t = []
+            for _ in range(args.repeat):
+                before()
+                t.append(shardload_load(args, ours, ref, split, "--read-in-place")["seconds"])
+            results["shardload, --read-in-place"] = (statistics.median(t), read, 0)
             if args.cold:  # direct I/O is for the disk-bound case
                 t = []
                 for _ in range(args.repeat):
@@ -192,6 +198,8 @@ def main():
                 "shardload_phase_seconds": median_phases,
                 "fraction_of_limit": results[limit_name][0] / base,
                 "checksum_cost": base / results["shardload, checksums off"][0] - 1,
+                "read_in_place_fraction_of_limit":
+                    results[limit_name][0] / results["shardload, --read-in-place"][0],
             }
             for name, (secs, read, wrong) in results.items():
                 rows.append((scenario, name, secs, nbytes / secs / 2**30, secs / base,

@@ -383,7 +383,7 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
     transfer = std::make_unique<Transfer>(TransferInputs{
         plan, index, my_needs, my_entry_of_need, partition, files,
         TransferOptions{options.message_bytes, options.staging_bytes, options.verify_checksums,
-                        options.reader_threads, options.progress},
+                        options.reader_threads, options.progress, options.read_in_place},
         comm});
   });
   transfer->connect(phases);

@@ -37,6 +37,14 @@ struct LoadOptions {
   /// restarts of checkpoints that do not fit beside the model in memory, and to keep the cache
   /// for other work. Off by default: a warm cache is faster. Same bytes, same checks either way.
   bool direct_io = false;
+  /// Read a tensor's bytes straight into it, with no staging copy, where the reading rank is one
+  /// of its receivers and the tensor takes the bytes as stored (contiguous host memory, the
+  /// stored dtype, one piece): the bytes are verified in place, before anything is sent from
+  /// there. Off by default, because it gives up one guarantee: when such a read finds a corrupt
+  /// chunk, the load fails on every rank as always, but that tensor then holds the unverified
+  /// bytes (by default a failing tensor is never touched). docs/GUARANTEES.md; the saving is one
+  /// copy of the bytes this rank reads (docs/PERFORMANCE.md).
+  bool read_in_place = false;
   /// Threads that read and verify shard bytes on each rank; 0: the machine's cores shared by the
   /// ranks on it (at least 1, at most 8).
   int reader_threads = 0;

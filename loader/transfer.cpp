@@ -32,6 +32,9 @@ constexpr int64_t kDirectBytes = int64_t{1} << 20;
 constexpr size_t kMaxInFlight = 64;
 /// Device ring slots reserved beyond the ring's bytes (alignment of the messages in it).
 constexpr int64_t kMaxGroupMessages = 16;
+/// Pieces smaller than this are staged even with read_in_place: small tensors are read many
+/// per pread (packed), which beats one read each.
+constexpr int64_t kInPlaceBytes = int64_t{64} << 10;
 /// Seconds between progress reports.
 constexpr double kProgressEvery = 0.2;
 
@@ -73,6 +76,12 @@ struct Slot {
   int status_ok = -1;  ///< the reader's status word once known: 1 good, 0 failed, -1 unknown
   std::unique_ptr<Delivery> data;
   bool direct = false;  ///< the bytes go straight into this rank's tensor
+  /// The reader's own tensor, when it reads a one-piece message in place
+  /// (TransferOptions::read_in_place).
+  char* in_place = nullptr;
+  /// Where each piece of a message this rank alone receives is read in place (or nullptr: into
+  /// staging); empty when none is.
+  std::vector<char*> pieces_in_place;
   // The device route.
   int64_t group = -1;                ///< its device group (plan-wide numbering)
   char* device = nullptr;            ///< where its bytes land on the device (ring or tensor)
@@ -188,9 +197,14 @@ struct Transfer::Impl {
 
   /// Copies this rank's pieces of a message from its host bytes into the tensors, converting
   /// dtype like copy_ (a device destination: a host-to-device copy).
-  int64_t land(const Message& m, const char* bytes) const {
+  int64_t land(const Message& m, const char* bytes, const std::vector<char*>& in_place = {}) const {
     int64_t landed = 0;
+    size_t k = 0;
     for_my_pieces(m, [&](const Piece& piece, int32_t need, int64_t pos) {
+      if (!in_place.empty() && in_place[k++]) {
+        landed += piece.nbytes;  // read and verified where it lies
+        return;
+      }
       const ChunkRecord& row = in.index[static_cast<size_t>(piece.chunk)];
       const Need& n = in.my_needs[static_cast<size_t>(need)];
       void* whole = whole_destination[static_cast<size_t>(need)];
@@ -221,12 +235,46 @@ struct Transfer::Impl {
     return landed;
   }
 
+  /// Reads `piece`, a part of chunk `row`, into `into` (verified).
+  void read_part(const Piece& piece, const ChunkRecord& row, char* into) {
+    Shape in_chunk(piece.box.offset.size());
+    for (size_t d = 0; d < in_chunk.size(); ++d) in_chunk[d] = piece.box.offset[d] - row.offset[d];
+    in.files.get(row.file).read(row, in_chunk, piece.box.shape, into, in.options.verify_checksums);
+  }
+
+  /// For a message this rank alone receives, with read_in_place: per piece, the tensor bytes it
+  /// is read into directly (a piece of at least kInPlaceBytes that is all of a contiguous host
+  /// destination in the stored dtype), or nullptr (read into staging and landed). Empty when
+  /// none is.
+  std::vector<char*> in_place_targets(const Message& m) const {
+    std::vector<char*> out;
+    bool any = false;
+    for (int32_t p : m.pieces) {
+      const Piece& piece = in.plan.pieces[static_cast<size_t>(p)];
+      char* target = nullptr;
+      if (piece.nbytes >= kInPlaceBytes) {
+        const int32_t need = in.plan.need_of(piece, rank);
+        const at::Tensor dst = destination(piece, need);
+        const ChunkRecord& row = in.index[static_cast<size_t>(piece.chunk)];
+        if (dst.device().is_cpu() && dst.is_contiguous() &&
+            dst.scalar_type() == scalar_type_of(row.dtype) &&
+            dst.nbytes() == static_cast<size_t>(piece.nbytes)) {
+          target = static_cast<char*>(dst.data_ptr());
+        }
+      }
+      any = any || target;
+      out.push_back(target);
+    }
+    if (!any) out.clear();
+    return out;
+  }
+
   /// Reads every piece of `m` into `bytes` (this rank is its reader), each piece at its aligned
   /// position. Runs on a reader thread: every row was prepared on the driver thread, so the
   /// reads make no HDF5 call. Runs of pieces that are whole chunks of one file go in one call,
   /// which reads chunks adjacent in the file with one pread (packed small tensors); the pieces
   /// of a run are then moved apart to their aligned positions (last first: they only move up).
-  int64_t read(const Message& m, char* bytes) {
+  int64_t read(const Message& m, char* bytes, const std::vector<char*>& in_place = {}) {
     maybe_inject_failure("read", rank);
     int64_t pos = 0, read_bytes = 0;
     std::vector<const ChunkRecord*> run;
@@ -246,23 +294,27 @@ struct Transfer::Impl {
       run.clear();
       run_places.clear();
     };
-    for (int32_t p : m.pieces) {
+    for (size_t k = 0; k < m.pieces.size(); ++k) {
       pos = aligned_piece_start(pos);
-      const Piece& piece = in.plan.pieces[static_cast<size_t>(p)];
+      const Piece& piece = in.plan.pieces[static_cast<size_t>(m.pieces[k])];
       const ChunkRecord& row = in.index[static_cast<size_t>(piece.chunk)];
-      if (piece.box.offset == row.offset && piece.box.shape == row.shape) {
+      char* into = !in_place.empty() && in_place[k] ? in_place[k] : bytes + pos;
+      if (into != bytes + pos) {
+        flush();
+        if (piece.box.offset == row.offset && piece.box.shape == row.shape) {
+          const ChunkRecord* one[] = {&row};
+          in.files.get(row.file).read_chunks(one, into, in.options.verify_checksums);
+        } else {
+          read_part(piece, row, into);
+        }
+      } else if (piece.box.offset == row.offset && piece.box.shape == row.shape) {
         if (row.file != run_file) flush();
         run_file = row.file;
         run.push_back(&row);
         run_places.emplace_back(pos, piece.nbytes);
       } else {
         flush();
-        Shape in_chunk(piece.box.offset.size());
-        for (size_t d = 0; d < in_chunk.size(); ++d) {
-          in_chunk[d] = piece.box.offset[d] - row.offset[d];
-        }
-        in.files.get(row.file).read(row, in_chunk, piece.box.shape, bytes + pos,
-                                    in.options.verify_checksums);
+        read_part(piece, row, bytes + pos);
       }
       pos += piece.nbytes;
       read_bytes += piece.nbytes;
@@ -537,9 +589,10 @@ TransferOutcome Transfer::Impl::run() {
   };
   // A copy into a tensor that fails (it cannot, short of a bug or a full device) is this rank's
   // failure; the others go on to the end of the plan.
-  auto land_or_fail = [&](const Slot& s, const char* bytes) {
+  auto land_or_fail = [&](const Slot& s, const char* bytes,
+                          const std::vector<char*>& in_place = {}) {
     try {
-      out.bytes_landed += land(*s.message, bytes);
+      out.bytes_landed += land(*s.message, bytes, in_place);
     } catch (const std::exception& e) {
       fail(current_error_kind(), "landing message " + std::to_string(s.number) + ": " + e.what());
     }
@@ -567,7 +620,16 @@ TransferOutcome Transfer::Impl::run() {
         const Message& m = *mine[alloc_next];
         const bool reader = m.reader == rank;
         const Route r = route[alloc_next];
-        auto offset = arena->allocate(kHeader + (reader || r != Route::kDevice ? m.nbytes : 0));
+        // Read in place (an option): the reader's bytes go straight into its own tensor, and
+        // a two-step delivery sends them from there; only the status word is staged.
+        char* in_place = nullptr;
+        if (reader && in.options.read_in_place && (r == Route::kLocal || r == Route::kTwoStep)) {
+          if (at::Tensor dst = direct_destination(m, /*dev=*/false); dst.defined()) {
+            in_place = static_cast<char*>(dst.data_ptr());
+          }
+        }
+        auto offset = arena->allocate(
+            kHeader + (!in_place && (reader || r != Route::kDevice) ? m.nbytes : 0));
         if (!offset) break;
         auto slot = std::make_unique<Slot>();
         slot->message = &m;
@@ -578,9 +640,16 @@ TransferOutcome Transfer::Impl::run() {
         slot->offset = *offset;
         slot->base = arena->data() + *offset;
         std::memset(slot->base, 0, kHeader);
+        slot->in_place = in_place;
+        if (reader && in.options.read_in_place && r == Route::kLocal && !in_place) {
+          slot->pieces_in_place = in_place_targets(m);
+        }
         if (slot->reader) {
           Slot* raw = slot.get();
-          raw->read.work = [this, raw] { return read(*raw->message, raw->base + kHeader); };
+          char* into = in_place ? in_place : raw->base + kHeader;
+          raw->read.work = [this, raw, into] {
+            return read(*raw->message, into, raw->pieces_in_place);
+          };
           readers->submit(&raw->read);
         }
         slots[alloc_next++] = std::move(slot);
@@ -600,7 +669,11 @@ TransferOutcome Transfer::Impl::run() {
         std::memcpy(s.base, &status, sizeof status);
         if (state == 1) {
           out.bytes_read += s.read.bytes;
-          if (s.route != Route::kDevice) land_or_fail(s, s.base + kHeader);
+          if (s.in_place) {
+            out.bytes_landed += s.message->nbytes;  // verified where it lies
+          } else if (s.route != Route::kDevice) {
+            land_or_fail(s, s.base + kHeader, s.pieces_in_place);
+          }
         } else {
           fail(s.read.kind, s.read.error);
         }
@@ -643,7 +716,7 @@ TransferOutcome Transfer::Impl::run() {
         } else if (s.route == Route::kTwoStep) {
           if (s.status_ok < 0) break;
           if (s.status_ok == 1) {
-            void* into = s.base + kHeader;
+            void* into = s.in_place ? s.in_place : s.base + kHeader;
             if (!s.reader) {
               if (at::Tensor dst = direct_destination(m, /*dev=*/false); dst.defined()) {
                 into = dst.data_ptr();

@@ -29,6 +29,8 @@ struct TransferOptions {
   bool verify_checksums = true;
   int reader_threads = 0;  ///< 0: the node's cores shared by its ranks (1..8)
   ProgressCallback progress;
+  /// LoadOptions::read_in_place.
+  bool read_in_place = false;
 };
 
 /// What the transfer works from: the plan and index every rank holds identically, and this

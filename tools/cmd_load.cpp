@@ -32,6 +32,7 @@ struct LoadArgs {
   bool skip_size_mismatch = false;
   bool no_verify = false;
   bool direct_io = false;
+  bool read_in_place = false;
   std::string device = "cpu";
   bool overwrite = false;
   bool quiet = false;
@@ -272,6 +273,9 @@ Runner add_load(CLI::App& app) {
   cmd->add_flag("--direct-io", a->direct_io,
                 "read tensor bytes around the page cache (O_DIRECT) where the file system allows: "
                 "for cold restarts of checkpoints larger than free memory");
+  cmd->add_flag("--read-in-place", a->read_in_place,
+                "read each tensor's bytes straight into it, no staging copy (a corrupt chunk then "
+                "leaves that tensor holding unverified bytes when the load fails)");
   cmd->add_option("--device", a->device,
                   "where each rank's partition of REF lives: cpu, or cuda (the GPU of the rank's "
                   "local rank): CUDA tensors are loaded over NCCL where every rank has a GPU of "
@@ -301,6 +305,7 @@ Runner add_load(CLI::App& app) {
     options.skip_size_mismatch = a->skip_size_mismatch;
     options.verify_checksums = !a->no_verify;
     options.direct_io = a->direct_io;
+    options.read_in_place = a->read_in_place;
     options.checkpoint_prefix = a->strip_prefix;
     options.model_prefix = a->add_prefix;
     options.key_filter = a->filter;

@@ -331,7 +331,7 @@ def load(module_or_state_dict, path, *, strict=True, split=None, strip_prefix=No
     ``torch.save`` file as ``path``, the sub-dictionary of a nested training checkpoint to load
     (``"model"``, ``"state_dict"``; keys joined by ``"."``); scalar leaves are listed in
     ``result.notes``, never loaded. Other keywords set ``LoadOptions`` fields
-    (``verify_checksums``, ``direct_io``, ``key_filter``, ``name``, ...).
+    (``verify_checksums``, ``direct_io``, ``read_in_place``, ``key_filter``, ``name``, ...).
 
     A training state (a dict holding modules, optimizers, schedulers, tensors and plain values)
     is restored in place: tensors loaded into, optimizers and schedulers through their own

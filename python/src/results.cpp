@@ -74,6 +74,7 @@ void bind_types(py::module_& m) {
       .def_readwrite("staging_bytes", &LoadOptions::staging_bytes)
       .def_readwrite("verify_checksums", &LoadOptions::verify_checksums)
       .def_readwrite("direct_io", &LoadOptions::direct_io)
+      .def_readwrite("read_in_place", &LoadOptions::read_in_place)
       .def_readwrite("reader_threads", &LoadOptions::reader_threads)
       .def_readwrite("timeout_seconds", &LoadOptions::timeout_seconds)
       .def_readwrite("select", &LoadOptions::select)

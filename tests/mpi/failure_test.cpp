@@ -103,16 +103,15 @@ TEST(Failure, MissingShardFileIsNamedOnEveryRank) {
   EXPECT_TRUE(same_on_all_ranks(error));
 }
 
-TEST(Failure, CorruptChunkIsNamedWithFileAndKey) {
-  Saved s;
-  // Flip one byte of key "c"'s data in whichever shard holds it.
+/// Flips one byte of `key`'s stored data in whichever shard holds it (rank 0; all ranks wait).
+void corrupt(const std::string& ckpt, const std::string& key) {
   std::string file, dataset;
   uint64_t data_offset = 0;  // of a packed chunk, inside its dataset
   if (world_rank() == 0) {
-    CheckpointInfo info = read_checkpoint_info(s.ckpt);
+    CheckpointInfo info = read_checkpoint_info(ckpt);
     for (const auto& row : info.index) {
-      if (row.key != "c") continue;
-      file = s.ckpt + "/" + info.manifest.shard_files[static_cast<size_t>(row.file)];
+      if (row.key != key) continue;
+      file = ckpt + "/" + info.manifest.shard_files[static_cast<size_t>(row.file)];
       dataset = row.dataset;
       data_offset = row.data_offset;
     }
@@ -130,6 +129,11 @@ TEST(Failure, CorruptChunkIsNamedWithFileAndKey) {
     io.write(&byte, 1);
   }
   barrier();
+}
+
+TEST(Failure, CorruptChunkIsNamedWithFileAndKey) {
+  Saved s;
+  corrupt(s.ckpt, "c");
   Partition p = s.fresh();
   std::string error = error_of<FormatError>([&] { load(p, s.ckpt, MPI_COMM_WORLD); });
   EXPECT_NE(error.find("checksum mismatch"), std::string::npos) << error;
@@ -186,6 +190,51 @@ TEST(Failure, NotACheckpointIsNamedOnEveryRank) {
   std::string missing = dir.path + "/does-not-exist";
   error = error_of<FormatError>([&] { load(p, missing, MPI_COMM_WORLD); });
   EXPECT_NE(error.find(missing), std::string::npos) << error;
+}
+
+TEST(ReadInPlace, SameBytesWithLessStagingAndACorruptChunkFailsEverywhere) {
+  SharedDir dir("in-place");
+  const std::string ckpt = dir.path + "/ckpt";
+  // 2 MiB replicated (one piece: delivered in two steps at several ranks, local at one), a split
+  // tensor (each rank reads its own part), small ones packed together (never in place).
+  const TensorList full = {{"big", make_tensor(7, at::kFloat, {512, 1024})},
+                           {"split", make_tensor(8, at::kFloat, {64, 1024})},
+                           {"small", make_tensor(9, at::kDouble, {3})}};
+  const std::vector<SplitRule> rules = {{"^split$", 0, {}}};
+  save(Partition::from_global(full, rules, world_rank(), world_size()), ckpt, MPI_COMM_WORLD);
+  auto fresh = [&] {
+    TensorList zeros;
+    for (const auto& t : full) zeros.push_back({t.key, at::zeros_like(t.tensor)});
+    return Partition::from_global(zeros, rules, world_rank(), world_size());
+  };
+  LoadOptions in_place;
+  in_place.read_in_place = true;
+  Partition staged = fresh(), direct = fresh();
+  const LoadResult a = load(staged, ckpt, MPI_COMM_WORLD);
+  const LoadResult b = load(direct, ckpt, MPI_COMM_WORLD, in_place);
+  for (size_t i = 0; i < full.size(); ++i) {
+    EXPECT_TRUE(same_bits(staged.entries()[i].tensor, direct.entries()[i].tensor)) << i;
+  }
+  EXPECT_EQ(b.bytes_read, a.bytes_read);
+  EXPECT_EQ(b.bytes_needed_total, a.bytes_needed_total);
+
+  // A corrupt chunk read in place: the same error everywhere; the reader's tensor holds the
+  // bytes it read (the guarantee given up), every other rank's is untouched. Read staged, no
+  // rank's is touched.
+  corrupt(ckpt, "big");
+  auto touched_ranks = [&](const LoadOptions& options) {
+    Partition p = fresh();
+    const std::string error =
+        error_of<FormatError>([&] { load(p, ckpt, MPI_COMM_WORLD, options); });
+    EXPECT_NE(error.find("checksum mismatch"), std::string::npos) << error;
+    EXPECT_NE(error.find("key 'big'"), std::string::npos) << error;
+    EXPECT_TRUE(same_on_all_ranks(error));
+    int touched = p.entries()[0].tensor.count_nonzero().item<int64_t>() > 0 ? 1 : 0, total = 0;
+    MPI_Allreduce(&touched, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    return total;
+  };
+  EXPECT_EQ(touched_ranks(in_place), 1);
+  EXPECT_EQ(touched_ranks(LoadOptions{}), 0);
 }
 
 }  // namespace
