@@ -192,7 +192,7 @@ TEST(Failure, NotACheckpointIsNamedOnEveryRank) {
   EXPECT_NE(error.find(missing), std::string::npos) << error;
 }
 
-TEST(ReadInPlace, SameBytesWithLessStagingAndACorruptChunkFailsEverywhere) {
+TEST(ReadInPlace, SameBytesAsStagedReadsAndACorruptChunkFailsEverywhere) {
   SharedDir dir("in-place");
   const std::string ckpt = dir.path + "/ckpt";
   // 2 MiB replicated (one piece: delivered in two steps at several ranks, local at one), a split
