@@ -187,7 +187,8 @@ LoadPlan plan(const std::vector<ChunkRecord>& index, const RankGroups& needs, in
   // are ordered by their first member, and a key's lowest needing rank is the first member of
   // its group, so walking the groups in order gives the same order.
   std::vector<ModelKey> keys;
-  std::vector<int32_t> key_of_need;  // flat over (group, need)
+  std::vector<int32_t> key_of_need;     // flat over (group, need)
+  std::vector<int32_t> my_key_of_need;  // the key of each need of only_rank
   size_t total_needs = 0;
   for (const auto& list : lists) total_needs += list.size();
   key_of_need.reserve(total_needs);
@@ -219,6 +220,10 @@ LoadPlan plan(const std::vector<ChunkRecord>& index, const RankGroups& needs, in
         }
         check_same_tensor(*k.first, k.first_rank, n, r, "needs");
         k.last_group = static_cast<int32_t>(g);
+      }
+      if (only_rank >= 0 &&
+          static_cast<int32_t>(g) == needs.group_of[static_cast<size_t>(only_rank)]) {
+        my_key_of_need.push_back(id);
       }
       ModelKey& k = keys[static_cast<size_t>(id)];
       if (n.split >= 0) {
@@ -370,47 +375,55 @@ LoadPlan plan(const std::vector<ChunkRecord>& index, const RankGroups& needs, in
     }
   }
 
-  // The chunks to cut, with the box of each that is cut: every chunk whole (the whole plan), or
-  // (one rank's share) each chunk's part inside the rank's own region, in index order.
+  // The chunks to cut: every chunk (the whole plan), or (one rank's share) the chunks that meet
+  // the rank's own regions, each with the need it meets, in index order.
   struct Cut {
     int32_t chunk;
-    Box box;
+    int32_t need;  ///< in the rank's list (its share), or -1 (the whole plan)
   };
   std::vector<Cut> cuts;
+  const std::vector<Need>* my_list = only_rank < 0 ? nullptr : &needs.of_rank(only_rank);
+  std::vector<Box> my_regions;  // symbolic ones made concrete, per need of the rank
   if (only_rank < 0) {
     cuts.reserve(index.size());
     for (size_t ci = 0; ci < index.size(); ++ci) {
       if (key_of_chunk[ci] < 0 || !keys[static_cast<size_t>(key_of_chunk[ci])].plannable) continue;
       if (numel(index[ci].shape) == 0) continue;
-      cuts.push_back(Cut{static_cast<int32_t>(ci), Box{index[ci].offset, index[ci].shape}});
+      cuts.push_back(Cut{static_cast<int32_t>(ci), -1});
     }
   } else {
-    for (const Need& n : needs.of_rank(only_rank)) {
-      const int32_t id = key_id.find(n.key);
-      const ModelKey& k = keys[static_cast<size_t>(id)];
+    my_regions.resize(my_list->size());
+    for (size_t i = 0; i < my_list->size(); ++i) {
+      const Need& n = (*my_list)[i];
+      const ModelKey& k = keys[static_cast<size_t>(my_key_of_need[i])];
       if (!k.plannable) continue;
-      const Box region = needs.region_of(n, only_rank);
+      if (n.split >= 0) my_regions[i] = needs.region_of(n, only_rank);
+      const Box& region = n.split >= 0 ? my_regions[i] : n.region;
       if (box_numel(region) == 0) continue;
       const auto chunks = chunks_of(k);
       auto consider = [&](int32_t c) {
         const ChunkRecord& rec = index[static_cast<size_t>(c)];
         if (overlap_numel(rec.offset, rec.shape, region.offset, region.shape) == 0) return;
-        cuts.push_back(Cut{c, *intersect(Box{rec.offset, rec.shape}, region)});
+        cuts.push_back(Cut{c, static_cast<int32_t>(i)});
       };
       if (chunks.size() > kSweepPairs && !region.shape.empty()) {
-        const Sweep sweep(chunks.size(), region.shape.size(), [&](size_t i) {
-          const ChunkRecord& rec = index[static_cast<size_t>(chunks[i])];
+        const Sweep sweep(chunks.size(), region.shape.size(), [&](size_t j) {
+          const ChunkRecord& rec = index[static_cast<size_t>(chunks[j])];
           return std::pair<const Shape&, const Shape&>(rec.offset, rec.shape);
         });
         found.clear();
         sweep.candidates(region.offset, region.shape, found);
-        for (int32_t i : found) consider(chunks[static_cast<size_t>(i)]);
+        for (int32_t j : found) consider(chunks[static_cast<size_t>(j)]);
       } else {
         for (int32_t c : chunks) consider(c);
       }
     }
-    std::sort(cuts.begin(), cuts.end(),
-              [](const Cut& a, const Cut& b) { return a.chunk < b.chunk; });
+    // Keys in model order mostly hold their chunks in index order already.
+    if (!std::is_sorted(cuts.begin(), cuts.end(),
+                        [](const Cut& x, const Cut& y) { return x.chunk < y.chunk; })) {
+      std::sort(cuts.begin(), cuts.end(),
+                [](const Cut& x, const Cut& y) { return x.chunk < y.chunk; });
+    }
   }
 
   // Pieces, cut by cut: the needed part of each box cut into boxes with one set of receivers
@@ -457,7 +470,15 @@ LoadPlan plan(const std::vector<ChunkRecord>& index, const RankGroups& needs, in
     const int32_t id = key_of_chunk[static_cast<size_t>(c)];
     ModelKey& k = keys[static_cast<size_t>(id)];
     const ChunkRecord& chunk = index[static_cast<size_t>(c)];
-    const Box& cbox = cut.box;
+    // The box cut: the chunk, or its part inside the rank's region.
+    Box cbox{chunk.offset, chunk.shape};
+    if (cut.need >= 0) {
+      const Need& mine = (*my_list)[static_cast<size_t>(cut.need)];
+      const Box& region = mine.split >= 0 ? my_regions[static_cast<size_t>(cut.need)] : mine.region;
+      if (!box_inside(cbox.offset, cbox.shape, region.offset, region.shape)) {
+        cbox = *intersect(cbox, region);
+      }
+    }
     const int64_t elem = dtype_size(chunk.dtype);
     const auto needers = needers_of(k);
 
