@@ -142,13 +142,15 @@ def main():
         for scenario in ("replicated", "split"):
             split = ["--split", r"^big\.=0"] if scenario == "split" else []
             results = {}
-            t, phases = [], []
+            t, phases, rss, staging = [], [], [], []
             for _ in range(args.repeat):
                 before()
                 j = shardload_load(args, ours, ref, split)
                 t.append(j["seconds"])
                 phases.append(j.get("phase_seconds", {}))
                 read = j["bytes_read"]
+                rss.append(j.get("load_rss_added_bytes", -1))
+                staging.append(j.get("staging_peak_bytes", -1))
             results["shardload"] = (statistics.median(t), read, 0)
             median_phases = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
             t = []
@@ -159,7 +161,9 @@ def main():
             t = []
             for _ in range(args.repeat):
                 before()
-                t.append(shardload_load(args, ours, ref, split, "--read-in-place")["seconds"])
+                j = shardload_load(args, ours, ref, split, "--read-in-place")
+                t.append(j["seconds"])
+                rss_in_place = j.get("load_rss_added_bytes", -1)
             results["shardload, --read-in-place"] = (statistics.median(t), read, 0)
             if args.cold:  # direct I/O is for the disk-bound case
                 t = []
@@ -198,6 +202,11 @@ def main():
                 "shardload_phase_seconds": median_phases,
                 "fraction_of_limit": results[limit_name][0] / base,
                 "checksum_cost": base / results["shardload, checksums off"][0] - 1,
+                # The most resident memory a load added on any rank (its tensors already
+                # resident), and the most staging it held, over the repeats.
+                "load_rss_added_bytes": max(rss),
+                "staging_peak_bytes": max(staging),
+                "read_in_place_rss_added_bytes": rss_in_place,
                 "read_in_place_fraction_of_limit":
                     results[limit_name][0] / results["shardload, --read-in-place"][0],
             }
@@ -220,7 +229,10 @@ def main():
                       "than dcp.load")
             print(f"\n{s}: shardload at {r['fraction_of_limit']:.2f}x the limit's speed; "
                   f"checksums cost {100 * r['checksum_cost']:.1f}% of the load; phases "
-                  + ", ".join(f"{k} {v:.3f} s" for k, v in r["shardload_phase_seconds"].items()))
+                  + ", ".join(f"{k} {v:.3f} s" for k, v in r["shardload_phase_seconds"].items())
+                  + f"; the load added at most {r['load_rss_added_bytes'] / 2**20:.0f} MiB of "
+                  f"resident memory on a rank (staging peak {r['staging_peak_bytes'] / 2**20:.0f} "
+                  f"MiB; read in place {r['read_in_place_rss_added_bytes'] / 2**20:.0f} MiB)")
         if args.json_out:
             with open(args.json_out, "w") as f:
                 json.dump(record, f, indent=1)

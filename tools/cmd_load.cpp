@@ -7,6 +7,7 @@
 #include <cctype>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -122,6 +123,19 @@ std::vector<SplitRule> parse_splits(const std::vector<std::string>& specs) {
 }
 
 nlohmann::json shape_json(const Shape& s) { return nlohmann::json(s); }
+
+/// A "VmRSS" or "VmHWM" line of /proc/self/status, in bytes (-1 where there is none).
+int64_t proc_status_bytes(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1)) * 1024;
+  }
+  return -1;
+}
+
+/// Resets this process's peak resident memory (VmHWM) to its current one (Linux).
+void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
 
 /// Puts every tensor of the partition on this rank's GPU: the one of its local rank (modulo the
 /// devices visible), as launchers pin ranks to GPUs. `local_rank`: from MPI (node_local_rank).
@@ -323,7 +337,8 @@ Runner add_load(CLI::App& app) {
     std::string error;
     int rc = 0;
     double secs = 0;
-    std::vector<std::string> notes;  // what load and save did on their own
+    int64_t rss_added = -1, staging_peak = -1;  // max over ranks, once a load returned
+    std::vector<std::string> notes;             // what load and save did on their own
     try {
       // Every rank reads REF and builds its partition; all must succeed before the collective
       // load starts, or none enters it.
@@ -366,7 +381,14 @@ Runner add_load(CLI::App& app) {
                     local_error.empty() ? "another rank failed to read " + a->ref : local_error);
       }
       try {
+        // What the load itself adds to resident memory, the partition already resident.
+        reset_peak_rss();
+        const int64_t rss_before = proc_status_bytes("VmRSS");
         result = load(partition, a->ckpt, MPI_COMM_WORLD, options);
+        const int64_t peak = proc_status_bytes("VmHWM");
+        rss_added =
+            comm.allreduce_max(rss_before < 0 || peak < 0 ? int64_t{-1} : peak - rss_before);
+        staging_peak = comm.allreduce_max(result.staging_bytes_peak);
         verdict = &result;
         secs = result.wall_seconds;
         if (progress) progress->finish(result.bytes_read_total);
@@ -394,9 +416,14 @@ Runner add_load(CLI::App& app) {
     if (rank == 0) {
       print_notes(notes);
       if (a->json) {
-        std::cout << result_json(verdict, options.strict, error, secs, result.bytes_read_total)
-                         .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
-                  << std::endl;
+        nlohmann::json j =
+            result_json(verdict, options.strict, error, secs, result.bytes_read_total);
+        if (rss_added >= 0) {
+          // Most any rank's resident memory grew during the load, and its staging peak.
+          j["load_rss_added_bytes"] = rss_added;
+          j["staging_peak_bytes"] = staging_peak;
+        }
+        std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
       }
       if (!error.empty()) {
         std::cerr << (rc == 1 ? "" : "shardload load: error: ") << error << "\n";

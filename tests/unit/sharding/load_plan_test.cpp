@@ -401,6 +401,23 @@ std::vector<std::optional<Box>> random_layout(Case& c, const Shape& global, int 
   return regions;
 }
 
+/// The index rows a save of `holdings` (rank r's at [r]) writes: plan_save's writers, one
+/// chunk per written holding, in rank order.
+std::vector<ChunkRecord> index_of_save(const std::vector<std::vector<Holding>>& holdings) {
+  std::vector<ChunkRecord> index;
+  const SavePlan save = plan_save(RankGroups::one_per_rank(holdings));
+  for (size_t r = 0; r < holdings.size(); ++r) {
+    for (int32_t i : save.writes[r]) {
+      const Holding& h = holdings[r][i];
+      index.push_back(ChunkRecord{h.key, h.dtype, h.global_shape, h.region.offset, h.region.shape,
+                                  static_cast<int32_t>(r), "/c/" + std::to_string(index.size()),
+                                  static_cast<uint64_t>(box_numel(h.region) * dtype_size(h.dtype)),
+                                  0});
+    }
+  }
+  return index;
+}
+
 /// A random save over P ranks and load over Q ranks, with what the plan's verdict must say.
 struct Scenario {
   std::string trace;
@@ -468,16 +485,7 @@ Scenario make_scenario(Case& c, int iter, const Scale& scale = {}) {
       holdings[r].push_back(Holding{keys[k], stored_dtype[k], g, *layout[r]});
     }
   }
-  const SavePlan save = plan_save(RankGroups::one_per_rank(holdings));
-  for (int r = 0; r < P; ++r) {
-    for (int32_t i : save.writes[r]) {
-      const Holding& h = holdings[r][i];
-      s.index.push_back(
-          ChunkRecord{h.key, h.dtype, h.global_shape, h.region.offset, h.region.shape, r,
-                      "/c/" + std::to_string(s.index.size()),
-                      static_cast<uint64_t>(box_numel(h.region) * dtype_size(h.dtype)), 0});
-    }
-  }
+  s.index = index_of_save(holdings);
   std::vector<std::string> file_names;
   for (int r = 0; r < P; ++r) file_names.push_back("shard-" + std::to_string(r) + ".h5");
   validate_index(s.index, file_names);
@@ -810,6 +818,19 @@ TEST(PlanLoadProperty, ManyChunksAndManyGroupsPerKey) {
   EXPECT_GT(swept, 20);
 }
 
+/// Makes the first piece with an extent above 1 one element shorter; false when none has one.
+bool shorten_a_box(LoadPlan& plan) {
+  for (Piece& p : plan.pieces) {
+    for (int64_t& e : p.box.shape) {
+      if (e > 1) {
+        --e;
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
 // Deliberately wrong plans: each mutation of a correct plan must be caught by `violations`, the
 // checker the property test relies on (a checker that passes everything proves nothing).
 struct Mutation {
@@ -866,17 +887,7 @@ std::vector<Mutation> mutations() {
          return false;
        }},
       {"box one element short",
-       [](const Scenario&, LoadPlan& plan) {
-         for (Piece& p : plan.pieces) {
-           for (auto& e : p.box.shape) {
-             if (e > 1) {
-               --e;
-               return true;
-             }
-           }
-         }
-         return false;
-       }},
+       [](const Scenario&, LoadPlan& plan) { return shorten_a_box(plan); }},
       {"box shifted",
        [](const Scenario&, LoadPlan& plan) {
          for (Piece& p : plan.pieces) {
@@ -1166,16 +1177,7 @@ Scenario named_scenario(Case& c, int kind, int iter) {
     for (int r = 0; r < P; ++r)
       holdings[r].push_back(Holding{keys[k].first, DType::kFloat32, g, *layout[r]});
   }
-  const SavePlan save = plan_save(RankGroups::one_per_rank(holdings));
-  for (int r = 0; r < P; ++r) {
-    for (int32_t i : save.writes[r]) {
-      const Holding& h = holdings[r][i];
-      s.index.push_back(
-          ChunkRecord{h.key, h.dtype, h.global_shape, h.region.offset, h.region.shape, r,
-                      "/c/" + std::to_string(s.index.size()),
-                      static_cast<uint64_t>(box_numel(h.region) * dtype_size(h.dtype)), 0});
-    }
-  }
+  s.index = index_of_save(holdings);
   s.needs.resize(s.Q);
   for (int r = 0; r < s.Q; ++r) {
     for (int k = 0; k < nkeys; ++k) {
@@ -1262,18 +1264,7 @@ TEST(PlanLoadProperty, ShareCheckerCatchesEveryWrongShare) {
          }
          return false;
        }},
-      {"a box one element short",
-       [](LoadPlan& p, int) {
-         for (Piece& piece : p.pieces) {
-           for (int64_t& e : piece.box.shape) {
-             if (e > 1) {
-               --e;
-               return true;
-             }
-           }
-         }
-         return false;
-       }},
+      {"a box one element short", [](LoadPlan& p, int) { return shorten_a_box(p); }},
       {"a message to one rank fewer",
        [](LoadPlan& p, int r) {
          for (Message& m : p.messages) {
