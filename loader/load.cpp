@@ -23,7 +23,7 @@
 #include "loader/declarations.h"
 #include "loader/shard_files.h"
 #include "loader/tensor_bytes.h"
-#include "loader/transfer.h"
+#include "loader/transfer/transfer.h"
 #include "loader/verdict.h"
 #include "sharding/resolve.h"
 #include "transport/communicator.h"

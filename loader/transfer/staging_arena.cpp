@@ -1,4 +1,4 @@
-#include "loader/staging_arena.h"
+#include "loader/transfer/staging_arena.h"
 
 #include <ATen/ATen.h>
 

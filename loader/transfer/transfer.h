@@ -1,9 +1,14 @@
-// Phase 5 of the load (DESIGN.md §1): the transfer pipeline. Three stages per message of the
-// plan: read (reader threads fill a staging buffer from the shard files, every byte verified),
-// deliver (a transport moves the buffer from the reader to the other receivers: MPI for host
-// memory, a device transport — NCCL — for device memory) and land (each receiver copies its
-// part into its tensors, converting dtype like copy_). Reads of later messages overlap
-// deliveries and landings of earlier ones, within a fixed staging budget.
+// Phase 5 of the load (DESIGN.md §1): the transfer pipeline, as named stages in this folder:
+//   read    (read.h, on reader threads): a message's pieces from the shard files into one
+//           staging buffer (or straight into the reader's tensor), every byte verified;
+//   route   (route.h): how each message moves, decided from the plan alone, the same on every
+//           rank of it: read and land here, MPI in one or two steps, or the device transport;
+//   deliver (deliver.h): the status word and the bytes from the reader to the other receivers
+//           (MPI for host memory, a device transport — NCCL — for device memory);
+//   land    (land.h): each receiver's pieces into its tensors, converting dtype like copy_.
+// Each message carries its state (message.h); the driver (transfer.cpp) moves every message of
+// this rank forward in plan order. Reads of later messages overlap deliveries and landings of
+// earlier ones, within a fixed staging budget (staging_arena.h).
 #pragma once
 
 #include <cstdint>

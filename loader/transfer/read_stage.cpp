@@ -1,4 +1,4 @@
-#include "loader/read_stage.h"
+#include "loader/transfer/read_stage.h"
 
 #include <new>
 
