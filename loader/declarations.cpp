@@ -54,8 +54,12 @@ DeclaredLayouts assemble_layouts(HashGroups groups, const std::vector<std::strin
 
 DeclaredLayouts exchange_declarations(const Communicator& comm,
                                       const std::vector<Declaration>& mine, LayoutHasher hasher) {
+  return exchange_encoded_declarations(comm, encode_layout(mine, comm.rank()), hasher);
+}
+
+DeclaredLayouts exchange_encoded_declarations(const Communicator& comm, const std::string& bytes,
+                                              LayoutHasher hasher) {
   const int rank = comm.rank();
-  const std::string bytes = encode_layout(mine, rank);
   const LayoutHash hash = hasher(bytes);
 
   // Step 1: every rank's hash and size.

@@ -46,5 +46,9 @@ DeclaredLayouts assemble_layouts(HashGroups groups, const std::vector<std::strin
 DeclaredLayouts exchange_declarations(const Communicator& comm,
                                       const std::vector<Declaration>& mine,
                                       LayoutHasher hasher = layout_hash);
+/// The same, from this rank's declarations already encoded (encode_layout(mine, rank), or
+/// Partition::encoded_declarations: no copy of a large partition's declarations).
+DeclaredLayouts exchange_encoded_declarations(const Communicator& comm, const std::string& bytes,
+                                              LayoutHasher hasher = layout_hash);
 
 }  // namespace shardload

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <map>
@@ -64,6 +65,30 @@ class KeyMapper {
   const LoadOptions& options_;
   std::optional<std::regex> filter_;
 };
+
+/// Sorts the gathered index into the saved state dict's key order, then file order, ties kept in
+/// gathered order (a stable sort): positions are sorted by small keys, then each record is
+/// moved once.
+void sort_by_key_order(std::vector<ChunkRecord>& index) {
+  struct Place {
+    int64_t order;
+    int32_t file;
+    int32_t at;
+    bool operator<(const Place& o) const {
+      return order != o.order ? order < o.order : file != o.file ? file < o.file : at < o.at;
+    }
+  };
+  std::vector<Place> places(index.size());
+  for (size_t i = 0; i < index.size(); ++i) {
+    places[i] = Place{index[i].order, index[i].file, static_cast<int32_t>(i)};
+  }
+  if (std::is_sorted(places.begin(), places.end())) return;
+  std::sort(places.begin(), places.end());
+  std::vector<ChunkRecord> sorted;
+  sorted.reserve(index.size());
+  for (const Place& p : places) sorted.push_back(std::move(index[static_cast<size_t>(p.at)]));
+  index = std::move(sorted);
+}
 
 /// PyTorch's backward-compatibility rule (load_state_dict): a checkpoint tensor of shape [1]
 /// loads into a 0-d model tensor. Such needs are planned as the [1] tensor they will receive.
@@ -299,9 +324,7 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
   phases.run("index", [&] {
     for (const auto& bytes : gathered) deserialize_records(bytes, index);
     // The saved state dict's key order, whatever the number of ranks that read the indexes.
-    std::stable_sort(index.begin(), index.end(), [](const ChunkRecord& a, const ChunkRecord& b) {
-      return a.order != b.order ? a.order < b.order : a.file < b.file;
-    });
+    sort_by_key_order(index);
     // A Hugging Face index against the shards' headers: rank 0 holds the weight map.
     if (rank == 0) check_weight_map(source, index);
   });
@@ -321,7 +344,7 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
   phases.enter("plan");
   // Ranks with identical layouts (data-parallel replicas) share one declaration in the exchange
   // and one list of needs in the plan.
-  auto declared = exchange_declarations(comm, partition.declarations());
+  auto declared = exchange_encoded_declarations(comm, partition.encoded_declarations(rank));
   const std::vector<int64_t> value_keys = gather_value_keys(options, comm);
   RankGroups needs;
   std::vector<int32_t> my_entry_of_need;  // need index on this rank -> partition entry

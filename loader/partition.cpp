@@ -6,8 +6,10 @@
 #include <regex>
 
 #include "core/error.h"
+#include "core/wire.h"
 #include "loader/tensor_bytes.h"
 #include "sharding/box.h"
+#include "sharding/declared_layouts.h"
 
 namespace shardload {
 namespace {
@@ -185,6 +187,12 @@ std::vector<Declaration> Partition::declarations() const {
   out.reserve(entries_.size());
   for (const auto& e : entries_) out.push_back(e.declaration);
   return out;
+}
+
+std::string Partition::encoded_declarations(int rank) const {
+  WireWriter out;
+  for (const auto& e : entries_) encode_declaration(out, e.declaration, rank);
+  return out.take();
 }
 
 }  // namespace shardload

@@ -70,6 +70,8 @@ class Partition {
   std::vector<PartitionEntry>& entries() { return entries_; }
   /// The declarations of all entries, in order (for the collective exchange).
   std::vector<Declaration> declarations() const;
+  /// encode_layout(declarations(), rank), without copying the declarations.
+  std::string encoded_declarations(int rank) const;
 
  private:
   std::vector<PartitionEntry> entries_;

@@ -111,7 +111,7 @@ SaveResult detail::save_now(const Partition& partition, const std::string& path,
     value_blob = encode_values(options.values);
   });
   check_values_agree(comm, phases, options.values, value_blob);
-  declared = exchange_declarations(comm, partition.declarations());
+  declared = exchange_encoded_declarations(comm, partition.encoded_declarations(comm.rank()));
   phases.run("plan", [&] {
     holdings = resolve_declarations(declared);
     plan = plan_save(holdings);

@@ -8,9 +8,8 @@
 
 namespace shardload {
 
-std::string encode_layout(const std::vector<Declaration>& declarations, int rank) {
-  WireWriter out;
-  for (const Declaration& d : declarations) {
+void encode_declaration(WireWriter& out, const Declaration& d, int rank) {
+  {
     out.str(d.key);
     out.u64(static_cast<uint64_t>(d.dtype));
     out.u64(static_cast<uint64_t>(d.kind));
@@ -25,6 +24,11 @@ std::string encode_layout(const std::vector<Declaration>& declarations, int rank
       for (int m : d.group) out.i64(static_cast<int64_t>(m) - rank);
     }
   }
+}
+
+std::string encode_layout(const std::vector<Declaration>& declarations, int rank) {
+  WireWriter out;
+  for (const Declaration& d : declarations) encode_declaration(out, d, rank);
   return out.take();
 }
 

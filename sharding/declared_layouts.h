@@ -6,6 +6,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/wire.h"
 #include "sharding/save_plan.h"
 
 namespace shardload {
@@ -37,6 +38,8 @@ struct DeclaredLayouts {
   static DeclaredLayouts from_encoded(const std::vector<std::string>& encoded);
 };
 
+/// Appends one declaration's canonical bytes to `out` (encode_layout, one declaration at a time).
+void encode_declaration(WireWriter& out, const Declaration& d, int rank);
 /// The canonical bytes of one rank's declarations (split groups relative to `rank`): equal bytes
 /// for equal canonical layouts.
 std::string encode_layout(const std::vector<Declaration>& declarations, int rank);

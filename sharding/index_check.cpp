@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "sharding/box.h"
+#include "sharding/key_table.h"
 
 namespace shardload {
 namespace {
@@ -143,9 +144,10 @@ class OverlapCheck {
 void validate_index(const std::vector<ChunkRecord>& index,
                     const std::vector<std::string>& file_names) {
   auto file_of = [&](const ChunkRecord& c) { return file_names[c.file]; };
-  std::unordered_map<std::string, std::vector<size_t>> chunks_of;
-  std::vector<const std::string*> key_order;
-  chunks_of.reserve(index.size());
+  // Keys interned once (views into the index): the chunks of key k are those with key_of == k.
+  KeyTable key_id(index.size());
+  std::vector<int32_t> key_of(index.size());
+  std::vector<size_t> first_of_key;  // each key's first chunk, in order of first appearance
   for (size_t i = 0; i < index.size(); ++i) {
     const ChunkRecord& c = index[i];
     if (c.file < 0 || static_cast<size_t>(c.file) >= file_names.size()) {
@@ -185,10 +187,11 @@ void validate_index(const std::vector<ChunkRecord>& index,
                         std::to_string(c.nbytes) + " bytes, but " + shape_str(c.shape) + " of " +
                         std::string(dtype_name(c.dtype)) + " takes " + std::to_string(expect));
     }
-    auto [it, fresh] = chunks_of.try_emplace(c.key);
-    if (fresh) key_order.push_back(&it->first);
+    const auto [id, fresh] = key_id.try_emplace(c.key, static_cast<int32_t>(first_of_key.size()));
+    key_of[i] = id;
+    if (fresh) first_of_key.push_back(i);
     if (!fresh) {
-      const ChunkRecord& f = index[it->second.front()];
+      const ChunkRecord& f = index[first_of_key[static_cast<size_t>(id)]];
       if (f.dtype != c.dtype || f.global_shape != c.global_shape) {
         const std::string pair = quoted(c.key) + ": chunk in " + file_of(f) + " has ";
         const std::string other = ", chunk" + where() + " has ";
@@ -200,12 +203,19 @@ void validate_index(const std::vector<ChunkRecord>& index,
                           shape_str(c.global_shape));
       }
     }
-    it->second.push_back(i);
   }
+  // The chunks of each key with more than one, back to back (a counting sort by key).
+  std::vector<size_t> start(first_of_key.size() + 1, 0);
+  for (int32_t k : key_of) ++start[static_cast<size_t>(k) + 1];
+  for (size_t k = 0; k < first_of_key.size(); ++k) start[k + 1] += start[k];
+  std::vector<size_t> chunks(index.size()), fill(start.begin(), start.end() - 1);
+  for (size_t i = 0; i < index.size(); ++i) chunks[fill[static_cast<size_t>(key_of[i])]++] = i;
   // O(n log n) per key for chunks that vary along at most two dimensions (every real layout).
-  for (const std::string* key : key_order) {
-    auto& chunks = chunks_of.at(*key);
-    if (chunks.size() > 1) OverlapCheck(index, file_names, *key).run(std::move(chunks));
+  for (size_t k = 0; k < first_of_key.size(); ++k) {
+    if (start[k + 1] - start[k] < 2) continue;
+    OverlapCheck(index, file_names, index[first_of_key[k]].key)
+        .run(std::vector<size_t>(chunks.begin() + static_cast<std::ptrdiff_t>(start[k]),
+                                 chunks.begin() + static_cast<std::ptrdiff_t>(start[k + 1])));
   }
 }
 
