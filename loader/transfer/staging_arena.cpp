@@ -1,8 +1,10 @@
 #include "loader/transfer/staging_arena.h"
 
 #include <ATen/ATen.h>
+#include <sys/mman.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "core/error.h"
 
@@ -35,6 +37,16 @@ int64_t OffsetRing::release(int64_t offset) {
 StagingArena::StagingArena(int64_t capacity, bool pinned)
     : memory_(at::empty({std::max<int64_t>(capacity, 16)},
                         at::TensorOptions().dtype(at::kByte).pinned_memory(pinned))),
-      ring_(capacity) {}
+      ring_(capacity) {
+  if (!pinned && capacity >= (int64_t{4} << 20)) {
+    // Staging is written once per message and read at once: 2 MiB pages where the kernel
+    // grants them (transparent huge pages in madvise mode) fault in 512x fewer times.
+    const auto page = static_cast<uintptr_t>(2) << 20;
+    const auto begin = (reinterpret_cast<uintptr_t>(data()) + page - 1) & ~(page - 1);
+    const auto end =
+        (reinterpret_cast<uintptr_t>(data()) + static_cast<uintptr_t>(capacity)) & ~(page - 1);
+    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+  }
+}
 
 }  // namespace shardload
