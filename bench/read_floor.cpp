@@ -12,7 +12,8 @@
 //                     exchanged (MPI_Iallgatherv), so reading and exchanging overlap.
 // Without --exchange (a split load) each rank only reads its part, in 64 MiB preads. With --copy
 // (a split load) each rank reads its part through a staging block into a separate destination
-// buffer: preads of one block, then one memcpy of it (blocks of 8 and 64 MiB, the faster wins),
+// buffer: preads of one block, then one memcpy of it (blocks of 1, 8 and 64 MiB, the fastest
+// wins: a block the size of the core's cache is copied while it is still there),
 // the least a loader that verifies bytes before they reach a tensor does.
 //
 //   mpirun -np P read_floor [--exchange | --copy] [--repeat N] [--cold] FILE...
@@ -133,8 +134,11 @@ int main(int argc, char** argv) {
   std::vector<char> staging;
   if (copy && !exchange) {
     staging.assign(static_cast<size_t>(std::min(mine_bytes, kBlock)) + 1, 1);
-    for (const int64_t block : {int64_t{8} << 20, kBlock}) {
-      runs.push_back({block == kBlock ? "blocks+copy 64 MiB" : "blocks+copy 8 MiB", [&, block] {
+    for (const int64_t block : {int64_t{1} << 20, int64_t{8} << 20, kBlock}) {
+      static const std::map<int64_t, const char*> names = {{int64_t{1} << 20, "blocks+copy 1 MiB"},
+                                                           {int64_t{8} << 20, "blocks+copy 8 MiB"},
+                                                           {kBlock, "blocks+copy 64 MiB"}};
+      runs.push_back({names.at(block), [&, block] {
                         const int64_t from = begin[rank], to = begin[rank + 1];
                         for (int64_t pos = from; pos < to; pos += block) {
                           const int64_t end = std::min(to, pos + block);

@@ -106,10 +106,13 @@ int64_t Lander::land(const Message& m, const char* bytes,
       // The piece is this rank's whole tensor, as stored: a plain copy (most tensors of a
       // replicated load; no tensor operation per small tensor).
       std::memcpy(whole, bytes + at, static_cast<size_t>(piece.nbytes));
+    } else if (at::Tensor dst = destination(piece, need);
+               dst.device().is_cpu() && dst.is_contiguous() && row.dtype == n.dtype) {
+      // A contiguous part of the tensor (a slab along its first dimensions), as stored.
+      std::memcpy(dst.data_ptr(), bytes + at, static_cast<size_t>(piece.nbytes));
     } else {
       at::Tensor src = at::from_blob(const_cast<char*>(bytes) + at, piece.box.shape,
                                      at::TensorOptions().dtype(scalar_type_of(row.dtype)));
-      at::Tensor dst = destination(piece, need);
       dst.copy_(src.view(dst.sizes()));
     }
   }

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "loader/transfer/read_stage.h"
@@ -74,6 +75,13 @@ struct MessageTask {
   /// Where each piece of a message this rank alone receives is read in place (or nullptr: into
   /// staging); empty when none is.
   std::vector<char*> pieces_in_place;
+  /// Whether the reader thread lands this rank's own copy right after the read, while the bytes
+  /// are still in its cache (host destinations): then `read_landed` is what it landed, or
+  /// `land_error` why it could not (this rank's failure; the bytes are good for the others).
+  bool land_on_read = false;
+  int64_t read_landed = 0;
+  ErrorKind land_kind = ErrorKind::kNone;
+  std::string land_error;
   // The device route.
   int64_t group = -1;                ///< its device group (numbered by the message, route.h)
   char* device = nullptr;            ///< where its bytes are on the device (ring or tensor)

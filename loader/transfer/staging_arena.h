@@ -16,7 +16,10 @@ namespace shardload {
 /// thread-safe.
 class OffsetRing {
  public:
-  explicit OffsetRing(int64_t capacity = 0) : capacity_(capacity) {}
+  /// `compact`: a range is placed at offset 0 whenever that is free, rather than after the
+  /// newest range (the ring then spans about the bytes live at once, not its capacity).
+  explicit OffsetRing(int64_t capacity = 0, bool compact = false)
+      : capacity_(capacity), compact_(compact) {}
   int64_t capacity() const { return capacity_; }
   std::optional<int64_t> allocate(int64_t size);
   /// Releases the oldest live range, which must start at `offset`; returns its size.
@@ -28,6 +31,7 @@ class OffsetRing {
 
  private:
   int64_t capacity_;
+  bool compact_;
   std::deque<std::pair<int64_t, int64_t>> live_;
   int64_t used_ = 0;
   int64_t peak_ = 0;

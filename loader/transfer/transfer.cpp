@@ -79,11 +79,13 @@ struct Transfer::Impl {
   // The run: this rank's messages in flight, [released, taken) of `mine`, and the plan-order
   // cursors of the stages that must issue in the same order on every rank.
   std::vector<std::unique_ptr<MessageTask>> tasks;
-  size_t taken = 0;      ///< messages given a buffer (and their read, on the reader)
-  size_t announced = 0;  ///< messages past the status cursor
-  size_t sent = 0;       ///< messages past the host-bytes cursor
-  size_t issued = 0;     ///< messages past the device cursor
-  size_t released = 0;   ///< messages whose buffers went back
+  size_t taken = 0;       ///< messages given a buffer (and their read, on the reader)
+  size_t announced = 0;   ///< messages past the status cursor
+  size_t sent = 0;        ///< messages past the host-bytes cursor
+  size_t issued = 0;      ///< messages past the device cursor
+  size_t released = 0;    ///< messages whose buffers went back
+  int reads_pending = 0;  ///< reads queued or running on the reader threads
+  int threads = 1;        ///< reader threads
   TransferOutcome out;
 
   void connect(PhaseRunner& phases);
@@ -95,6 +97,9 @@ struct Transfer::Impl {
   /// Lands `bytes` of `t` here; a copy that fails (it cannot, short of a bug or a full device)
   /// is this rank's failure, and the others go on to the end of the plan.
   void land(const MessageTask& t, const char* bytes, const std::vector<char*>& in_place = {});
+  /// The same on a reader thread, right after the read: the outcome stays in `t` for the
+  /// driver (finish_reads).
+  void land_on_reader(MessageTask& t) const;
 
   // The stages, in the order one pass of the loop runs them; each returns whether it moved
   // some message.
@@ -162,7 +167,8 @@ Transfer::Transfer(const TransferInputs& in) : impl_(std::make_unique<Impl>(in))
       std::max(largest + 16, std::min(total, in.options.staging_bytes)), pinned);
   // Prepared reads are pread and hashing only: several reader threads overlap them with each
   // other and with the driver thread's deliveries and landings.
-  s.readers = std::make_unique<ReadStage>(reader_threads(in.options, in.comm));
+  s.threads = reader_threads(in.options, in.comm);
+  s.readers = std::make_unique<ReadStage>(s.threads);
 }
 
 Transfer::~Transfer() {
@@ -259,11 +265,24 @@ void Transfer::Impl::land(const MessageTask& t, const char* bytes,
   }
 }
 
+void Transfer::Impl::land_on_reader(MessageTask& t) const {
+  at::NoGradGuard no_grad;  // grad mode is per thread
+  try {
+    t.read_landed = lander.land(*t.message, t.staged(), t.pieces_in_place);
+  } catch (const std::exception& e) {
+    t.land_kind = current_error_kind();
+    t.land_error = "landing message " + std::to_string(t.number) + ": " + e.what();
+  }
+}
+
 bool Transfer::Impl::take_buffers() {
   bool moved = false;
   while (taken < mine.size() && taken - released < kMaxInFlight) {
     const Message& m = *mine[taken];
     const bool is_reader = m.reader == rank;
+    // Reads queued ahead of the reader threads only hold staging: one each in hand is enough
+    // to keep them busy, and staging taken later is staging still in the cache.
+    if (is_reader && reads_pending >= 2 * threads) break;
     const Route r = route[taken];
     // Read in place (an option): the reader's bytes go straight into its own tensor, and a
     // two-step delivery sends them from there; only the status word is staged.
@@ -292,11 +311,17 @@ bool Transfer::Impl::take_buffers() {
     if (is_reader) {
       MessageTask* raw = t.get();
       char* into = in_place ? in_place : raw->staged();
+      // Host destinations only: the reader thread copies into them (device ones are the
+      // driver's, which owns the device's stream).
+      raw->land_on_read = !in_place && r != Route::kDevice && !wants_device;
       raw->read.work = [this, raw, into] {
         maybe_inject_failure("read", rank);
-        return reader.read(*raw->message, into, raw->pieces_in_place);
+        const int64_t n = reader.read(*raw->message, into, raw->pieces_in_place);
+        if (raw->land_on_read) land_on_reader(*raw);
+        return n;
       };
       readers->submit(&raw->read);
+      ++reads_pending;
     }
     tasks[taken++] = std::move(t);
     moved = true;
@@ -312,12 +337,16 @@ bool Transfer::Impl::finish_reads() {
     const int state = t.read.state.load(std::memory_order_acquire);
     if (state == 0) continue;
     moved = true;
+    --reads_pending;
     const bool good = state == 1;
     t.set_status(good);
     if (good) {
       out.bytes_read += t.read.bytes;
       if (t.in_place) {
         out.bytes_landed += t.message->nbytes;  // verified where it lies
+      } else if (t.land_on_read) {
+        out.bytes_landed += t.read_landed;
+        if (t.land_kind != ErrorKind::kNone) fail(t.land_kind, t.land_error);
       } else if (t.route != Route::kDevice) {
         land(t, t.staged(), t.pieces_in_place);
       }
@@ -489,6 +518,7 @@ TransferOutcome Transfer::Impl::run() {
   tasks.clear();
   tasks.resize(mine.size());
   taken = announced = sent = issued = released = 0;
+  reads_pending = 0;
   Poller idle;  // measures how long nothing moved (the stall deadline)
   uint64_t reads_seen = 0;
   auto last_report = std::chrono::steady_clock::now();

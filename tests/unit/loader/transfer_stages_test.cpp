@@ -18,6 +18,7 @@
 #include "loader/transfer/message.h"
 #include "loader/transfer/read.h"
 #include "loader/transfer/route.h"
+#include "loader/transfer/staging_arena.h"
 #include "tests/unit/temp_dir.h"
 
 namespace shardload {
@@ -101,27 +102,36 @@ TEST(TransferRoute, HostRoutesDeviceRouteAndGroupNumbersAgreeAcrossShares) {
 
 TEST(TransferLand, PiecesLandAtTheirPlacesConvertingDtypeAndInPlacePiecesAreOnlyCounted) {
   // "w" stored as two float32 row blocks, needed as float64 (two pieces, a conversion); "v"
-  // stored and needed as float32 (a plain copy); "big" large enough to be read in place.
+  // stored and needed as float32 (a plain copy); "big" large enough to be read in place; "u"
+  // as two row blocks and "c" as two column blocks, both needed as stored (contiguous parts of
+  // "u", strided parts of "c").
   const int64_t big = kInPlaceBytes / 4 + 100;
   std::vector<ChunkRecord> index = {
       chunk("w", {4, 6}, Box{{0, 0}, {2, 6}}), chunk("w", {4, 6}, Box{{2, 0}, {2, 6}}),
-      chunk("v", {5}, full_box({5})), chunk("big", {big}, full_box({big}))};
+      chunk("v", {5}, full_box({5})),          chunk("big", {big}, full_box({big})),
+      chunk("u", {4, 6}, Box{{0, 0}, {2, 6}}), chunk("u", {4, 6}, Box{{2, 0}, {2, 6}}),
+      chunk("c", {4, 6}, Box{{0, 0}, {4, 3}}), chunk("c", {4, 6}, Box{{0, 3}, {4, 3}})};
   RankSide side(index,
-                {{whole("w", {4, 6}, DType::kFloat64), whole("v", {5}), whole("big", {big})}}, 0);
+                {{whole("w", {4, 6}, DType::kFloat64), whole("v", {5}), whole("big", {big}),
+                  whole("u", {4, 6}), whole("c", {4, 6})}},
+                0);
   ASSERT_EQ(side.plan.messages.size(), 1u);
   const Message& m = side.plan.messages[0];
-  ASSERT_EQ(m.pieces.size(), 4u);
+  ASSERT_EQ(m.pieces.size(), 8u);
   Lander lander(side.plan, index, 0, side.needs, side.entry_of_need, side.partition, nullptr);
 
   // The message's bytes: each piece's stored values at its aligned position.
   const at::Tensor w = at::arange(24, at::kFloat).view({4, 6});
   const at::Tensor v = at::arange(5, at::kFloat) + 100;
   const at::Tensor b = at::arange(big, at::kFloat) - 7;
+  const at::Tensor u = at::arange(24, at::kFloat).view({4, 6}) * 3;
+  const at::Tensor c = at::arange(24, at::kFloat).view({4, 6}) - 50;
+  const at::Tensor sources[] = {w, v, b, u, c};
   std::vector<char> bytes(static_cast<size_t>(m.nbytes), 0);
   int landed_pieces = 0;
   lander.for_my_pieces(m, [&](const Piece& piece, int32_t need, int64_t pos) {
     ++landed_pieces;
-    const at::Tensor& src = need == 0 ? w : need == 1 ? v : b;
+    const at::Tensor& src = sources[need];
     at::Tensor part = src;
     for (size_t d = 0; d < piece.box.shape.size(); ++d) {
       part = part.narrow(static_cast<int64_t>(d), piece.box.offset[d], piece.box.shape[d]);
@@ -130,13 +140,13 @@ TEST(TransferLand, PiecesLandAtTheirPlacesConvertingDtypeAndInPlacePiecesAreOnly
     EXPECT_EQ(pos % kPieceAlign, 0);
     std::memcpy(bytes.data() + pos, part.data_ptr(), static_cast<size_t>(piece.nbytes));
   });
-  EXPECT_EQ(landed_pieces, 4);
+  EXPECT_EQ(landed_pieces, 8);
 
   // Only "big" qualifies for a read in place (large, contiguous, stored dtype, all of it).
   const std::vector<char*> in_place = lander.in_place_targets(m);
-  ASSERT_EQ(in_place.size(), 4u);
+  ASSERT_EQ(in_place.size(), 8u);
   int targets = 0;
-  for (size_t k = 0; k < 4; ++k) {
+  for (size_t k = 0; k < 8; ++k) {
     const Piece& piece = side.plan.pieces[static_cast<size_t>(m.pieces[k])];
     if (in_place[k]) {
       ++targets;
@@ -146,9 +156,11 @@ TEST(TransferLand, PiecesLandAtTheirPlacesConvertingDtypeAndInPlacePiecesAreOnly
   }
   EXPECT_EQ(targets, 1);
 
-  EXPECT_EQ(lander.land(m, bytes.data(), in_place), 24 * 4 + 5 * 4 + big * 4);
+  EXPECT_EQ(lander.land(m, bytes.data(), in_place), 24 * 4 + 5 * 4 + big * 4 + 2 * 24 * 4);
   EXPECT_TRUE(at::equal(side.tensor(0), w.to(at::kDouble)));
   EXPECT_TRUE(at::equal(side.tensor(1), v));
+  EXPECT_TRUE(at::equal(side.tensor(3), u));
+  EXPECT_TRUE(at::equal(side.tensor(4), c));
   // Read in place: nothing copied into it here (it still holds its -1s).
   EXPECT_TRUE(at::equal(side.tensor(2), at::full({big}, -1, at::kFloat)));
   lander.land(m, bytes.data());
@@ -424,6 +436,39 @@ TEST(TransferDeliver, DeviceMessagesUploadThenGroupThenLandAndWaitForTheRing) {
   EXPECT_TRUE(is_final(MessageState::kSkipped));
   EXPECT_FALSE(is_final(MessageState::kDelivering));
   EXPECT_STREQ(state_name(MessageState::kAnnounced), "announced");
+}
+
+TEST(TransferStaging, RingsReleaseInOrderAndACompactRingGoesBackToTheStartWhenItIsFree) {
+  // A plain ring places each range after the newest and wraps only at its end.
+  OffsetRing plain(100);
+  EXPECT_EQ(plain.allocate(30), 0);
+  EXPECT_EQ(plain.allocate(30), 32);  // sizes round up to 16 bytes
+  EXPECT_EQ(plain.release(0), 32);
+  EXPECT_EQ(plain.allocate(30), 64);
+  EXPECT_EQ(plain.allocate(16), 0);        // [96, 112) would pass the end: wraps
+  EXPECT_THROW(plain.release(64), Error);  // not the oldest
+  EXPECT_EQ(plain.release(32), 32);
+  EXPECT_EQ(plain.allocate(40), 16);           // after the newest
+  EXPECT_EQ(plain.allocate(1), std::nullopt);  // [64, 80) would overlap the live [64, 96)
+  EXPECT_EQ(plain.peak(), 96);
+
+  // A compact ring goes back to 0 as soon as a range fits before the oldest live one, so a
+  // stream of short-lived buffers keeps reusing the same bytes; a plain one moves on.
+  OffsetRing compact(1000, /*compact=*/true), moves_on(1000);
+  for (OffsetRing* ring : {&compact, &moves_on}) {
+    EXPECT_EQ(ring->allocate(100), 0);
+    EXPECT_EQ(ring->allocate(100), 112);
+    EXPECT_EQ(ring->release(0), 112);
+  }
+  EXPECT_EQ(moves_on.allocate(100), 224);
+  EXPECT_EQ(compact.allocate(100), 0);             // [0, 112) is free again: reused
+  EXPECT_EQ(compact.allocate(100), std::nullopt);  // wrapped: up to the oldest live range only
+  EXPECT_EQ(compact.release(112), 112);
+  EXPECT_EQ(compact.allocate(100), 112);  // nothing before [0, 112): after it
+  EXPECT_EQ(compact.release(0), 112);
+  EXPECT_EQ(compact.allocate(100), 0);  // back to the start again
+  EXPECT_EQ(compact.peak(), 224);
+  EXPECT_EQ(compact.used(), 224);
 }
 
 }  // namespace
