@@ -188,7 +188,11 @@ def main():
                     t.append(shardload_load(args, peer_dirs["dcp"], ref, split)["seconds"])
                 results["shardload, reading the DCP checkpoint"] = (statistics.median(t), None, 0)
             t = []
-            floor_args = ["--repeat", "1"] + (["--exchange"] if scenario == "replicated" else [])
+            # Cold: read_floor evicts the files before each of its programs too (the ones after
+            # its first would read a warm cache otherwise).
+            cold_floor = ["--cold"] if args.cold else []
+            floor_args = (["--repeat", "1"] + cold_floor +
+                          (["--exchange"] if scenario == "replicated" else []))
             for _ in range(args.repeat):
                 before()
                 t.append(last_json(mpirun(args.ranks, floor_bin, *floor_args,
@@ -205,7 +209,7 @@ def main():
                 for _ in range(args.repeat):
                     before()
                     t.append(last_json(mpirun(args.ranks, floor_bin, "--repeat", "1", "--copy",
-                                              *shard_files))["seconds"])
+                                              *cold_floor, *shard_files))["seconds"])
                 results[copy_name] = (statistics.median(t), None, 0)
             base = results["shardload"][0]
             record["scenarios"][scenario] = {
