@@ -104,7 +104,7 @@ TEST(Failure, MissingShardFileIsNamedOnEveryRank) {
 }
 
 /// Flips one byte of `key`'s stored data in whichever shard holds it (rank 0; all ranks wait).
-void corrupt(const std::string& ckpt, const std::string& key) {
+void corrupt(const std::string& ckpt, const std::string& key, uint64_t byte = 3) {
   std::string file, dataset;
   uint64_t data_offset = 0;  // of a packed chunk, inside its dataset
   if (world_rank() == 0) {
@@ -121,12 +121,13 @@ void corrupt(const std::string& ckpt, const std::string& key) {
     H5Dclose(d);
     H5Fclose(f);
     std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
-    io.seekg(static_cast<std::streamoff>(offset) + 3);
-    char byte = 0;
-    io.read(&byte, 1);
-    byte = static_cast<char>(byte ^ 0x5a);
-    io.seekp(static_cast<std::streamoff>(offset) + 3);
-    io.write(&byte, 1);
+    const auto at = static_cast<std::streamoff>(offset + byte);
+    io.seekg(at);
+    char value = 0;
+    io.read(&value, 1);
+    value = static_cast<char>(value ^ 0x5a);
+    io.seekp(at);
+    io.write(&value, 1);
   }
   barrier();
 }
@@ -177,6 +178,26 @@ TEST(Failure, BadIndexIsNamedWithFileAndKey) {
   EXPECT_NE(error.find("unknown dtype 'float8'"), std::string::npos) << error;
   EXPECT_NE(error.find("rank 0"), std::string::npos) << error;
   EXPECT_TRUE(same_on_all_ranks(error));
+}
+
+TEST(Failure, NoByteOfTheMessageWhoseChunkFailedLands) {
+  // A 4 MiB tensor in four 1 MiB messages, one checksum block each; the last block corrupt.
+  // Whatever landed before the failure was found, none of the corrupt message's bytes did, on
+  // any rank (the reader lands its own copy right after its read: only after the check).
+  SharedDir dir("failing-message");
+  const std::string ckpt = dir.path + "/ckpt";
+  const TensorList full = {{"big", make_tensor(11, at::kFloat, {1024, 1024})}};
+  save(Partition::from_global(full, {}, world_rank(), world_size()), ckpt, MPI_COMM_WORLD);
+  corrupt(ckpt, "big", (3u << 20) + 5);
+  Partition p;
+  p.add("big", at::zeros({1024, 1024}));
+  const std::string error = error_of<FormatError>(
+      [&] { load(p, ckpt, MPI_COMM_WORLD, LoadOptions{.message_bytes = 1 << 20}); });
+  EXPECT_NE(error.find("checksum mismatch"), std::string::npos) << error;
+  EXPECT_NE(error.find("key 'big'"), std::string::npos) << error;
+  EXPECT_TRUE(same_on_all_ranks(error));
+  const at::Tensor& t = p.entries()[0].tensor;
+  EXPECT_EQ(t.narrow(0, 768, 256).count_nonzero().item<int64_t>(), 0);
 }
 
 TEST(Failure, NotACheckpointIsNamedOnEveryRank) {
