@@ -12,7 +12,6 @@
 #include <hdf5.h>
 
 #include <cstdlib>
-#include <fstream>
 #include <optional>
 
 #include "../mpi/mpi_test_util.h"
@@ -130,15 +129,7 @@ void corrupt_a_chunk(const std::string& ckpt) {
       }
       H5Fclose(f);
       if (offset == HADDR_UNDEF || size == 0) continue;
-      std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
-      const auto at = static_cast<std::streamoff>(offset + size / 2);
-      io.seekg(at);
-      char c = 0;
-      io.read(&c, 1);
-      c = static_cast<char>(c ^ 0x5a);
-      io.seekp(at);
-      io.write(&c, 1);
-      done = io.good();
+      done = flip_byte(file, offset + size / 2);
     }
   }
   ASSERT_TRUE(all_ranks(done)) << "found no chunk data set to corrupt in " << ckpt;

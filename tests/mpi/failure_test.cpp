@@ -4,7 +4,6 @@
 #include <hdf5.h>
 
 #include <filesystem>
-#include <fstream>
 
 #include "io/h5/shard_file.h"
 #include "loader/shardload.h"
@@ -120,14 +119,7 @@ void corrupt(const std::string& ckpt, const std::string& key, uint64_t byte = 3)
     haddr_t offset = H5Dget_offset(d) + data_offset;
     H5Dclose(d);
     H5Fclose(f);
-    std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
-    const auto at = static_cast<std::streamoff>(offset + byte);
-    io.seekg(at);
-    char value = 0;
-    io.read(&value, 1);
-    value = static_cast<char>(value ^ 0x5a);
-    io.seekp(at);
-    io.write(&value, 1);
+    flip_byte(file, offset + byte);
   }
   barrier();
 }

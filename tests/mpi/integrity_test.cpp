@@ -7,7 +7,6 @@
 #include <hdf5.h>
 
 #include <filesystem>
-#include <fstream>
 
 #include "io/h5/shard_file.h"
 #include "loader/shardload.h"
@@ -50,15 +49,7 @@ Spot locate(const std::string& ckpt, const std::string& key, uint64_t byte) {
   return {};
 }
 
-void flip(const Spot& spot) {
-  std::fstream io(spot.file, std::ios::in | std::ios::out | std::ios::binary);
-  io.seekg(static_cast<std::streamoff>(spot.pos));
-  char byte = 0;
-  io.read(&byte, 1);
-  byte = static_cast<char>(byte ^ 0x10);
-  io.seekp(static_cast<std::streamoff>(spot.pos));
-  io.write(&byte, 1);
-}
+void flip(const Spot& spot) { flip_byte(spot.file, spot.pos, 0x10); }
 
 /// Rewrites the scalar int64 attribute `format_version` of an HDF5 file (an h5py-era v1 file).
 void set_version(const std::string& file, int64_t version) {

@@ -8,6 +8,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <string>
 #include <vector>
@@ -57,6 +58,19 @@ struct SharedDir {
 };
 
 /// A tensor whose values depend only on (seed, dtype, shape): identical on every rank.
+/// XORs byte `pos` of `file` with `mask` (a corrupt checkpoint); true when it was written.
+inline bool flip_byte(const std::string& file, uint64_t pos, char mask = 0x5a) {
+  std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
+  const auto at = static_cast<std::streamoff>(pos);
+  io.seekg(at);
+  char value = 0;
+  io.read(&value, 1);
+  value = static_cast<char>(value ^ mask);
+  io.seekp(at);
+  io.write(&value, 1);
+  return io.good();
+}
+
 inline at::Tensor make_tensor(int64_t seed, at::ScalarType dtype, const Shape& shape) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seed) * 7919 + 17);
   at::Tensor base = at::randn(shape, gen, at::TensorOptions().dtype(at::kDouble)) * 100;
