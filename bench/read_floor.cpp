@@ -134,11 +134,11 @@ int main(int argc, char** argv) {
   std::vector<char> staging;
   if (copy && !exchange) {
     staging.assign(static_cast<size_t>(std::min(mine_bytes, kBlock)) + 1, 1);
-    for (const int64_t block : {int64_t{1} << 20, int64_t{8} << 20, kBlock}) {
-      static const std::map<int64_t, const char*> names = {{int64_t{1} << 20, "blocks+copy 1 MiB"},
-                                                           {int64_t{8} << 20, "blocks+copy 8 MiB"},
-                                                           {kBlock, "blocks+copy 64 MiB"}};
-      runs.push_back({names.at(block), [&, block] {
+    const std::pair<int64_t, const char*> blocks[] = {{int64_t{1} << 20, "blocks+copy 1 MiB"},
+                                                      {int64_t{8} << 20, "blocks+copy 8 MiB"},
+                                                      {kBlock, "blocks+copy 64 MiB"}};
+    for (const auto& [block, name] : blocks) {
+      runs.push_back({name, [&, block] {
                         const int64_t from = begin[rank], to = begin[rank + 1];
                         for (int64_t pos = from; pos < to; pos += block) {
                           const int64_t end = std::min(to, pos + block);

@@ -9,7 +9,7 @@ namespace {
 
 /// The widest kernel this CPU (and its OS) runs, chosen once.
 const xxh3::Kernel& kernel() {
-  static const xxh3::Kernel& chosen = [&]() -> const xxh3::Kernel& {
+  static const xxh3::Kernel& chosen = []() -> const xxh3::Kernel& {
 #if defined(SHARDLOAD_XXH3_DISPATCH)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2")) return xxh3::kAvx2;

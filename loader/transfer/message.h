@@ -54,6 +54,14 @@ inline bool is_final(MessageState s) {
   return s == MessageState::kLanded || s == MessageState::kSkipped;
 }
 
+/// What landing a message's bytes on this rank did: the bytes landed, or why it failed (this
+/// rank's failure; the bytes are good for the others).
+struct Landing {
+  int64_t bytes = 0;
+  ErrorKind kind = ErrorKind::kNone;
+  std::string error;
+};
+
 /// One message of this rank in flight.
 struct MessageTask {
   const Message* message = nullptr;
@@ -76,12 +84,9 @@ struct MessageTask {
   /// staging); empty when none is.
   std::vector<char*> pieces_in_place;
   /// Whether the reader thread lands this rank's own copy right after the read, while the bytes
-  /// are still in its cache (host destinations): then `read_landed` is what it landed, or
-  /// `land_error` why it could not (this rank's failure; the bytes are good for the others).
+  /// are still in its cache (host destinations); then `read_landing` is how that went.
   bool land_on_read = false;
-  int64_t read_landed = 0;
-  ErrorKind land_kind = ErrorKind::kNone;
-  std::string land_error;
+  Landing read_landing;
   // The device route.
   int64_t group = -1;                ///< its device group (numbered by the message, route.h)
   char* device = nullptr;            ///< where its bytes are on the device (ring or tensor)

@@ -94,12 +94,19 @@ struct Transfer::Impl {
     out.failed = kind;
     out.error = error;
   }
-  /// Lands `bytes` of `t` here; a copy that fails (it cannot, short of a bug or a full device)
-  /// is this rank's failure, and the others go on to the end of the plan.
-  void land(const MessageTask& t, const char* bytes, const std::vector<char*>& in_place = {});
-  /// The same on a reader thread, right after the read: the outcome stays in `t` for the
-  /// driver (finish_reads).
-  void land_on_reader(MessageTask& t) const;
+  /// Lands `bytes` of `t` here, on any thread (a reader thread right after its read); a copy
+  /// that fails (it cannot, short of a bug or a full device) is reported, not thrown.
+  Landing try_land(const MessageTask& t, const char* bytes,
+                   const std::vector<char*>& in_place = {}) const;
+  /// Counts a landing on the driver; a failed one is this rank's failure, and the others go on
+  /// to the end of the plan.
+  void record(const Landing& landing) {
+    out.bytes_landed += landing.bytes;
+    if (landing.kind != ErrorKind::kNone) fail(landing.kind, landing.error);
+  }
+  void land(const MessageTask& t, const char* bytes, const std::vector<char*>& in_place = {}) {
+    record(try_land(t, bytes, in_place));
+  }
 
   // The stages, in the order one pass of the loop runs them; each returns whether it moved
   // some message.
@@ -256,23 +263,17 @@ void Transfer::Impl::connect(PhaseRunner& phases) {
   transport_name = device->name();
 }
 
-void Transfer::Impl::land(const MessageTask& t, const char* bytes,
-                          const std::vector<char*>& in_place) {
-  try {
-    out.bytes_landed += lander.land(*t.message, bytes, in_place);
-  } catch (const std::exception& e) {
-    fail(current_error_kind(), "landing message " + std::to_string(t.number) + ": " + e.what());
-  }
-}
-
-void Transfer::Impl::land_on_reader(MessageTask& t) const {
+Landing Transfer::Impl::try_land(const MessageTask& t, const char* bytes,
+                                 const std::vector<char*>& in_place) const {
   at::NoGradGuard no_grad;  // grad mode is per thread
+  Landing landing;
   try {
-    t.read_landed = lander.land(*t.message, t.staged(), t.pieces_in_place);
+    landing.bytes = lander.land(*t.message, bytes, in_place);
   } catch (const std::exception& e) {
-    t.land_kind = current_error_kind();
-    t.land_error = "landing message " + std::to_string(t.number) + ": " + e.what();
+    landing.kind = current_error_kind();
+    landing.error = "landing message " + std::to_string(t.number) + ": " + e.what();
   }
+  return landing;
 }
 
 bool Transfer::Impl::take_buffers() {
@@ -317,7 +318,9 @@ bool Transfer::Impl::take_buffers() {
       raw->read.work = [this, raw, into] {
         maybe_inject_failure("read", rank);
         const int64_t n = reader.read(*raw->message, into, raw->pieces_in_place);
-        if (raw->land_on_read) land_on_reader(*raw);
+        if (raw->land_on_read) {
+          raw->read_landing = try_land(*raw, raw->staged(), raw->pieces_in_place);
+        }
         return n;
       };
       readers->submit(&raw->read);
@@ -345,8 +348,7 @@ bool Transfer::Impl::finish_reads() {
       if (t.in_place) {
         out.bytes_landed += t.message->nbytes;  // verified where it lies
       } else if (t.land_on_read) {
-        out.bytes_landed += t.read_landed;
-        if (t.land_kind != ErrorKind::kNone) fail(t.land_kind, t.land_error);
+        record(t.read_landing);
       } else if (t.route != Route::kDevice) {
         land(t, t.staged(), t.pieces_in_place);
       }
