@@ -166,7 +166,8 @@ int64_t column_rows(hid_t loc, const char* name, H5T_class_t cls, const ColumnLi
 /// Writes a 1-D dataset of variable-length UTF-8 strings.
 void write_strings(hid_t loc, const char* name, const std::vector<std::string>& values);
 /// Reads a checked 1-D column of strings (variable- or fixed-length, as h5py writes either);
-/// each string at most kMaxStringBytes. Variable-length strings pass `vlen` first.
+/// each string at most kMaxStringBytes. Variable-length strings are checked and decoded by
+/// `vlen` (VlenCheck::read_dataset).
 std::vector<std::string> read_strings(hid_t loc, const char* name, const ColumnLimits& limits,
                                       VlenCheck& vlen);
 /// Writes a 1-D dataset of int64 / uint64.

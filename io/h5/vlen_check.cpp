@@ -1,5 +1,6 @@
 #include "io/h5/vlen_check.h"
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 #include <set>
@@ -41,8 +42,7 @@ uint64_t VlenCheck::decode(const unsigned char* p, int bytes) const {
   return v;
 }
 
-const std::vector<VlenCheck::Object>& VlenCheck::collection(uint64_t address,
-                                                            const std::string& what) {
+const VlenCheck::Collection& VlenCheck::collection(uint64_t address, const std::string& what) {
   if (auto it = collections_.find(address); it != collections_.end()) return it->second;
   const std::string where = what + ": global heap collection at address " + std::to_string(address);
   const uint64_t header = 8 + static_cast<uint64_t>(length_size_);
@@ -58,6 +58,10 @@ const std::vector<VlenCheck::Object>& VlenCheck::collection(uint64_t address,
   const uint64_t size = decode(head + 8, length_size_);
   if (size < header || size > kMaxCollectionBytes || size > bytes_.size() - pos) {
     throw FormatError(where + " declares " + std::to_string(size) + " bytes");
+  }
+  if ((collection_bytes_ += size) > bytes_.size()) {
+    throw FormatError(where + " overlaps another collection (together they hold more bytes " +
+                      "than the file)");
   }
   std::string chunk(size, '\0');
   bytes_.read_at(pos, size, chunk.data());
@@ -89,15 +93,17 @@ const std::vector<VlenCheck::Object>& VlenCheck::collection(uint64_t address,
     }
     p += need;
   }
-  return collections_.emplace(address, std::move(objects)).first->second;
+  return collections_.emplace(address, Collection{std::move(chunk), std::move(objects)})
+      .first->second;
 }
 
-void VlenCheck::check_descriptor(const unsigned char* d, const std::string& what) {
+VlenCheck::Found VlenCheck::check_descriptor(const unsigned char* d, const std::string& what) {
   const uint64_t length = decode(d, 4);
   const uint64_t address = decode(d + 4, offset_size_);
   const uint64_t index = decode(d + 4 + offset_size_, 4);
-  if (address == 0) return;  // a null string: HDF5 reads no heap object
-  const auto& objects = collection(address, what);
+  if (address == 0) return {};  // a null string: HDF5 reads no heap object
+  const Collection& c = collection(address, what);
+  const auto& objects = c.objects;
   if (index == 0 || index >= objects.size() || objects[index].begin == 0) {
     throw FormatError(what + ": a string refers to heap object " + std::to_string(index) +
                       " of the collection at address " + std::to_string(address) +
@@ -109,9 +115,40 @@ void VlenCheck::check_descriptor(const unsigned char* d, const std::string& what
                       " bytes is stored as a heap object of " + std::to_string(o.size) + " bytes" +
                       (o.fits ? "" : " reaching past its collection"));
   }
+  return Found{&c, &o};
 }
 
 void VlenCheck::check_dataset(hid_t dataset, int64_t rows, const std::string& what) {
+  for_each_descriptor(dataset, rows, what,
+                      [&](const unsigned char* d) { check_descriptor(d, what); });
+}
+
+std::vector<std::string> VlenCheck::read_dataset(hid_t dataset, int64_t rows,
+                                                 const std::string& what, uint64_t max_bytes) {
+  std::vector<std::string> out;
+  out.reserve(static_cast<size_t>(std::max<int64_t>(rows, 0)));
+  const uint64_t object_header = 8 + static_cast<uint64_t>(length_size_);
+  for_each_descriptor(dataset, rows, what, [&](const unsigned char* d) {
+    const Found f = check_descriptor(d, what);
+    if (!f.object) {
+      out.emplace_back();
+      return;
+    }
+    // check_descriptor: the object's `size` bytes follow its header inside the collection.
+    const char* p = f.collection->bytes.data() + f.object->begin + object_header;
+    const auto* nul = static_cast<const char*>(std::memchr(p, 0, f.object->size));
+    const uint64_t len = nul ? static_cast<uint64_t>(nul - p) : f.object->size;
+    if (len > max_bytes) {
+      throw FormatError(what + " holds a string of " + std::to_string(len) + " bytes (at most " +
+                        std::to_string(max_bytes) + ")");
+    }
+    out.emplace_back(p, len);
+  });
+  return out;
+}
+
+void VlenCheck::for_each_descriptor(hid_t dataset, int64_t rows, const std::string& what,
+                                    const std::function<void(const unsigned char*)>& visit) {
   if (rows == 0) return;
   const Storage s = storage_of(dataset);
   if (s.layout != H5D_CONTIGUOUS || !s.has_offset) {
@@ -131,7 +168,7 @@ void VlenCheck::check_dataset(hid_t dataset, int64_t rows, const std::string& wh
     const uint64_t n = std::min(kSlice, static_cast<uint64_t>(rows) - first);
     raw.resize(n * each);
     bytes_.read_at(s.offset + first * each, raw.size(), raw.data());
-    for (uint64_t i = 0; i < n; ++i) check_descriptor(raw.data() + i * each, what);
+    for (uint64_t i = 0; i < n; ++i) visit(raw.data() + i * each);
   }
 }
 

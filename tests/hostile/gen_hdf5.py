@@ -205,6 +205,35 @@ def cases(workdir, good):
     p = case("shard_heap_object_longer_than_its_string", ALL, SHARD)
     patch_heap(p, SHARD, 1, 4000)
 
+    # The index's key strings each in a collection of its own, the collections 64 bytes apart
+    # and each reaching to the end of 1 MiB of padding: every string is well formed, but the
+    # collections overlap, and a reader that kept each one would hold rows x 1 MiB.
+    def overlapping_heaps(path):
+        name = os.path.join(path, SHARD)
+        with h5py.File(name, "r") as f:
+            at = f["index/key"].id.get_offset()
+            keys = list(f["index/key"][()])  # bytes
+        with open(name, "r+b") as fh:
+            data = bytearray(fh.read())
+            base = (len(data) + 7) // 8 * 8
+            end = base + 64 * len(keys) + (1 << 20)
+            data += bytes(end - len(data))
+            for i, key in enumerate(keys):
+                addr = base + 64 * i
+                size = end - addr
+                obj = (1).to_bytes(2, "little") + bytes(6) + len(key).to_bytes(8, "little") + \
+                    key.ljust((len(key) + 7) // 8 * 8, b"\0")
+                free = bytes(8) + (size - 16 - len(obj)).to_bytes(8, "little")
+                head = b"GCOL\x01\0\0\0" + size.to_bytes(8, "little") + obj + free
+                assert len(head) <= 64
+                data[addr:addr + len(head)] = head
+                data[at + 16 * i:at + 16 * i + 16] = len(key).to_bytes(4, "little") + \
+                    addr.to_bytes(8, "little") + (1).to_bytes(4, "little")
+            fh.seek(0)
+            fh.write(data)
+    p = case("shard_heap_collections_overlap", ALL + LOAD, SHARD)
+    overlapping_heaps(p)
+
     def huge_metadata(m):
         meta = m.create_group("metadata")
         meta.create_dataset("keys", shape=(10 ** 9,), dtype=h5py.string_dtype())
