@@ -29,7 +29,7 @@ install(TARGETS shardload_cli RUNTIME DESTINATION "${CMAKE_INSTALL_BINDIR}")
 # test, tests/consumer, builds against exactly these). The format drivers, the HDF5 layer and
 # the transports stay inside the library.
 set(SHARDLOAD_PUBLIC_HEADERS
-  core/chunk_record.h core/dtype.h core/error.h core/shape.h core/value.h
+  core/chunk_record.h core/dtype.h core/error.h core/shape.h core/small_vector.h core/value.h
   io/checkpoint_source.h io/chunk_reader.h io/h5/format.h io/h5/manifest.h io/tensor_file.h
   loader/async_save.h loader/checkpoint_info.h loader/load.h loader/load_options.h
   loader/partition.h

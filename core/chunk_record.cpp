@@ -1,5 +1,7 @@
 #include "core/chunk_record.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 #include "core/wire.h"
 
@@ -10,8 +12,16 @@ uint64_t block_count(uint64_t nbytes, uint64_t block_bytes) {
   return (nbytes - 1) / block_bytes + 1;
 }
 
+namespace {
+
+/// The fewest bytes a record takes on the wire: thirteen words (lengths and counts included).
+constexpr uint64_t kMinRecordBytes = 13 * 8;
+
+}  // namespace
+
 std::string serialize_records(const std::vector<ChunkRecord>& records) {
   WireWriter w;
+  w.u64(records.size());
   for (const auto& r : records) {
     w.str(r.key);
     w.u64(static_cast<uint64_t>(r.dtype));
@@ -32,8 +42,10 @@ std::string serialize_records(const std::vector<ChunkRecord>& records) {
 
 void deserialize_records(std::string_view bytes, std::vector<ChunkRecord>& out) {
   WireReader r(bytes, "serialized index");
-  while (!r.done()) {
-    ChunkRecord c;
+  const uint64_t n = r.count(kMinRecordBytes, "record count");
+  if (out.capacity() - out.size() < n) out.reserve(std::max(out.size() + n, 2 * out.capacity()));
+  for (uint64_t i = 0; i < n; ++i) {
+    ChunkRecord& c = out.emplace_back();
     c.key = r.str("key");
     const uint64_t dt = r.u64("dtype");
     if (dt >= kDTypeCount) r.fail("an unknown dtype");
@@ -48,9 +60,10 @@ void deserialize_records(std::string_view bytes, std::vector<ChunkRecord>& out) 
     c.order = r.i64("order");
     c.data_offset = r.u64("data offset");
     c.block_bytes = r.u64("block bytes");
-    c.block_checksums = r.u64s("block checksums");
-    out.push_back(std::move(c));
+    c.block_checksums.resize(r.count(8, "block checksums"));
+    for (uint64_t& x : c.block_checksums) x = r.u64("block checksums");
   }
+  r.finish();
 }
 
 }  // namespace shardload

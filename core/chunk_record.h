@@ -8,6 +8,7 @@
 
 #include "core/dtype.h"
 #include "core/shape.h"
+#include "core/small_vector.h"
 
 namespace shardload {
 
@@ -31,7 +32,8 @@ struct ChunkRecord {
   /// Block checksums: XXH3-64 of each `block_bytes` bytes of the chunk (the last block shorter),
   /// ceil(nbytes / block_bytes) of them. block_bytes 0: the chunk has none (only `checksum`).
   uint64_t block_bytes = 0;
-  std::vector<uint64_t> block_checksums;
+  /// One block (chunks up to block_bytes, most of a checkpoint's) is held in place.
+  SmallVector<uint64_t, 1> block_checksums;
 
   bool operator==(const ChunkRecord&) const = default;
 };
@@ -39,7 +41,7 @@ struct ChunkRecord {
 /// Number of blocks of `block_bytes` that `nbytes` bytes make (0 for 0 bytes or no blocks).
 uint64_t block_count(uint64_t nbytes, uint64_t block_bytes);
 
-/// Compact binary form of index rows, for exchanging them between ranks.
+/// Compact binary form of index rows, for exchanging them between ranks: their count, then each.
 std::string serialize_records(const std::vector<ChunkRecord>& records);
 /// Inverse of serialize_records; appends to `out`. Throws FormatError on malformed input.
 void deserialize_records(std::string_view bytes, std::vector<ChunkRecord>& out);

@@ -6,10 +6,14 @@
 #include <string>
 #include <vector>
 
+#include "core/small_vector.h"
+
 namespace shardload {
 
-/// A tensor shape or an offset: one extent per dimension; empty for a 0-d tensor.
-using Shape = std::vector<int64_t>;
+/// A tensor shape or an offset: one extent per dimension; empty for a 0-d tensor. Up to four
+/// extents are held in place (SmallVector): the shapes of nearly every tensor cost no
+/// allocation, where an index of 100,000 tensors holds 300,000 of them.
+using Shape = SmallVector<int64_t, 4>;
 
 /// The most dimensions a tensor may have anywhere: in a file of any format, in an index row on
 /// the wire, in a declared layout (PyTorch's own limit is 64 too).

@@ -6,10 +6,6 @@
 
 namespace shardload {
 
-void WireWriter::u64(uint64_t v) {
-  for (int i = 0; i < 8; ++i) out_.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-
 void WireWriter::str(std::string_view s) {
   u64(s.size());
   out_ += s;
@@ -32,24 +28,14 @@ void WireReader::fail(const std::string& item) const {
   throw FormatError(text);
 }
 
-void WireReader::need(uint64_t n, const char* item) const {
-  if (n > remaining()) {
-    fail(std::string(item) + " needs " + std::to_string(n) + " bytes, only " +
-         std::to_string(remaining()) + " remain");
-  }
+void WireReader::fail_short(uint64_t n, const char* item) const {
+  fail(std::string(item) + " needs " + std::to_string(n) + " bytes, only " +
+       std::to_string(remaining()) + " remain");
 }
 
 uint8_t WireReader::u8(const char* item) {
   need(1, item);
   return static_cast<uint8_t>(in_[pos_++]);
-}
-
-uint64_t WireReader::u64(const char* item) {
-  need(8, item);
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= uint64_t{static_cast<uint8_t>(in_[pos_ + i])} << (8 * i);
-  pos_ += 8;
-  return v;
 }
 
 std::string WireReader::bytes(uint64_t n, const char* item) {

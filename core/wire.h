@@ -18,7 +18,11 @@ namespace shardload {
 class WireWriter {
  public:
   void u8(uint8_t v) { out_.push_back(static_cast<char>(v)); }
-  void u64(uint64_t v);
+  void u64(uint64_t v) {
+    char b[8];
+    for (int i = 0; i < 8; ++i) b[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+    out_.append(b, 8);
+  }
   void i64(int64_t v) { u64(static_cast<uint64_t>(v)); }
   /// The length, then the bytes.
   void str(std::string_view s);
@@ -44,7 +48,13 @@ class WireReader {
   bool done() const { return pos_ == in_.size(); }
   uint64_t remaining() const { return in_.size() - pos_; }
   uint8_t u8(const char* item);
-  uint64_t u64(const char* item);
+  uint64_t u64(const char* item) {
+    need(8, item);
+    uint64_t v = 0;
+    for (int i = 0; i < 8; ++i) v |= uint64_t{static_cast<uint8_t>(in_[pos_ + i])} << (8 * i);
+    pos_ += 8;
+    return v;
+  }
   int64_t i64(const char* item) { return static_cast<int64_t>(u64(item)); }
   /// A length, then that many bytes.
   std::string str(const char* item);
@@ -61,7 +71,11 @@ class WireReader {
   [[noreturn]] void fail(const std::string& item) const;
 
  private:
-  void need(uint64_t n, const char* item) const;
+  void need(uint64_t n, const char* item) const {
+    if (n > remaining()) [[unlikely]]
+      fail_short(n, item);
+  }
+  [[noreturn]] void fail_short(uint64_t n, const char* item) const;
 
   std::string_view in_;
   size_t pos_ = 0;

@@ -65,7 +65,7 @@ TEST(Wire, EveryTruncationAndAnUnknownDtypeAreRefused) {
     EXPECT_THROW(deserialize_records(whole.substr(0, n), out), FormatError) << n;
   }
   std::string bad = whole;
-  bad[8 + 1] = static_cast<char>(kDTypeCount);  // the dtype word after the 1-byte key
+  bad[8 + 8 + 1] = static_cast<char>(kDTypeCount);  // after the count and the 1-byte key
   std::vector<ChunkRecord> out;
   try {
     deserialize_records(bad, out);
