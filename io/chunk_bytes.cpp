@@ -11,6 +11,13 @@
 #include "io/key_text.h"
 
 namespace shardload {
+
+std::string ChunkBytes::name() const {
+  if (dataset.empty()) return "tensor data at byte " + std::to_string(pos);
+  std::string s = "chunk " + std::string(dataset);
+  if (data_offset) s += " at data offset " + std::to_string(data_offset);
+  return s;
+}
 namespace {
 
 /// Reads of at least this many bytes that can land in place go straight into `dst`; smaller
@@ -78,7 +85,7 @@ std::string range_str(uint64_t a, uint64_t b) {
 }
 
 [[noreturn]] void mismatch(const ChunkBytes& c, uint64_t a, uint64_t b, const std::string& which) {
-  throw FormatError("checksum mismatch: " + range_str(a, b) + " of " + c.name + " (" +
+  throw FormatError("checksum mismatch: " + range_str(a, b) + " of " + c.name() + " (" +
                     std::to_string(c.nbytes) + " bytes) do not match their " + which +
                     " (the file is corrupt)");
 }
@@ -89,7 +96,7 @@ void check_bools(const ChunkBytes& c, const char* data, uint64_t n, const std::s
   for (uint64_t i = 0; i < n; ++i) {
     auto v = static_cast<unsigned char>(data[i]);
     if (v > 1) {
-      throw FormatError("bool element " + std::to_string(i) + " of " + where + " of " + c.name +
+      throw FormatError("bool element " + std::to_string(i) + " of " + where + " of " + c.name() +
                         " holds byte value " + std::to_string(v) + " (a bool is 0 or 1)");
     }
   }
@@ -289,10 +296,10 @@ void check_box(const ChunkBytes& c, const Shape& chunk_shape, const Shape& offse
   }
   if (!ok) {
     throw UsageError("box at " + shape_str(offset) + " of shape " + shape_str(shape) +
-                     " does not lie inside " + c.name + " of shape " + shape_str(chunk_shape));
+                     " does not lie inside " + c.name() + " of shape " + shape_str(chunk_shape));
   }
   if (byte_size(chunk_shape, c.elem_size) != static_cast<int64_t>(c.nbytes)) {
-    throw FormatError(c.name + ": shape " + shape_str(chunk_shape) + " does not take " +
+    throw FormatError(c.name() + ": shape " + shape_str(chunk_shape) + " does not take " +
                       std::to_string(c.nbytes) + " bytes");
   }
 }

@@ -8,6 +8,7 @@
 #include <functional>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "core/chunk_record.h"
 #include "core/shape.h"
@@ -26,7 +27,14 @@ struct ChunkBytes {
   uint64_t checksum = 0;             ///< XXH3-64 of the whole chunk (little-endian)
   uint64_t block_bytes = 0;          ///< 0: no block checksums
   const uint64_t* blocks = nullptr;  ///< block_count(nbytes, block_bytes) checksums
-  std::string name;                  ///< "chunk /data/3", for messages
+  /// A shard file's chunk: its dataset (a view of the index row's string, which outlives this)
+  /// and data offset; empty for a tensor file's bytes. For name() only.
+  std::string_view dataset;
+  uint64_t data_offset = 0;
+
+  /// What messages call it, made only when one is thrown: "chunk /data/3", "chunk /packed/0 at
+  /// data offset 4096", or "tensor data at byte 1024" (a tensor file's).
+  std::string name() const;
 };
 
 /// Bytes of scratch memory a read may use (rounded up to whole blocks when blocks are larger).

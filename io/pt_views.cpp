@@ -20,7 +20,6 @@ ChunkBytes view_bytes(const FileBytes& file, const PtTensor& t) {
   c.nbytes = t.nbytes();
   c.elem_size = dtype_size(t.dtype);
   c.is_bool = t.dtype == DType::kBool;
-  c.name = "tensor data at byte " + std::to_string(c.pos);
   return c;
 }
 

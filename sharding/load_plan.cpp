@@ -187,6 +187,7 @@ LoadPlan plan(const std::vector<ChunkRecord>& index, const RankGroups& needs, in
   // are ordered by their first member, and a key's lowest needing rank is the first member of
   // its group, so walking the groups in order gives the same order.
   std::vector<ModelKey> keys;
+  keys.reserve(lists.empty() ? 0 : lists.front().size());
   std::vector<int32_t> key_of_need;     // flat over (group, need)
   std::vector<int32_t> my_key_of_need;  // the key of each need of only_rank
   size_t total_needs = 0;
@@ -392,7 +393,9 @@ LoadPlan plan(const std::vector<ChunkRecord>& index, const RankGroups& needs, in
       cuts.push_back(Cut{static_cast<int32_t>(ci), -1});
     }
   } else {
-    my_regions.resize(my_list->size());
+    if (std::any_of(my_list->begin(), my_list->end(), [](const Need& n) { return n.split >= 0; })) {
+      my_regions.resize(my_list->size());
+    }
     for (size_t i = 0; i < my_list->size(); ++i) {
       const Need& n = (*my_list)[i];
       const ModelKey& k = keys[static_cast<size_t>(my_key_of_need[i])];

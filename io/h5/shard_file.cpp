@@ -177,12 +177,6 @@ Handle file_access_plist() {
   return fapl;
 }
 
-std::string chunk_name(const ChunkRecord& row) {
-  std::string s = "chunk " + row.dataset;
-  if (row.data_offset) s += " at data offset " + std::to_string(row.data_offset);
-  return s;
-}
-
 }  // namespace
 
 std::string shard_file_name(int shard, int num_shards) {
@@ -396,7 +390,7 @@ struct ShardReader::Impl {
       throw FormatError(what + " has " + std::to_string(s.filters) +
                         " filter(s) (compression, ...); chunk data must be unfiltered");
     }
-    const Shape dims = s.scalar ? Shape{} : s.dims;
+    const Shape dims = s.scalar ? Shape{} : Shape(s.dims);
     const bool same_shape = dims == row.shape && s.scalar == row.shape.empty();
     uint64_t start = 0, need = row.nbytes;
     Location loc;
@@ -449,7 +443,8 @@ struct ShardReader::Impl {
     c.checksum = row.checksum;
     c.block_bytes = row.block_bytes;
     c.blocks = row.block_checksums.data();
-    c.name = chunk_name(row);
+    c.dataset = row.dataset;
+    c.data_offset = row.data_offset;
     return c;
   }
 };

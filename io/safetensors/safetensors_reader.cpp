@@ -46,7 +46,6 @@ struct SafetensorsReader::Impl {
     c.nbytes = row.nbytes;
     c.elem_size = dtype_size(row.dtype);
     c.is_bool = row.dtype == DType::kBool;
-    c.name = "tensor data at byte " + std::to_string(row.data_offset);
     return c;
   }
 };
