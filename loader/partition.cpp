@@ -191,6 +191,7 @@ std::vector<Declaration> Partition::declarations() const {
 
 std::string Partition::encoded_declarations(int rank) const {
   WireWriter out;
+  out.u64(entries_.size());  // as encode_layout
   for (const auto& e : entries_) encode_declaration(out, e.declaration, rank);
   return out.take();
 }

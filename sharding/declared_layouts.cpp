@@ -28,6 +28,7 @@ void encode_declaration(WireWriter& out, const Declaration& d, int rank) {
 
 std::string encode_layout(const std::vector<Declaration>& declarations, int rank) {
   WireWriter out;
+  out.u64(declarations.size());
   for (const Declaration& d : declarations) encode_declaration(out, d, rank);
   return out.take();
 }
@@ -35,11 +36,11 @@ std::string encode_layout(const std::vector<Declaration>& declarations, int rank
 std::vector<Declaration> decode_layout(std::string_view bytes) {
   WireReader in(bytes, "the declaration exchange", /*from_peer=*/true);
   std::vector<Declaration> out;
-  // A declaration takes at least four words (key length, dtype, kind, extent count): room for
-  // as many as the bytes can hold, so that 100,000 of them are not moved on each growth.
-  out.reserve(bytes.size() / 32);
-  while (!in.done()) {
-    Declaration d;
+  // A declaration takes at least four words (key length, dtype, kind, extent count).
+  const uint64_t n = in.count(32, "declaration count");
+  out.reserve(n);
+  for (uint64_t i = 0; i < n; ++i) {
+    Declaration& d = out.emplace_back();
     d.key = in.str("key");
     const uint64_t dtype = in.u64("dtype");
     if (dtype >= kDTypeCount) in.fail("an unknown dtype");
@@ -61,8 +62,8 @@ std::vector<Declaration> decode_layout(std::string_view bytes) {
         d.group.push_back(static_cast<int>(delta));
       }
     }
-    out.push_back(std::move(d));
   }
+  in.finish();
   return out;
 }
 

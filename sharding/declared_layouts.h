@@ -38,10 +38,11 @@ struct DeclaredLayouts {
   static DeclaredLayouts from_encoded(const std::vector<std::string>& encoded);
 };
 
-/// Appends one declaration's canonical bytes to `out` (encode_layout, one declaration at a time).
+/// Appends one declaration's canonical bytes to `out` (encode_layout, one declaration at a time,
+/// after their count).
 void encode_declaration(WireWriter& out, const Declaration& d, int rank);
-/// The canonical bytes of one rank's declarations (split groups relative to `rank`): equal bytes
-/// for equal canonical layouts.
+/// The canonical bytes of one rank's declarations (their count, then each, split groups relative
+/// to `rank`): equal bytes for equal canonical layouts.
 std::string encode_layout(const std::vector<Declaration>& declarations, int rank);
 /// Inverse of encode_layout, with split groups left relative and the fields a kind does not use
 /// left empty (a replicated declaration's global shape and offset). Throws CommError naming what
