@@ -21,6 +21,13 @@ constexpr uint64_t kMinRecordBytes = 13 * 8;
 
 std::string serialize_records(const std::vector<ChunkRecord>& records) {
   WireWriter w;
+  size_t bytes = 8;
+  for (const auto& r : records) {
+    bytes +=
+        kMinRecordBytes + r.key.size() + r.dataset.size() +
+        8 * (r.global_shape.size() + r.offset.size() + r.shape.size() + r.block_checksums.size());
+  }
+  w.reserve(bytes);
   w.u64(records.size());
   for (const auto& r : records) {
     w.str(r.key);

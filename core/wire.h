@@ -30,6 +30,8 @@ class WireWriter {
   void shape(const Shape& s);
   /// The count, then each word.
   void u64s(std::span<const uint64_t> v);
+  /// Room for `n` more bytes (a caller that knows the size saves the growth's copies).
+  void reserve(size_t n) { out_.reserve(out_.size() + n); }
   std::string take() { return std::move(out_); }
 
  private:
