@@ -43,7 +43,8 @@ uint64_t block_count(uint64_t nbytes, uint64_t block_bytes);
 
 /// Compact binary form of index rows, for exchanging them between ranks: their count, then each.
 std::string serialize_records(const std::vector<ChunkRecord>& records);
-/// Inverse of serialize_records; appends to `out`. Throws FormatError on malformed input.
+/// Inverse of serialize_records; appends to `out`. Throws FormatError on malformed input, having
+/// appended the rows decoded so far (and one partly decoded): a caller discards `out` then.
 void deserialize_records(std::string_view bytes, std::vector<ChunkRecord>& out);
 
 }  // namespace shardload
