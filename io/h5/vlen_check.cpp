@@ -118,11 +118,6 @@ VlenCheck::Found VlenCheck::check_descriptor(const unsigned char* d, const std::
   return Found{&c, &o};
 }
 
-void VlenCheck::check_dataset(hid_t dataset, int64_t rows, const std::string& what) {
-  for_each_descriptor(dataset, rows, what,
-                      [&](const unsigned char* d) { check_descriptor(d, what); });
-}
-
 std::vector<std::string> VlenCheck::read_dataset(hid_t dataset, int64_t rows,
                                                  const std::string& what, uint64_t max_bytes) {
   std::vector<std::string> out;

@@ -27,14 +27,12 @@ class VlenCheck {
   /// For `file`, open in HDF5, whose bytes are `bytes`.
   VlenCheck(hid_t file, const FileBytes& bytes);
 
-  /// Checks every string of a 1-D dataset of `rows` variable-length strings. Such a dataset must
-  /// be contiguous (h5py's default), so that its descriptors can be read from the file.
-  void check_dataset(hid_t dataset, int64_t rows, const std::string& what);
-  /// Checks the dataset as check_dataset does and decodes its strings from the file's bytes (its
-  /// descriptors, then the heap objects they name), as HDF5 would return them: each up to its
-  /// first NUL, a null string as "". HDF5's own conversion costs a heap allocation and a
-  /// descriptor lookup per string; this one, a copy. A string longer than `max_bytes` (after
-  /// the NUL cut) is a FormatError naming `what`.
+  /// Checks every string of a 1-D dataset of `rows` variable-length strings (such a dataset must
+  /// be contiguous, h5py's default, so that its descriptors can be read from the file) and
+  /// decodes them from the file's bytes (the descriptors, then the heap objects they name), as
+  /// HDF5 would return them: each up to its first NUL, a null string as "". HDF5's own
+  /// conversion costs a heap allocation and a descriptor lookup per string; this one, a copy. A
+  /// string longer than `max_bytes` (after the NUL cut) is a FormatError naming `what`.
   std::vector<std::string> read_dataset(hid_t dataset, int64_t rows, const std::string& what,
                                         uint64_t max_bytes);
   /// Checks the scalar variable-length string attribute `name` of `object`, found in the
