@@ -18,6 +18,7 @@
 #include "loader/shardload.h"
 #include "tools/commands.h"
 #include "tools/progress_display.h"
+#include "tools/torch_cuda.h"
 #include "transport/communicator.h"
 
 namespace shardload::tools {
@@ -140,6 +141,9 @@ void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
 /// Puts every tensor of the partition on this rank's GPU: the one of its local rank (modulo the
 /// devices visible), as launchers pin ranks to GPUs. `local_rank`: from MPI (node_local_rank).
 void move_to_local_gpu(Partition& partition, int local_rank) {
+  if (const std::string why = load_torch_cuda(); !why.empty()) {
+    throw UsageError("--device cuda: " + why);
+  }
   if (!at::hasCUDA()) {
     throw UsageError("--device cuda: no CUDA device is visible (or LibTorch has no CUDA)");
   }

@@ -16,6 +16,7 @@
 #include "loader/shardload.h"
 #include "tools/commands.h"
 #include "tools/progress_display.h"
+#include "tools/torch_cuda.h"
 #include "transport/communicator.h"
 
 namespace shardload::tools {
@@ -141,6 +142,9 @@ struct DemoArgs {
 /// The device of this rank's models: the CPU, or the GPU of its local rank.
 torch::Device demo_device(const std::string& name, int local_rank) {
   if (name == "cpu") return torch::kCPU;
+  if (const std::string why = load_torch_cuda(); !why.empty()) {
+    throw UsageError("--device cuda: " + why);
+  }
   if (!torch::cuda::is_available()) {
     throw UsageError("--device cuda: no CUDA device is visible (or LibTorch has no CUDA)");
   }
