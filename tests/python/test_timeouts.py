@@ -8,6 +8,7 @@ stops itself there) and from outside with `kill -STOP` in the middle of a large 
 with `kill -KILL`. Prints one line per failed check and "N passed, M failed" last.
 Environment: SHARDLOAD_BIN (default build/shardload), MPIRUN (default mpirun).
 """
+import concurrent.futures
 import os
 import re
 import shutil
@@ -103,15 +104,21 @@ def main():
         subprocess.run([BIN, "convert", ref, ckpt], check=True, env=ENV, capture_output=True)
 
         # Stopped ranks at every phase boundary and inside the transfer, on rank 1 and rank 0.
-        for phase, rank, expect in [("open", 1, "rank 1 did not reach phase 'open'"),
-                                    ("open", 0, "rank 0 did not reach phase 'open'"),
-                                    ("index", 1, "rank 1 did not reach phase 'index'"),
-                                    ("plan", 1, "rank 1 did not reach phase 'plan'"),
-                                    ("plan", 0, "rank 0 did not reach phase 'plan'"),
-                                    ("transfer", 1, "rank 1 did not reach phase 'transfer'"),
-                                    ("read", 1, "rank 1 made no progress in phase 'transfer'"),
-                                    ("read", 0, "rank 0 made no progress in phase 'transfer'")]:
-            rc, err, secs = run_load(ckpt, ref, {"SHARDLOAD_STOP_AT": f"{phase}:{rank}"})
+        # Two jobs at a time: each has one stopped rank and one waiting for it, so two jobs keep
+        # the 2 cores no busier than one undisturbed load (the test runs alone), and the eight
+        # waits for the deadline overlap in pairs.
+        stops = [("open", 1, "rank 1 did not reach phase 'open'"),
+                 ("open", 0, "rank 0 did not reach phase 'open'"),
+                 ("index", 1, "rank 1 did not reach phase 'index'"),
+                 ("plan", 1, "rank 1 did not reach phase 'plan'"),
+                 ("plan", 0, "rank 0 did not reach phase 'plan'"),
+                 ("transfer", 1, "rank 1 did not reach phase 'transfer'"),
+                 ("read", 1, "rank 1 made no progress in phase 'transfer'"),
+                 ("read", 0, "rank 0 made no progress in phase 'transfer'")]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            runs = list(pool.map(
+                lambda s: run_load(ckpt, ref, {"SHARDLOAD_STOP_AT": f"{s[0]}:{s[1]}"}), stops))
+        for (phase, rank, expect), (rc, err, secs) in zip(stops, runs):
             what = f"stop at {phase}:{rank}"
             check(rc is not None, f"{what}: the job did not end within {TIMEOUT + MARGIN} s")
             if rc is None:
