@@ -1,6 +1,7 @@
 #include "sharding/key_table.h"
 
 #include <functional>
+#include <stdexcept>
 
 namespace shardload {
 namespace {
@@ -11,42 +12,55 @@ size_t capacity_for(size_t n) {
   return c;
 }
 
+uint32_t hash32(std::string_view key) {
+  return static_cast<uint32_t>(std::hash<std::string_view>{}(key));
+}
+
 }  // namespace
 
 KeyTable::KeyTable(size_t expected)
-    : slots_(capacity_for(expected)), mask_(capacity_for(expected) - 1) {}
+    : slots_(capacity_for(expected)), mask_(static_cast<uint32_t>(slots_.size() - 1)) {
+  entries_.reserve(expected);
+}
 
 std::pair<int32_t, bool> KeyTable::try_emplace(std::string_view key, int32_t value) {
-  if (2 * (size_ + 1) > slots_.size()) grow();
-  const uint64_t h = std::hash<std::string_view>{}(key);
-  for (size_t i = h & mask_;; i = (i + 1) & mask_) {
+  if (2 * (entries_.size() + 1) > slots_.size()) grow();
+  const uint32_t h = hash32(key);
+  for (uint32_t i = h & mask_;; i = (i + 1) & mask_) {
     Slot& s = slots_[i];
-    if (s.value < 0) {
-      s = Slot{key, h, value};
-      ++size_;
+    if (s.entry < 0) {
+      s = Slot{h, static_cast<int32_t>(entries_.size())};
+      entries_.push_back(Entry{key, value});
       return {value, true};
     }
-    if (s.hash == h && s.key == key) return {s.value, false};
+    if (s.hash == h) {
+      const Entry& e = entries_[static_cast<size_t>(s.entry)];
+      if (e.key == key) return {e.value, false};
+    }
   }
 }
 
 int32_t KeyTable::find(std::string_view key) const {
-  const uint64_t h = std::hash<std::string_view>{}(key);
-  for (size_t i = h & mask_;; i = (i + 1) & mask_) {
+  const uint32_t h = hash32(key);
+  for (uint32_t i = h & mask_;; i = (i + 1) & mask_) {
     const Slot& s = slots_[i];
-    if (s.value < 0) return -1;
-    if (s.hash == h && s.key == key) return s.value;
+    if (s.entry < 0) return -1;
+    if (s.hash == h) {
+      const Entry& e = entries_[static_cast<size_t>(s.entry)];
+      if (e.key == key) return e.value;
+    }
   }
 }
 
 void KeyTable::grow() {
+  if (slots_.size() >= (size_t{1} << 31)) throw std::length_error("KeyTable: too many keys");
   std::vector<Slot> old = std::move(slots_);
   slots_.assign(old.size() * 2, Slot{});
-  mask_ = slots_.size() - 1;
+  mask_ = static_cast<uint32_t>(slots_.size() - 1);
   for (const Slot& s : old) {
-    if (s.value < 0) continue;
-    size_t i = s.hash & mask_;
-    while (slots_[i].value >= 0) i = (i + 1) & mask_;
+    if (s.entry < 0) continue;
+    uint32_t i = s.hash & mask_;
+    while (slots_[i].entry >= 0) i = (i + 1) & mask_;
     slots_[i] = s;
   }
 }

@@ -266,14 +266,25 @@ LoadPlan plan(const std::vector<ChunkRecord>& index, const RankGroups& needs, in
   std::vector<int32_t> key_chunks;
   {
     KeyTable unexpected;
+    // The index usually lists the model's keys in the model's order, each in one or a few
+    // chunks: the key of the chunk before, or the key after it, is tried before a hash lookup.
+    int32_t last = -1;
+    auto known = [&](int32_t id, const std::string& key) {
+      return id >= 0 && static_cast<size_t>(id) < keys.size() &&
+             keys[static_cast<size_t>(id)].first->key == key;
+    };
     for (size_t c = 0; c < index.size(); ++c) {
-      const int32_t id = key_id.find(index[c].key);
+      const std::string& key = index[c].key;
+      const int32_t id = known(last, key)       ? last
+                         : known(last + 1, key) ? last + 1
+                                                : key_id.find(key);
       if (id < 0) {
         if (unexpected.try_emplace(index[c].key, 0).second) {
           plan.unexpected_keys.push_back(index[c].key);
         }
         continue;
       }
+      last = id;
       key_of_chunk[c] = id;
       ++keys[static_cast<size_t>(id)].chunks_size;
     }
