@@ -26,6 +26,7 @@
 #include "loader/tensor_bytes.h"
 #include "loader/transfer/transfer.h"
 #include "loader/verdict.h"
+#include "sharding/index_check.h"
 #include "sharding/resolve.h"
 #include "transport/communicator.h"
 #include "transport/transport.h"
@@ -69,43 +70,6 @@ class KeyMapper {
   const LoadOptions& options_;
   std::optional<std::regex> filter_;
 };
-
-/// Sorts the gathered index into the saved state dict's key order, then file order, ties kept in
-/// gathered order (a stable sort): positions are sorted by small keys, then each record is
-/// moved once.
-void sort_by_key_order(std::vector<ChunkRecord>& index) {
-  struct Place {
-    int64_t order;
-    int32_t file;
-    int32_t at;
-    bool operator<(const Place& o) const {
-      return order != o.order ? order < o.order : file != o.file ? file < o.file : at < o.at;
-    }
-  };
-  std::vector<Place> places(index.size());
-  for (size_t i = 0; i < index.size(); ++i) {
-    places[i] = Place{index[i].order, index[i].file, static_cast<int32_t>(i)};
-  }
-  if (std::is_sorted(places.begin(), places.end())) return;
-  std::sort(places.begin(), places.end());
-  // Row places[k].at goes to k: permuted in place, cycle by cycle, each row moved once (no second
-  // index of 100,000 rows to allocate and fault in).
-  for (size_t k = 0; k < places.size(); ++k) {
-    if (places[k].at < 0 || static_cast<size_t>(places[k].at) == k) continue;
-    ChunkRecord held = std::move(index[k]);
-    size_t to = k;
-    while (true) {
-      const auto from = static_cast<size_t>(places[to].at);
-      places[to].at = -1;
-      if (from == k) {
-        index[to] = std::move(held);
-        break;
-      }
-      index[to] = std::move(index[from]);
-      to = from;
-    }
-  }
-}
 
 /// PyTorch's backward-compatibility rule (load_state_dict): a checkpoint tensor of shape [1]
 /// loads into a 0-d model tensor. Such needs are planned as the [1] tensor they will receive.
@@ -341,7 +305,7 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
   phases.run("index", [&] {
     for (const auto& bytes : gathered) deserialize_records(bytes, index);
     // The saved state dict's key order, whatever the number of ranks that read the indexes.
-    sort_by_key_order(index);
+    sort_by_saved_order(index);
     // A Hugging Face index against the shards' headers: rank 0 holds the weight map.
     if (rank == 0) check_weight_map(source, index);
   });

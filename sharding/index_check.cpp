@@ -140,6 +140,49 @@ class OverlapCheck {
 
 }  // namespace
 
+void sort_by_saved_order(std::vector<ChunkRecord>& index) {
+  struct Place {
+    int64_t order;
+    int32_t file;
+    int32_t at;
+    bool operator<(const Place& o) const {
+      return order != o.order ? order < o.order : file != o.file ? file < o.file : at < o.at;
+    }
+  };
+  std::vector<Place> places(index.size());
+  std::vector<size_t> run_starts{0};
+  for (size_t i = 0; i < index.size(); ++i) {
+    places[i] = Place{index[i].order, index[i].file, static_cast<int32_t>(i)};
+    if (i > 0 && places[i] < places[i - 1]) run_starts.push_back(i);
+  }
+  if (run_starts.size() == 1) return;  // sorted already
+  constexpr size_t kMergeRuns = 64;
+  if (run_starts.size() > kMergeRuns) {
+    std::sort(places.begin(), places.end());
+  } else {
+    // Neighbouring runs merged pairwise, log2(runs) rounds.
+    run_starts.push_back(places.size());
+    while (run_starts.size() > 2) {
+      std::vector<size_t> merged;
+      for (size_t r = 0; r + 1 < run_starts.size(); r += 2) {
+        merged.push_back(run_starts[r]);
+        if (r + 2 < run_starts.size()) {
+          const auto base = places.begin();
+          std::inplace_merge(base + static_cast<std::ptrdiff_t>(run_starts[r]),
+                             base + static_cast<std::ptrdiff_t>(run_starts[r + 1]),
+                             base + static_cast<std::ptrdiff_t>(run_starts[r + 2]));
+        }
+      }
+      merged.push_back(places.size());
+      run_starts = std::move(merged);
+    }
+  }
+  std::vector<ChunkRecord> sorted;
+  sorted.reserve(index.size());
+  for (const Place& p : places) sorted.push_back(std::move(index[static_cast<size_t>(p.at)]));
+  index = std::move(sorted);
+}
+
 void validate_index(const std::vector<ChunkRecord>& index,
                     const std::vector<std::string>& file_names) {
   auto file_of = [&](const ChunkRecord& c) { return file_names[c.file]; };

@@ -17,4 +17,12 @@ namespace shardload {
 void validate_index(const std::vector<ChunkRecord>& index,
                     const std::vector<std::string>& file_names);
 
+/// Sorts the gathered index into the saved state dict's key order (ChunkRecord::order), then
+/// file order, ties kept in gathered order. The gathered index is each rank's rows in file
+/// order, one after the other: a few ascending runs, which are merged (sorted when there are
+/// more than 64). Then each record is moved once into a new vector, reading the runs front to
+/// back: a cycle-by-cycle permutation in place jumps between rows of 300 bytes, a cache miss
+/// each, and took 3x as long on 100,000 rows.
+void sort_by_saved_order(std::vector<ChunkRecord>& index);
+
 }  // namespace shardload

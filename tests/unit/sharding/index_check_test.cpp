@@ -133,3 +133,42 @@ TEST(ValidateIndex, ShapesWhoseCountsOverflowAreFormatErrorsNamingTheKey) {
 
 }  // namespace
 }  // namespace shardload
+
+namespace shardload {
+namespace {
+
+// The gathered index is sorted into the saved order: as a stable sort by (order, file) would,
+// whether it arrives sorted, as a few sorted runs (merged) or as many (sorted).
+TEST(SortBySavedOrder, MatchesAStableSortForAnyNumberOfRuns) {
+  std::mt19937 rng(16);
+  for (int runs : {1, 2, 3, 7, 64, 65, 300}) {
+    std::vector<ChunkRecord> gathered;
+    for (int r = 0; r < runs; ++r) {
+      std::vector<ChunkRecord> run;
+      const int rows = static_cast<int>(rng() % 40);
+      for (int i = 0; i < rows; ++i) {
+        ChunkRecord c;
+        c.order = static_cast<int64_t>(rng() % 50);  // chunks of one key share an order
+        c.file = static_cast<int32_t>(rng() % 4);
+        c.dataset = "/run" + std::to_string(r) + "/" + std::to_string(i);  // identifies the row
+        run.push_back(std::move(c));
+      }
+      std::stable_sort(run.begin(), run.end(), [](const ChunkRecord& a, const ChunkRecord& b) {
+        return a.order != b.order ? a.order < b.order : a.file < b.file;
+      });
+      gathered.insert(gathered.end(), run.begin(), run.end());
+    }
+    std::vector<ChunkRecord> expect = gathered;
+    std::stable_sort(expect.begin(), expect.end(), [](const ChunkRecord& a, const ChunkRecord& b) {
+      return a.order != b.order ? a.order < b.order : a.file < b.file;
+    });
+    sort_by_saved_order(gathered);
+    ASSERT_EQ(gathered.size(), expect.size());
+    for (size_t i = 0; i < expect.size(); ++i) {
+      ASSERT_EQ(gathered[i].dataset, expect[i].dataset) << runs << " runs, row " << i;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace shardload
