@@ -52,6 +52,10 @@ int32_t KeyTable::find(std::string_view key) const {
   }
 }
 
+void KeyTable::prefetch(std::string_view key) const {
+  __builtin_prefetch(&slots_[hash32(key) & mask_]);
+}
+
 void KeyTable::grow() {
   if (slots_.size() >= (size_t{1} << 31)) throw std::length_error("KeyTable: too many keys");
   std::vector<Slot> old = std::move(slots_);

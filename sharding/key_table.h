@@ -25,6 +25,9 @@ class KeyTable {
   std::pair<int32_t, bool> try_emplace(std::string_view key, int32_t value);
   /// The key's value, or -1 when absent.
   int32_t find(std::string_view key) const;
+  /// Starts fetching the key's home slot into the cache: a loop over many keys that calls this
+  /// a few keys ahead of its try_emplace or find overlaps their cache misses.
+  void prefetch(std::string_view key) const;
   size_t size() const { return entries_.size(); }
 
  private:
