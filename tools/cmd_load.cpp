@@ -1,7 +1,6 @@
 // shardload load CKPT --into REF [--no-strict] [--split REGEX=DIM]... [--out OUT [--overwrite]
 //   [--step N [--keep-last K]]] [--select KEY | --select-ckpt KEY --select-into KEY] [--json]
 #include <ATen/ATen.h>
-#include <ATen/detail/CUDAHooksInterface.h>
 #include <mpi.h>
 
 #include <cctype>
@@ -141,15 +140,7 @@ void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
 /// Puts every tensor of the partition on this rank's GPU: the one of its local rank (modulo the
 /// devices visible), as launchers pin ranks to GPUs. `local_rank`: from MPI (node_local_rank).
 void move_to_local_gpu(Partition& partition, int local_rank) {
-  if (const std::string why = load_torch_cuda(); !why.empty()) {
-    throw UsageError("--device cuda: " + why);
-  }
-  if (!at::hasCUDA()) {
-    throw UsageError("--device cuda: no CUDA device is visible (or LibTorch has no CUDA)");
-  }
-  const int64_t count = static_cast<int64_t>(at::detail::getCUDAHooks().deviceCount());
-  const auto device =
-      at::Device(at::kCUDA, static_cast<int8_t>(local_rank % std::max<int64_t>(count, 1)));
+  const c10::Device device = local_cuda_device(local_rank);
   for (auto& e : partition.entries()) e.tensor = e.tensor.to(device);
 }
 

@@ -142,14 +142,7 @@ struct DemoArgs {
 /// The device of this rank's models: the CPU, or the GPU of its local rank.
 torch::Device demo_device(const std::string& name, int local_rank) {
   if (name == "cpu") return torch::kCPU;
-  if (const std::string why = load_torch_cuda(); !why.empty()) {
-    throw UsageError("--device cuda: " + why);
-  }
-  if (!torch::cuda::is_available()) {
-    throw UsageError("--device cuda: no CUDA device is visible (or LibTorch has no CUDA)");
-  }
-  const int count = static_cast<int>(torch::cuda::device_count());
-  return torch::Device(torch::kCUDA, static_cast<int8_t>(local_rank % count));
+  return local_cuda_device(local_rank);
 }
 
 int run_demo(const DemoArgs& args) {

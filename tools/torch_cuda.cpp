@@ -1,10 +1,13 @@
 #include "tools/torch_cuda.h"
 
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <dlfcn.h>
 #include <link.h>
 
 #include <mutex>
 #include <string_view>
+
+#include "core/error.h"
 
 namespace shardload::tools {
 namespace {
@@ -40,6 +43,18 @@ std::string load_torch_cuda() {
     error = "cannot load LibTorch's CUDA library " + path + ": " + (why ? why : "unknown error");
   });
   return error;
+}
+
+c10::Device local_cuda_device(int local_rank) {
+  if (const std::string why = load_torch_cuda(); !why.empty()) {
+    throw UsageError("--device cuda: " + why);
+  }
+  const auto& hooks = at::detail::getCUDAHooks();
+  const int count = hooks.hasCUDA() ? static_cast<int>(hooks.deviceCount()) : 0;
+  if (count <= 0) {
+    throw UsageError("--device cuda: no CUDA device is visible (or LibTorch has no CUDA)");
+  }
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(local_rank % count));
 }
 
 }  // namespace shardload::tools

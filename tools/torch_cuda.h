@@ -6,6 +6,8 @@
 // does) or a Python process (`import torch`) has it loaded already, and this does nothing there.
 #pragma once
 
+#include <c10/core/Device.h>
+
 #include <string>
 
 namespace shardload::tools {
@@ -16,5 +18,10 @@ namespace shardload::tools {
 /// an empty string on success (or when it was loaded already), else why not (the path tried and
 /// the loader's message).
 std::string load_torch_cuda();
+
+/// The GPU of a rank whose local rank is `local_rank` (modulo the devices visible, as launchers
+/// pin ranks to GPUs), for `--device cuda`: loads LibTorch's CUDA half first. Throws UsageError
+/// naming the option when that fails, LibTorch has no CUDA or no device is visible.
+c10::Device local_cuda_device(int local_rank);
 
 }  // namespace shardload::tools

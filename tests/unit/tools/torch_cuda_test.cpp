@@ -6,6 +6,8 @@
 #include <dlfcn.h>
 #include <gtest/gtest.h>
 
+#include "core/error.h"
+
 namespace shardload::tools {
 namespace {
 
@@ -21,6 +23,20 @@ TEST(TorchCuda, LoadedOnDemandThenLibTorchAnswersCudaQueries) {
   // version, with or without a GPU.
   EXPECT_GT(at::detail::getCUDAHooks().versionCUDART(), 0);
   EXPECT_EQ(load_torch_cuda(), "");  // once
+  // --device cuda: the local rank's GPU, modulo those visible; none visible is a usage error.
+  const int count = static_cast<int>(at::detail::getCUDAHooks().deviceCount());
+  if (count > 0) {
+    EXPECT_EQ(local_cuda_device(count + 1),
+              c10::Device(c10::kCUDA, static_cast<int8_t>(1 % count)));
+  } else {
+    try {
+      local_cuda_device(0);
+      ADD_FAILURE() << "local_cuda_device without a GPU returned";
+    } catch (const UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find("--device cuda: no CUDA device"), std::string::npos)
+          << e.what();
+    }
+  }
 #else
   const std::string why = load_torch_cuda();
   EXPECT_NE(why.find("libtorch_cuda.so"), std::string::npos) << why;
