@@ -190,9 +190,9 @@ void validate_index(const std::vector<ChunkRecord>& index,
   KeyTable key_id(index.size());
   std::vector<int32_t> key_of(index.size());
   std::vector<size_t> first_of_key;  // each key's first chunk, in order of first appearance
-  constexpr size_t kAhead = 8;       // keys whose slots are fetched ahead of their insertion
   for (size_t i = 0; i < index.size(); ++i) {
-    if (i + kAhead < index.size()) key_id.prefetch(index[i + kAhead].key);
+    if (i + KeyTable::kPrefetchAhead < index.size())
+      key_id.prefetch(index[i + KeyTable::kPrefetchAhead].key);
     const ChunkRecord& c = index[i];
     if (c.file < 0 || static_cast<size_t>(c.file) >= file_names.size()) {
       throw FormatError(quoted(c.key) + ": chunk '" + c.dataset + "' refers to shard file " +

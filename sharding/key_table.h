@@ -28,6 +28,8 @@ class KeyTable {
   /// Starts fetching the key's home slot into the cache: a loop over many keys that calls this
   /// a few keys ahead of its try_emplace or find overlaps their cache misses.
   void prefetch(std::string_view key) const;
+  /// How many keys ahead such a loop prefetches.
+  static constexpr size_t kPrefetchAhead = 8;
   size_t size() const { return entries_.size(); }
 
  private:

@@ -196,9 +196,9 @@ LoadPlan plan(const std::vector<ChunkRecord>& index, const RankGroups& needs, in
   KeyTable key_id(lists.empty() ? 0 : lists.front().size());
   for (size_t g = 0; g < lists.size(); ++g) {
     const int r = needs.members[g].front();
-    constexpr size_t kAhead = 8;  // keys whose slots are fetched ahead of their insertion
     for (size_t i = 0; i < lists[g].size(); ++i) {
-      if (i + kAhead < lists[g].size()) key_id.prefetch(lists[g][i + kAhead].key);
+      if (i + KeyTable::kPrefetchAhead < lists[g].size())
+        key_id.prefetch(lists[g][i + KeyTable::kPrefetchAhead].key);
       const Need& n = lists[g][i];
       if (n.split >= 0) {
         if (static_cast<size_t>(n.split) >= needs.splits.size() ||

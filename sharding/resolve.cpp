@@ -62,9 +62,9 @@ struct LayoutInfo {
 /// The checks a rank can make on its own declarations (once per layout, at its first rank).
 void check_layout(const std::vector<Declaration>& layout, int rank, int nranks, LayoutInfo& info) {
   info.where = KeyTable(layout.size());
-  constexpr size_t kAhead = 8;  // keys whose slots are fetched ahead of their insertion
   for (size_t i = 0; i < layout.size(); ++i) {
-    if (i + kAhead < layout.size()) info.where.prefetch(layout[i + kAhead].key);
+    if (i + KeyTable::kPrefetchAhead < layout.size())
+      info.where.prefetch(layout[i + KeyTable::kPrefetchAhead].key);
     const Declaration& d = layout[i];
     auto who = [&] { return quoted(d.key) + ": rank " + std::to_string(rank); };
     if (!info.where.try_emplace(d.key, static_cast<int32_t>(i)).second) {
