@@ -174,6 +174,11 @@ Handle file_access_plist() {
   Handle fapl = h5::plist_handle(H5Pcreate(H5P_FILE_ACCESS));
   // Link storage that stays fast with many datasets per group; h5py reads it.
   SHARDLOAD_H5(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_LATEST));
+  // Every object of 64 KiB or more (a chunk's dataset, a pack) starts on a 4 KiB page: a loader's
+  // cache-line-aligned staging then lies where the bytes do within their cache line, which the
+  // kernel's copy needs to run at full speed (loader/transfer/staging_arena.h), and direct I/O
+  // reads it without a partial first page. At most 4 KiB of padding per such object.
+  SHARDLOAD_H5(H5Pset_alignment(fapl.get(), hsize_t{64} << 10, 4096));
   return fapl;
 }
 

@@ -21,7 +21,8 @@ bool Deliverer::announces(const MessageTask& t) const {
 }
 
 void Deliverer::announce(MessageTask& t) {
-  t.status = status_->start(t.base, kStatusBytes, t.message->reader, plan_.ranks_of(*t.message));
+  t.status =
+      status_->start(t.base, kStatusWordBytes, t.message->reader, plan_.ranks_of(*t.message));
   t.state = MessageState::kAnnouncing;
 }
 

@@ -16,8 +16,10 @@
 namespace shardload {
 
 /// Every message buffer starts with the reader's status word (0: the bytes are good), padded so
-/// that the bytes after it start 16-byte aligned.
-constexpr int64_t kStatusBytes = 16;
+/// that the bytes after it start on a cache line, as the buffer does (kRingAlign).
+constexpr int64_t kStatusBytes = 64;
+/// Of those, the bytes of the word itself: what an announcement sends.
+constexpr int64_t kStatusWordBytes = 8;
 
 /// How a message moves (route.h decides; every rank of the message decides the same).
 enum class Route : uint8_t {

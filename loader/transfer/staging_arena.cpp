@@ -11,7 +11,7 @@
 namespace shardload {
 
 std::optional<int64_t> OffsetRing::allocate(int64_t size) {
-  size = (std::max<int64_t>(size, 1) + 15) & ~int64_t{15};
+  size = (std::max<int64_t>(size, 1) + kRingAlign - 1) & ~(kRingAlign - 1);
   if (size > capacity_) return std::nullopt;
   int64_t start = live_.empty() ? 0 : live_.back().first + live_.back().second;
   // Compact: back to the start as soon as the range there is free (the live ranges have not

@@ -30,7 +30,7 @@ namespace {
 /// Messages in flight on one rank at most (besides the staging budget).
 constexpr size_t kMaxInFlight = 64;
 /// Device ring slots reserved beyond the ring's bytes (alignment of the messages in it).
-constexpr int64_t kRingSlack = 16 * 16;
+constexpr int64_t kRingSlack = 16 * kRingAlign;
 /// Seconds between progress reports.
 constexpr double kProgressEvery = 0.2;
 
@@ -166,12 +166,12 @@ Transfer::Transfer(const TransferInputs& in) : impl_(std::make_unique<Impl>(in))
     const int64_t size = kStatusBytes + (m.reader == s.rank || !s.mine_on_device[i] ? m.nbytes : 0);
     // Whichever route the ranks choose, the largest message fits.
     largest = std::max(largest, kStatusBytes + m.nbytes);
-    total += size + 16;
+    total += size + kRingAlign;
   }
   // Page-locked staging when bytes go on to a device: the uploads run at full speed.
   const bool pinned = s.wants_device && s.backend == cuda_backend();
   s.arena = std::make_unique<StagingArena>(
-      std::max(largest + 16, std::min(total, in.options.staging_bytes)), pinned);
+      std::max(largest + kRingAlign, std::min(total, in.options.staging_bytes)), pinned);
   // Prepared reads are pread and hashing only: several reader threads overlap them with each
   // other and with the driver thread's deliveries and landings.
   s.threads = reader_threads(in.options, in.comm);
@@ -250,13 +250,13 @@ void Transfer::Impl::connect(PhaseRunner& phases) {
     if (!host_chunks.device_route(in.plan, *mine[i])) continue;
     route[i] = Route::kDevice;
     group_of[i] = device_group_id(in.plan, in.index, *mine[i]);
-    ring_bytes += aligned_piece_start(mine[i]->nbytes) + 16;
+    ring_bytes += aligned_piece_start(mine[i]->nbytes) + kRingAlign;
     largest = std::max(largest, mine[i]->nbytes);
   }
   // The ring of device buffers, set up once: two windows' worth at most (no per-message device
   // allocation), no more than this rank's device messages need.
   const int64_t capacity = std::max(std::min(ring_bytes, 2 * device_window() + kRingSlack),
-                                    aligned_piece_start(largest) + 16);
+                                    aligned_piece_start(largest) + kRingAlign);
   char* ring = nullptr;
   phases.run("transfer", [&] { ring = device->begin(capacity); });
   deliver->attach_device(device, ring, capacity);

@@ -337,7 +337,8 @@ TEST(TransferDeliver, EachRouteMovesItsMessageThroughItsStates) {
     deliver.announce(t);
     EXPECT_EQ(t.state, MessageState::kAnnouncing);
     ASSERT_EQ(status_log.starts.size(), 1u);
-    EXPECT_EQ(status_log.starts[0], std::make_pair(static_cast<void*>(t.base), size_t{16}));
+    EXPECT_EQ(status_log.starts[0],
+              std::make_pair(static_cast<void*>(t.base), size_t{kStatusWordBytes}));
     EXPECT_FALSE(deliver.poll_announce(t));
     EXPECT_EQ(t.state, MessageState::kAnnouncing);
     status_log.complete = true;
@@ -383,8 +384,8 @@ TEST(TransferDeliver, EachRouteMovesItsMessageThroughItsStates) {
     deliver.send(s, lander);
     EXPECT_EQ(s.state, MessageState::kDelivering);
     ASSERT_EQ(data_log.starts.size(), 2u);
-    EXPECT_EQ(data_log.starts[1],
-              std::make_pair(static_cast<void*>(s.base), static_cast<size_t>(16 + small.nbytes)));
+    EXPECT_EQ(data_log.starts[1], std::make_pair(static_cast<void*>(s.base),
+                                                 static_cast<size_t>(kStatusBytes + small.nbytes)));
     EXPECT_TRUE(deliver.arrived(s));
   }
 }
@@ -430,7 +431,8 @@ TEST(TransferDeliver, DeviceMessagesUploadThenGroupThenLandAndWaitForTheRing) {
   EXPECT_TRUE(deliver.arrived(tasks[0]));
   tasks[0].state = MessageState::kLanded;
   deliver.release(tasks[0]);
-  EXPECT_EQ(device_log.calls, std::vector<std::string>{"retire 4000"});
+  // Its ring slot: 4000 bytes rounded up to a cache line.
+  EXPECT_EQ(device_log.calls, std::vector<std::string>{"retire 4032"});
   EXPECT_TRUE(deliver.issue_device(tasks[1], lander, landed));
   EXPECT_EQ(landed, 8000);
   EXPECT_TRUE(is_final(MessageState::kSkipped));
@@ -440,35 +442,36 @@ TEST(TransferDeliver, DeviceMessagesUploadThenGroupThenLandAndWaitForTheRing) {
 
 TEST(TransferStaging, RingsReleaseInOrderAndACompactRingGoesBackToTheStartWhenItIsFree) {
   // A plain ring places each range after the newest and wraps only at its end.
-  OffsetRing plain(100);
-  EXPECT_EQ(plain.allocate(30), 0);
-  EXPECT_EQ(plain.allocate(30), 32);  // sizes round up to 16 bytes
-  EXPECT_EQ(plain.release(0), 32);
-  EXPECT_EQ(plain.allocate(30), 64);
-  EXPECT_EQ(plain.allocate(16), 0);        // [96, 112) would pass the end: wraps
-  EXPECT_THROW(plain.release(64), Error);  // not the oldest
-  EXPECT_EQ(plain.release(32), 32);
-  EXPECT_EQ(plain.allocate(40), 16);           // after the newest
-  EXPECT_EQ(plain.allocate(1), std::nullopt);  // [64, 80) would overlap the live [64, 96)
-  EXPECT_EQ(plain.peak(), 96);
+  static_assert(kRingAlign == 64);
+  OffsetRing plain(400);
+  EXPECT_EQ(plain.allocate(120), 0);
+  EXPECT_EQ(plain.allocate(120), 128);  // sizes round up to a cache line
+  EXPECT_EQ(plain.release(0), 128);
+  EXPECT_EQ(plain.allocate(120), 256);
+  EXPECT_EQ(plain.allocate(64), 0);         // [384, 448) would pass the end: wraps
+  EXPECT_THROW(plain.release(256), Error);  // not the oldest
+  EXPECT_EQ(plain.release(128), 128);
+  EXPECT_EQ(plain.allocate(160), 64);          // after the newest
+  EXPECT_EQ(plain.allocate(1), std::nullopt);  // [256, 320) would overlap the live [256, 384)
+  EXPECT_EQ(plain.peak(), 384);
 
   // A compact ring goes back to 0 as soon as a range fits before the oldest live one, so a
   // stream of short-lived buffers keeps reusing the same bytes; a plain one moves on.
-  OffsetRing compact(1000, /*compact=*/true), moves_on(1000);
+  OffsetRing compact(4000, /*compact=*/true), moves_on(4000);
   for (OffsetRing* ring : {&compact, &moves_on}) {
-    EXPECT_EQ(ring->allocate(100), 0);
-    EXPECT_EQ(ring->allocate(100), 112);
-    EXPECT_EQ(ring->release(0), 112);
+    EXPECT_EQ(ring->allocate(400), 0);
+    EXPECT_EQ(ring->allocate(400), 448);
+    EXPECT_EQ(ring->release(0), 448);
   }
-  EXPECT_EQ(moves_on.allocate(100), 224);
-  EXPECT_EQ(compact.allocate(100), 0);             // [0, 112) is free again: reused
-  EXPECT_EQ(compact.allocate(100), std::nullopt);  // wrapped: up to the oldest live range only
-  EXPECT_EQ(compact.release(112), 112);
-  EXPECT_EQ(compact.allocate(100), 112);  // nothing before [0, 112): after it
-  EXPECT_EQ(compact.release(0), 112);
-  EXPECT_EQ(compact.allocate(100), 0);  // back to the start again
-  EXPECT_EQ(compact.peak(), 224);
-  EXPECT_EQ(compact.used(), 224);
+  EXPECT_EQ(moves_on.allocate(400), 896);
+  EXPECT_EQ(compact.allocate(400), 0);             // [0, 448) is free again: reused
+  EXPECT_EQ(compact.allocate(400), std::nullopt);  // wrapped: up to the oldest live range only
+  EXPECT_EQ(compact.release(448), 448);
+  EXPECT_EQ(compact.allocate(400), 448);  // nothing before [0, 448): after it
+  EXPECT_EQ(compact.release(0), 448);
+  EXPECT_EQ(compact.allocate(400), 0);  // back to the start again
+  EXPECT_EQ(compact.peak(), 896);
+  EXPECT_EQ(compact.used(), 896);
 }
 
 }  // namespace
