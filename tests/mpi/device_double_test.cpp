@@ -237,8 +237,9 @@ TEST(DeviceDouble, ReceiversHoldOnlyTheStatusWordInHostStaging) {
   Partition target = zeros_in(full, {});
   ScopedDeviceDouble device;
   const LoadResult r = load(target, ckpt, MPI_COMM_WORLD, options);
-  // What this rank reads, plus a status word (and alignment) per message: never the others'.
-  EXPECT_LE(r.staging_bytes_peak, r.bytes_read + 16 * 32) << "rank " << world_rank();
+  // What this rank reads, plus a status word (64 bytes) and up to a cache line of alignment per
+  // message: never the others' 256 KiB.
+  EXPECT_LE(r.staging_bytes_peak, r.bytes_read + 16 * 128) << "rank " << world_rank();
   EXPECT_TRUE(same_bits(target.entries()[0].tensor, full[0].tensor));
 }
 
