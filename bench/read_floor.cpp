@@ -61,9 +61,9 @@ void evict(const std::vector<File>& files) {
 
 /// Page-aligned memory, its pages touched: a loader's tensors and staging are at least
 /// cache-line aligned (PyTorch's allocator: 64 bytes), and where the destination of a pread lies
-/// within its cache line decides the kernel copy's speed (five times slower 1-31 bytes past the
-/// source's place on this project's AMD machines): a vector's malloc'd memory, 16 bytes past a
-/// page, would measure that quirk, not the limit.
+/// within its cache line decides the kernel copy's speed (four to seven times slower 4-28 bytes
+/// past the source's place on this project's AMD machines, bench/copy_paths): a vector's
+/// malloc'd memory, 16 bytes past a page, would measure that quirk, not the limit.
 struct Buffer {
   explicit Buffer(size_t n = 0)
       : bytes(static_cast<char*>(std::aligned_alloc(4096, (n + 4095) / 4096 * 4096 + 4096))),

@@ -2,11 +2,47 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
 #include <cstring>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "loader/tensor_bytes.h"
 
 namespace shardload {
+
+void copy_past_cache(void* dst, const void* src, size_t n) {
+#if defined(__SSE2__)
+  if (n >= kPastCacheBytes) {
+    auto* d = static_cast<char*>(dst);
+    const auto* s = static_cast<const char*>(src);
+    // Up to the first cache line of the destination with memcpy, then whole lines streamed (the
+    // source may lie anywhere: unaligned loads), then the tail.
+    const size_t head = (64 - (reinterpret_cast<uintptr_t>(d) & 63)) & 63;
+    std::memcpy(d, s, head);
+    d += head;
+    s += head;
+    n -= head;
+    const size_t body = n & ~size_t{63};
+    for (size_t i = 0; i < body; i += 64) {
+      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 16));
+      const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 32));
+      const __m128i e = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 48));
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), a);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 16), b);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 32), c);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 48), e);
+    }
+    _mm_sfence();
+    std::memcpy(d + body, s + body, n - body);
+    return;
+  }
+#endif
+  std::memcpy(dst, src, n);
+}
 
 Lander::Lander(const LoadPlan& plan, const std::vector<ChunkRecord>& index, int rank,
                const std::vector<Need>& my_needs, const std::vector<int32_t>& entry_of_need,
@@ -105,11 +141,11 @@ int64_t Lander::land(const Message& m, const char* bytes,
     if (whole && row.dtype == n.dtype && piece.box == n.region) {
       // The piece is this rank's whole tensor, as stored: a plain copy (most tensors of a
       // replicated load; no tensor operation per small tensor).
-      std::memcpy(whole, bytes + at, static_cast<size_t>(piece.nbytes));
+      copy_past_cache(whole, bytes + at, static_cast<size_t>(piece.nbytes));
     } else if (at::Tensor dst = destination(piece, need);
                dst.device().is_cpu() && dst.is_contiguous() && row.dtype == n.dtype) {
       // A contiguous part of the tensor (a slab along its first dimensions), as stored.
-      std::memcpy(dst.data_ptr(), bytes + at, static_cast<size_t>(piece.nbytes));
+      copy_past_cache(dst.data_ptr(), bytes + at, static_cast<size_t>(piece.nbytes));
     } else {
       at::Tensor src = at::from_blob(const_cast<char*>(bytes) + at, piece.box.shape,
                                      at::TensorOptions().dtype(scalar_type_of(row.dtype)));

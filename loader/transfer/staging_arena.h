@@ -13,8 +13,8 @@ namespace shardload {
 /// Ranges of an OffsetRing start at multiples of this: a cache line. A buffer that a pread fills
 /// starts where the file's bytes do within their cache line (shard files keep large chunks
 /// 4 KiB-aligned), and the kernel copies into it at full speed: on this project's machines
-/// (AMD EPYC) a destination 1-31 bytes past the source's place in a cache line makes the copy
-/// five times slower (bench/read_floor's note).
+/// (AMD EPYC) a destination 4-28 bytes past the source's place in a cache line makes the copy
+/// four to seven times slower (bench/copy_paths).
 constexpr int64_t kRingAlign = 64;
 
 /// Where buffers go in a ring of `capacity` bytes: allocate() hands out contiguous ranges at

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -438,6 +439,37 @@ TEST(TransferDeliver, DeviceMessagesUploadThenGroupThenLandAndWaitForTheRing) {
   EXPECT_TRUE(is_final(MessageState::kSkipped));
   EXPECT_FALSE(is_final(MessageState::kDelivering));
   EXPECT_STREQ(state_name(MessageState::kAnnounced), "announced");
+}
+
+TEST(TransferLand, CopyPastCacheCopiesEveryByteAtAnyPlaceAndTouchesNothingElse) {
+  // Sizes on both sides of the streaming threshold and of a cache line; destinations and
+  // sources at every kind of place in a cache line (the streamed body starts at the
+  // destination's next line: head, body and tail all checked).
+  const size_t sizes[] = {0,
+                          1,
+                          63,
+                          kPastCacheBytes - 1,
+                          kPastCacheBytes,
+                          kPastCacheBytes + 1,
+                          kPastCacheBytes + 63,
+                          (size_t{1} << 20) + 17};
+  const size_t largest = (size_t{1} << 20) + 17, guard = 128;
+  std::vector<char> src(largest + guard), dst(largest + 2 * guard);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<char>(i * 131 + i / 251);
+  for (size_t n : sizes) {
+    for (size_t d_at : {size_t{0}, size_t{1}, size_t{15}, size_t{33}, size_t{63}}) {
+      for (size_t s_at : {size_t{0}, size_t{5}, size_t{48}}) {
+        SCOPED_TRACE("n " + std::to_string(n) + " dst +" + std::to_string(d_at) + " src +" +
+                     std::to_string(s_at));
+        std::fill(dst.begin(), dst.end(), '\x5a');
+        char* d = dst.data() + guard + d_at;
+        copy_past_cache(d, src.data() + s_at, n);
+        ASSERT_EQ(std::memcmp(d, src.data() + s_at, n), 0);
+        for (const char* p = dst.data(); p < d; ++p) ASSERT_EQ(*p, '\x5a');
+        for (const char* p = d + n; p < dst.data() + dst.size(); ++p) ASSERT_EQ(*p, '\x5a');
+      }
+    }
+  }
 }
 
 TEST(TransferStaging, RingsReleaseInOrderAndACompactRingGoesBackToTheStartWhenItIsFree) {
