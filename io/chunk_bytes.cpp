@@ -1,6 +1,7 @@
 #include "io/chunk_bytes.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -28,24 +29,39 @@ constexpr uint64_t kDirectBytes = uint64_t{64} << 10;
 constexpr uint64_t kMergeGapBytes = uint64_t{64} << 10;
 
 /// Scratch memory for one read: a per-thread buffer reused across reads (no page faults per
-/// read), or its own allocation when a window is unusually large (huge blocks).
+/// read), or its own allocation when a window is unusually large (huge blocks). Page-aligned, as
+/// the file's large objects are: the kernel copies into a destination at the source's place in a
+/// cache line fastest (loader/transfer/staging_arena.h).
 class Scratch {
  public:
   explicit Scratch(uint64_t n) {
     constexpr uint64_t kReused = uint64_t{16} << 20;
     if (n <= kReused) {
-      thread_local std::vector<char> buffer;
-      if (buffer.size() < n) buffer.resize(n);
-      data_ = buffer.data();
+      thread_local Aligned buffer;
+      thread_local uint64_t size = 0;
+      if (size < n) {
+        buffer = aligned(n);
+        size = n;
+      }
+      data_ = buffer.get();
     } else {
-      own_.reset(new char[n]);
+      own_ = aligned(n);
       data_ = own_.get();
     }
   }
   char* data() const { return data_; }
 
  private:
-  std::unique_ptr<char[]> own_;
+  struct Free {
+    void operator()(char* p) const { std::free(p); }
+  };
+  using Aligned = std::unique_ptr<char, Free>;
+  static Aligned aligned(uint64_t n) {
+    void* p = nullptr;
+    if (::posix_memalign(&p, 4096, n) != 0) throw std::bad_alloc();
+    return Aligned(static_cast<char*>(p));
+  }
+  Aligned own_;
   char* data_ = nullptr;
 };
 
@@ -417,7 +433,8 @@ void read_byte_ranges(const FileBytes& file, std::span<const ChunkRecord* const>
   char* out = static_cast<char*>(dst);
   size_t i = 0;
   while (i < rows.size()) {
-    // One read for a run of rows that follow each other in the file (empty rows join any).
+    // One read for a run of rows that follow each other in the file (empty rows join any), up to
+    // a step of kVerifyStepBytes: `each` checks them while they are in the core's cache.
     size_t j = i;
     uint64_t start = 0, end = 0;
     bool any = false;
@@ -426,7 +443,7 @@ void read_byte_ranges(const FileBytes& file, std::span<const ChunkRecord* const>
       if (!any) {
         start = end = pos[j];
         any = true;
-      } else if (pos[j] != end) {
+      } else if (pos[j] != end || end - start >= kVerifyStepBytes) {
         break;
       }
       end = checked_add(end, rows[j]->nbytes, "data_offset + nbytes");

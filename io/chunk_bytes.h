@@ -65,7 +65,8 @@ void verify_streaming(const ChunkBytes& chunk);
 
 /// Reads rows whose bytes are the file's [pos[i], pos[i] + nbytes) whole, back to back into
 /// `dst`, with one read for each run of rows adjacent in the file (small tensors or packed chunks
-/// written one after the other), then calls `each(i, bytes)` on each row's bytes (to check them).
+/// written one after the other) of up to 256 KiB and a row, then calls `each(i, bytes)` on each
+/// row's bytes of the run (to check them while they are in the core's cache).
 /// Every reader's read_chunks: shard files pass the positions they located, the formats whose
 /// tensors are byte ranges (.safetensors, .pt) each row's data_offset.
 void read_byte_ranges(const FileBytes& file, std::span<const ChunkRecord* const> rows,
