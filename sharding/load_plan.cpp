@@ -282,9 +282,7 @@ LoadPlan plan(const std::vector<ChunkRecord>& index, const RankGroups& needs, in
                          : known(last + 1, key) ? last + 1
                                                 : key_id.find(key);
       if (id < 0) {
-        if (unexpected.try_emplace(index[c].key, 0).second) {
-          plan.unexpected_keys.push_back(index[c].key);
-        }
+        if (unexpected.try_emplace(key, 0).second) plan.unexpected_keys.push_back(key);
         continue;
       }
       last = id;

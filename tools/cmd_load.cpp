@@ -137,8 +137,7 @@ int64_t proc_status_bytes(const std::string& field) {
 /// Resets this process's peak resident memory (VmHWM) to its current one (Linux).
 void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
 
-/// Puts every tensor of the partition on this rank's GPU: the one of its local rank (modulo the
-/// devices visible), as launchers pin ranks to GPUs. `local_rank`: from MPI (node_local_rank).
+/// Puts every tensor of the partition on this rank's GPU (local_cuda_device).
 void move_to_local_gpu(Partition& partition, int local_rank) {
   const c10::Device device = local_cuda_device(local_rank);
   for (auto& e : partition.entries()) e.tensor = e.tensor.to(device);
