@@ -4,19 +4,25 @@
 //           bytes past a cache line (the file's bytes start on one): the kernel's copy against
 //           where the destination lies (loader/transfer/staging_arena.h: kRingAlign);
 //   land    256 MiB landed from an 8 MiB block still in the cache into cold memory, as the
-//           reading rank lands its own copy: memcpy against copy_past_cache (land.h).
+//           reading rank lands its own copy: memcpy against copy_past_cache (land.h);
+//   hash    XXH3 (io/checksum.h) over 1 GiB in 1 MiB calls, from a 256 KiB, an 8 MiB and a
+//           64 MiB buffer: from the core's L2, from the shared L3, from memory (why verified
+//           reads hash each 256 KiB step right after reading it: io/chunk_bytes.cpp).
 //
 // Usage: build/bench/copy_paths FILE [rounds]   (FILE: at least 64 MiB, read warm; a shard file)
-// Prints per round: ms per 64 MiB read at each place; ms of each landing of 256 MiB.
+// Prints per round: ms per 64 MiB read at each place; ms of each landing of 256 MiB; GB/s hashed.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
+#include "io/checksum.h"
 #include "loader/transfer/land.h"
 
 namespace {
@@ -81,7 +87,22 @@ int main(int argc, char** argv) {
       }
       (k == 0 ? plain : past) = ms_since(t);
     }
-    std::printf("\n  land 256 MiB: memcpy %.1f ms, copy_past_cache %.1f ms\n", plain, past);
+    std::printf("\n  land 256 MiB: memcpy %.1f ms, copy_past_cache %.1f ms\n  hash, GB/s:", plain,
+                past);
+    uint64_t sink = 0;
+    for (const size_t buffer : {size_t{256} << 10, size_t{8} << 20, size_t{64} << 20}) {
+      char* b = touched(buffer);
+      const size_t total = size_t{1} << 30, call = std::min(buffer, size_t{1} << 20);
+      const auto t = std::chrono::steady_clock::now();
+      for (size_t done = 0; done < total;) {
+        for (size_t at = 0; at < buffer && done < total; at += call, done += call) {
+          sink += shardload::checksum(b + at, call);
+        }
+      }
+      std::printf(" %zu KiB buffer %.1f", buffer >> 10, total / ms_since(t) / 1e6);
+      std::free(b);
+    }
+    std::printf(" (%d)\n", static_cast<int>(sink & 1));
   }
   std::free(stage);
   std::free(cold);

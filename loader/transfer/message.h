@@ -20,6 +20,7 @@ namespace shardload {
 constexpr int64_t kStatusBytes = 64;
 /// Of those, the bytes of the word itself: what an announcement sends.
 constexpr int64_t kStatusWordBytes = 8;
+static_assert(kStatusWordBytes == sizeof(uint64_t) && kStatusWordBytes <= kStatusBytes);
 
 /// How a message moves (route.h decides; every rank of the message decides the same).
 enum class Route : uint8_t {
