@@ -1,7 +1,6 @@
 #include "io/chunk_bytes.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -37,31 +36,22 @@ class Scratch {
   explicit Scratch(uint64_t n) {
     constexpr uint64_t kReused = uint64_t{16} << 20;
     if (n <= kReused) {
-      thread_local Aligned buffer;
+      thread_local AlignedBytes buffer;
       thread_local uint64_t size = 0;
       if (size < n) {
-        buffer = aligned(n);
+        buffer = aligned_bytes(n, 4096);
         size = n;
       }
       data_ = buffer.get();
     } else {
-      own_ = aligned(n);
+      own_ = aligned_bytes(n, 4096);
       data_ = own_.get();
     }
   }
   char* data() const { return data_; }
 
  private:
-  struct Free {
-    void operator()(char* p) const { std::free(p); }
-  };
-  using Aligned = std::unique_ptr<char, Free>;
-  static Aligned aligned(uint64_t n) {
-    void* p = nullptr;
-    if (::posix_memalign(&p, 4096, n) != 0) throw std::bad_alloc();
-    return Aligned(static_cast<char*>(p));
-  }
-  Aligned own_;
+  AlignedBytes own_;
   char* data_ = nullptr;
 };
 
@@ -134,6 +124,13 @@ void verify_blocks(const ChunkBytes& c, const char* data, uint64_t start, uint64
   }
 }
 
+/// Bytes [start, end) of a chunk just read to `p`: swapped to little-endian where stored
+/// big-endian, then (`verify`) their blocks checked (verify_blocks' bounds).
+void finish_blocks(const ChunkBytes& c, char* p, uint64_t start, uint64_t end, bool verify) {
+  if (c.byte_swap) swap_bytes(p, end - start, c.elem_size);
+  if (verify) verify_blocks(c, p, start, end);
+}
+
 /// Bytes read at a time when a read is checked as it goes: half a core's L2 cache here, so that
 /// the hash reads what the read just wrote from that cache, not from memory.
 constexpr uint64_t kVerifyStepBytes = uint64_t{256} << 10;
@@ -151,8 +148,7 @@ void read_blocks_verified(const ChunkBytes& c, uint64_t start, uint64_t end, cha
       const uint64_t hi = std::min(lo + group, end);
       char* at = dst + (lo - start);
       c.file->read_at(c.pos + lo, hi - lo, at);
-      if (c.byte_swap) swap_bytes(at, hi - lo, c.elem_size);
-      verify_blocks(c, at, lo, hi);
+      finish_blocks(c, at, lo, hi, /*verify=*/true);
     }
     return;
   }
@@ -258,10 +254,7 @@ void read_runs(const ChunkBytes& c, RunCursor cursor, char* dst, bool verify) {
     hi = e == end_all ? e : align_down(e, align);
     return hi > lo && hi - lo >= kDirectBytes;
   };
-  auto land = [&](char* p, uint64_t start, uint64_t end) {
-    if (c.byte_swap) swap_bytes(p, end - start, c.elem_size);
-    if (verify) verify_blocks(c, p, start, end);
-  };
+
   Run r;
   bool have = cursor.next(r);
   while (have) {
@@ -272,7 +265,7 @@ void read_runs(const ChunkBytes& c, RunCursor cursor, char* dst, bool verify) {
         read_blocks_verified(c, lo, hi, dst + r.dst);
       } else {
         c.file->read_at(c.pos + lo, hi - lo, dst + r.dst);
-        land(dst + r.dst, lo, hi);
+        finish_blocks(c, dst + r.dst, lo, hi, verify);
       }
       r.dst += hi - lo;
       r.len -= hi - lo;
@@ -302,7 +295,7 @@ void read_runs(const ChunkBytes& c, RunCursor cursor, char* dst, bool verify) {
     if (!scratch) scratch = std::make_unique<Scratch>(window);
     char* win = scratch->data();
     c.file->read_at(c.pos + wstart, wend - wstart, win);
-    land(win, wstart, wend);
+    finish_blocks(c, win, wstart, wend, verify);
     while (true) {
       const uint64_t e = std::min(r.src + r.len, wend);
       if (e > r.src) std::memcpy(dst + r.dst, win + (r.src - wstart), e - r.src);

@@ -154,22 +154,22 @@ void FileBytes::read_buffered(uint64_t pos, size_t n, char* out) const {
   }
 }
 
+void FreeAligned::operator()(char* p) const { std::free(p); }
+
+AlignedBytes aligned_bytes(size_t n, size_t align) {
+  void* p = nullptr;
+  if (::posix_memalign(&p, align, std::max<size_t>(n, 1)) != 0) throw std::bad_alloc();
+  return AlignedBytes(static_cast<char*>(p));
+}
+
 namespace {
 
 constexpr size_t kDirectAlign = 4096;              // covers every logical block size in use
 constexpr size_t kDirectWindow = size_t{8} << 20;  // bounce buffer per reading thread
 
-struct FreeAligned {
-  void operator()(char* p) const { std::free(p); }
-};
-
 char* bounce_buffer() {
-  thread_local std::unique_ptr<char, FreeAligned> buffer;
-  if (!buffer) {
-    void* p = nullptr;
-    if (::posix_memalign(&p, kDirectAlign, kDirectWindow) != 0) throw std::bad_alloc();
-    buffer.reset(static_cast<char*>(p));
-  }
+  thread_local AlignedBytes buffer;
+  if (!buffer) buffer = aligned_bytes(kDirectWindow, kDirectAlign);
   return buffer.get();
 }
 

@@ -6,9 +6,21 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace shardload {
+
+/// Memory from aligned_bytes(), freed with std::free.
+struct FreeAligned {
+  void operator()(char* p) const;
+};
+using AlignedBytes = std::unique_ptr<char, FreeAligned>;
+
+/// `n` bytes at a multiple of `align` (a power of two, at least sizeof(void*)): read buffers
+/// the kernel copies into at full speed (a page) or that direct I/O needs. Throws
+/// std::bad_alloc.
+AlignedBytes aligned_bytes(size_t n, size_t align);
 
 /// Opens `path` read-only without blocking: O_NONBLOCK, so that opening a FIFO (which waits for
 /// a writer) or a device cannot hang, then fstat on that descriptor, which must be a regular
