@@ -33,19 +33,13 @@ bool Deliverer::poll_announce(MessageTask& t) {
   return true;
 }
 
-void Deliverer::send(MessageTask& t, const Lander& lander) {
+void Deliverer::send(MessageTask& t) {
   const Message& m = *t.message;
   if (t.route == Route::kOneStep) {
     t.data = data_->start(t.base, static_cast<size_t>(kStatusBytes + m.nbytes), m.reader,
                           plan_.ranks_of(m));
   } else {
-    void* into = t.in_place ? t.in_place : t.staged();
-    if (!t.reader) {
-      if (at::Tensor dst = lander.direct_destination(m, /*device=*/false); dst.defined()) {
-        t.direct = static_cast<char*>(dst.data_ptr());
-        into = t.direct;
-      }
-    }
+    void* into = t.in_place ? t.in_place : t.direct ? t.direct : t.staged();
     t.data = data_->start(into, static_cast<size_t>(m.nbytes), m.reader, plan_.ranks_of(m));
   }
   t.state = MessageState::kDelivering;
@@ -103,6 +97,12 @@ void Deliverer::announce_failure(const std::string& text) {
 
 void Deliverer::finish() {
   if (device_) device_->finish();
+}
+
+char* direct_receive(const Lander& lander, const Message& m, Route route, bool reader) {
+  if (reader || route != Route::kTwoStep) return nullptr;
+  const at::Tensor dst = lander.direct_destination(m, /*device=*/false);
+  return dst.defined() ? static_cast<char*>(dst.data_ptr()) : nullptr;
 }
 
 }  // namespace shardload

@@ -42,8 +42,8 @@ class Deliverer {
   /// Host routes: the bytes start out (→ kDelivering). kOneStep: the whole buffer, status word
   /// included, from kRead (the reader) or kWaiting. kTwoStep, from kAnnounced: the bytes alone,
   /// from the reader's tensor when it read in place, into a receiver's tensor when it takes them
-  /// as stored (MessageTask::direct), else through staging.
-  void send(MessageTask& t, const Lander& lander);
+  /// as stored (MessageTask::direct, from direct_receive()), else through staging.
+  void send(MessageTask& t);
 
   /// The device route, from kAnnounced: the message's device buffer (the tensor itself when it
   /// takes the bytes as stored, else a ring buffer), the reader's upload, its group, and this
@@ -74,5 +74,11 @@ class Deliverer {
   char* ring_base_ = nullptr;
   OffsetRing ring_;
 };
+
+/// Where a receiver (not the reader) of a kTwoStep message takes its bytes: straight into its
+/// tensor when the tensor takes them as stored (Lander::direct_destination), else nullptr
+/// (staging). Decided when the message's buffer is taken, so that such a receiver stages only
+/// the status word.
+char* direct_receive(const Lander& lander, const Message& m, Route route, bool reader);
 
 }  // namespace shardload

@@ -293,8 +293,11 @@ bool Transfer::Impl::take_buffers() {
         in_place = static_cast<char*>(dst.data_ptr());
       }
     }
-    auto offset = arena->allocate(kStatusBytes +
-                                  (!in_place && (is_reader || r != Route::kDevice) ? m.nbytes : 0));
+    // A receiver whose tensor takes the bytes as stored stages only the status word: staging
+    // it would never use must not hold back the reads behind it.
+    char* direct = direct_receive(lander, m, r, is_reader);
+    const bool staged = !in_place && !direct && (is_reader || r != Route::kDevice);
+    auto offset = arena->allocate(kStatusBytes + (staged ? m.nbytes : 0));
     if (!offset) break;
     auto t = std::make_unique<MessageTask>();
     t->message = &m;
@@ -306,6 +309,7 @@ bool Transfer::Impl::take_buffers() {
     t->base = arena->data() + *offset;
     t->set_status(true);
     t->in_place = in_place;
+    t->direct = direct;
     if (is_reader && in.options.read_in_place && r == Route::kLocal && !in_place) {
       t->pieces_in_place = lander.in_place_targets(m);
     }
@@ -392,10 +396,10 @@ bool Transfer::Impl::send() {
     MessageTask& t = *tasks[sent];
     if (t.route == Route::kOneStep) {
       if (t.reader && t.state == MessageState::kWaiting) break;
-      deliver->send(t, lander);
+      deliver->send(t);
     } else if (t.route == Route::kTwoStep) {
       if (t.state == MessageState::kAnnounced) {
-        deliver->send(t, lander);
+        deliver->send(t);
       } else if (t.state != MessageState::kSkipped) {
         break;  // its status word is not here yet
       }

@@ -333,6 +333,7 @@ TEST(TransferDeliver, EachRouteMovesItsMessageThroughItsStates) {
     MessageTask t;
     init_task(t, side, big, host_route(side.plan, big), buffer);
     ASSERT_EQ(t.route, Route::kTwoStep);
+    t.direct = direct_receive(lander, big, t.route, t.reader);
     EXPECT_TRUE(deliver.announces(t));
     if (t.reader) t.state = MessageState::kRead;
     deliver.announce(t);
@@ -345,7 +346,7 @@ TEST(TransferDeliver, EachRouteMovesItsMessageThroughItsStates) {
     status_log.complete = true;
     EXPECT_TRUE(deliver.poll_announce(t));
     EXPECT_EQ(t.state, MessageState::kAnnounced);
-    deliver.send(t, lander);
+    deliver.send(t);
     EXPECT_EQ(t.state, MessageState::kDelivering);
     ASSERT_EQ(data_log.starts.size(), 1u);
     EXPECT_EQ(data_log.starts[0].second, static_cast<size_t>(big.nbytes));
@@ -381,8 +382,9 @@ TEST(TransferDeliver, EachRouteMovesItsMessageThroughItsStates) {
     MessageTask s;
     init_task(s, side, small, host_route(side.plan, small), small_buffer);
     ASSERT_EQ(s.route, Route::kOneStep);
+    EXPECT_EQ(direct_receive(lander, small, s.route, s.reader), nullptr);
     EXPECT_FALSE(deliver.announces(s));
-    deliver.send(s, lander);
+    deliver.send(s);
     EXPECT_EQ(s.state, MessageState::kDelivering);
     ASSERT_EQ(data_log.starts.size(), 2u);
     EXPECT_EQ(data_log.starts[1], std::make_pair(static_cast<void*>(s.base),
