@@ -26,10 +26,11 @@ inline constexpr int64_t kMaxShardNameBytes = 255;  ///< a plain file name
 inline constexpr uint64_t kMinBlockBytes = 64;
 inline constexpr uint64_t kMaxBlockBytes = uint64_t{1} << 30;
 
-/// What this library writes: blocks of 1 MiB get their own checksum; chunks below 64 KiB are
-/// packed back to back into shared datasets of at most 32 MiB.
+/// What this library writes: blocks of 1 MiB get their own checksum; chunks below 1 MiB (one
+/// block) are packed back to back into shared datasets of at most 32 MiB. A dataset of its own
+/// costs a load one HDF5 open (~40 µs here), as long as reading 250 KiB.
 inline constexpr uint64_t kDefaultBlockBytes = uint64_t{1} << 20;
-inline constexpr uint64_t kDefaultPackThreshold = uint64_t{64} << 10;
+inline constexpr uint64_t kDefaultPackThreshold = uint64_t{1} << 20;
 inline constexpr uint64_t kDefaultPackBytes = uint64_t{32} << 20;
 
 }  // namespace shardload
