@@ -103,6 +103,20 @@ std::vector<int64_t> gather_value_keys(const LoadOptions& options, const Communi
   return comm.allgather(static_cast<int64_t>(checksum(joined.data(), joined.size())));
 }
 
+/// LoadOptions::message_bytes, or (0) the size for where the tensors are: kDeviceMessageBytes
+/// when any rank's tensor is on a device, else kHostMessageBytes. The same on every rank (one
+/// reduction, made whatever the option says, so that ranks never disagree on calling it).
+int64_t resolve_message_bytes(const LoadOptions& options, const Partition& partition,
+                              const Communicator& comm) {
+  int64_t device = 0;
+  for (const PartitionEntry& e : partition.entries()) {
+    if (e.tensor.defined() && !e.tensor.device().is_cpu()) device = 1;
+  }
+  if (comm.size() > 1) device = comm.allreduce_max(device);
+  if (options.message_bytes != 0) return options.message_bytes;
+  return device ? kDeviceMessageBytes : kHostMessageBytes;
+}
+
 bool under_any(const std::string& key, const std::vector<std::string>& prefixes) {
   for (const auto& p : prefixes) {
     if (key.compare(0, p.size(), p) == 0) return true;
@@ -327,6 +341,7 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
   // and one list of needs in the plan.
   auto declared = exchange_encoded_declarations(comm, partition.encoded_declarations(rank));
   const std::vector<int64_t> value_keys = gather_value_keys(options, comm);
+  const int64_t message_bytes = resolve_message_bytes(options, partition, comm);
   RankGroups needs;
   std::vector<int32_t> my_entry_of_need;  // need index on this rank -> partition entry
   LoadPlan plan;
@@ -361,7 +376,7 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
     }
     accept_legacy_scalars(index, needs.lists);
     // This rank's share of the plan: what it reads, sends and receives (and the whole verdict).
-    plan = plan_load_for_rank(index, needs, rank, PlanOptions{options.message_bytes});
+    plan = plan_load_for_rank(index, needs, rank, PlanOptions{message_bytes});
     match_values(manifest, options, value_keys, plan, result);
     defer_keys(options, plan, result);
   });
@@ -391,7 +406,7 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
   phases.run("transfer", [&] {
     transfer = std::make_unique<Transfer>(TransferInputs{
         plan, index, my_needs, my_entry_of_need, partition, files,
-        TransferOptions{options.message_bytes, options.staging_bytes, options.verify_checksums,
+        TransferOptions{message_bytes, options.staging_bytes, options.verify_checksums,
                         options.reader_threads, options.progress, options.read_in_place},
         comm});
   });
@@ -403,6 +418,7 @@ LoadResult load(Partition& partition, const std::string& checkpoint, MPI_Comm mp
   result.transport = moved.transport;
   result.transport_reason = moved.transport_note;
   result.staging_bytes_peak = moved.staging_peak;
+  result.message_bytes = message_bytes;
   result.seconds.transfer = seconds_since(t);
 
   // 6. Result: the figures every rank reports.

@@ -13,6 +13,15 @@
 
 namespace shardload {
 
+/// The message size of a load whose tensors are all in host memory: a message is read, checked
+/// and landed while it is still in the core's cache (2 MiB against 8 MiB, 512 MiB at 2 ranks on
+/// the project's machine: split 0.093 -> 0.073 s, at 4 ranks split 0.145 -> 0.085 s and
+/// replicated 0.296 -> 0.202 s; docs/PERFORMANCE.md).
+inline constexpr int64_t kHostMessageBytes = int64_t{2} << 20;
+/// The message size of a load that lands in device memory: each message is an upload and a
+/// collective of the device transport, whose fixed costs want larger ones.
+inline constexpr int64_t kDeviceMessageBytes = int64_t{8} << 20;
+
 struct LoadOptions {
   /// PyTorch's strict: any missing or unexpected key or size mismatch fails the load.
   bool strict = true;
@@ -27,8 +36,10 @@ struct LoadOptions {
   std::string model_prefix;
   /// Name of the model in error messages ("Error(s) in loading state_dict for <name>:").
   std::string name = "Module";
-  /// Largest message between ranks, and the staging memory a rank may hold in flight.
-  int64_t message_bytes = 8ll << 20;
+  /// Largest message between ranks (0: kHostMessageBytes when every rank's tensors are in host
+  /// memory, kDeviceMessageBytes when some rank's are on a device), and the staging memory a
+  /// rank may hold in flight.
+  int64_t message_bytes = 0;
   int64_t staging_bytes = 64ll << 20;
   /// Check every byte read against the checkpoint's checksums before it reaches a tensor.
   /// false is the only way to skip the checks; LoadResult::checksums_verified then says so.
@@ -103,6 +114,8 @@ struct LoadResult {
   /// The most host staging memory this rank held at once during the transfer (status words and
   /// the bytes it read or received through host memory).
   int64_t staging_bytes_peak = 0;
+  /// The plan's largest message: LoadOptions::message_bytes, or the size it chose (0).
+  int64_t message_bytes = 0;
   PhaseSeconds seconds;
   double wall_seconds = 0;  ///< the load's wall time, max over ranks
   /// Which backend moved the bytes into the ranks' tensors (identical on every rank): "mpi";

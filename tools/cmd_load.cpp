@@ -416,6 +416,7 @@ Runner add_load(CLI::App& app) {
           // Most any rank's resident memory grew during the load, and its staging peak.
           j["load_rss_added_bytes"] = rss_added;
           j["staging_peak_bytes"] = staging_peak;
+          j["message_bytes"] = result.message_bytes;
         }
         std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
       }

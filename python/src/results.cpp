@@ -155,6 +155,8 @@ void bind_types(py::module_& m) {
       .def_readonly("bytes_needed_total", &LoadResult::bytes_needed_total)
       .def_readonly("seconds", &LoadResult::seconds, "PhaseSeconds of this rank")
       .def_readonly("wall_seconds", &LoadResult::wall_seconds, "max over ranks")
+      .def_readonly("message_bytes", &LoadResult::message_bytes,
+                    "the plan's largest message (LoadOptions.message_bytes, or the size chosen)")
       .def_readonly("transport", &LoadResult::transport, "'mpi' or 'nccl'")
       .def_readonly("checksums_verified", &LoadResult::checksums_verified)
       .def_readonly("checksums_reason", &LoadResult::checksums_reason,

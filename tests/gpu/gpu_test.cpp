@@ -144,10 +144,13 @@ TEST(Gpu, ReplicatedAndSplitLoadsAreBitExactWithCpuLoads) {
                             std::vector<SplitRule>{{"^big\\.weight$", 1, {}}}}) {
     Partition cpu = zeros_like_on(full, rules, at::kCPU);
     Partition cuda = zeros_like_on(full, rules, my_device());
-    load(cpu, ckpt, MPI_COMM_WORLD, options());
+    const LoadResult on_host = load(cpu, ckpt, MPI_COMM_WORLD, options());
     LoadResult r = load(cuda, ckpt, MPI_COMM_WORLD, options());
     expect_same(cuda, cpu);
     expect_nccl(r);
+    // The default message size follows where the tensors are.
+    EXPECT_EQ(on_host.message_bytes, kHostMessageBytes);
+    EXPECT_EQ(r.message_bytes, on_cpu() ? kHostMessageBytes : kDeviceMessageBytes);
   }
 }
 
@@ -324,8 +327,8 @@ TEST(Gpu, ALoadAfterAnAbortedOneWorks) {
   SKIP_WITHOUT_GPU();
   SharedDir dir("gpu-abort");
   TensorList full;
-  for (int i = 0; i < 48; ++i) {  // 256 KiB each: one /data/N data set per chunk
-    full.push_back({"t." + std::to_string(i), make_tensor(200 + i, at::kFloat, {256, 256})});
+  for (int i = 0; i < 16; ++i) {  // 1 MiB each: one /data/N data set per chunk (not packed)
+    full.push_back({"t." + std::to_string(i), make_tensor(200 + i, at::kFloat, {512, 512})});
   }
   const std::string good = save_global(full, {}, dir.path + "/good");
   const std::string bad = save_global(full, {}, dir.path + "/bad");

@@ -53,6 +53,8 @@ TEST(Load, StrictLoadIsBitExactAndReadsEachByteOnce) {
   Partition p = f.model(f.zeros_like_full(), {{"layer.w", 0, {}}});  // a different layout
   LoadResult r = load(p, f.ckpt, MPI_COMM_WORLD);
   EXPECT_TRUE(r.ok);
+  // Host tensors on every rank: the default message size is the host one.
+  EXPECT_EQ(r.message_bytes, kHostMessageBytes);
   int64_t stored = 0;
   for (const auto& t : f.full) stored += static_cast<int64_t>(t.tensor.nbytes());
   // Every stored byte is needed by some rank, and is read from disk exactly once in total.
@@ -293,6 +295,7 @@ TEST(Load, LargeTensorsLandDirectlyOrThroughStaging) {
   p.entries()[1].tensor = transposed_storage.t();  // keep the non-contiguous view itself
   LoadResult r = load(p, dir.path + "/ckpt", MPI_COMM_WORLD, {.message_bytes = 2 << 20});
   EXPECT_TRUE(r.ok);
+  EXPECT_EQ(r.message_bytes, 2 << 20);
   Partition expect = Partition::from_global(full, {{"^split$", 0, {}}}, world_rank(), world_size());
   EXPECT_TRUE(same_bits(p.entries()[0].tensor, expect.entries()[0].tensor));
   EXPECT_TRUE(same_bits(p.entries()[1].tensor.contiguous(), expect.entries()[1].tensor));
